@@ -1,0 +1,70 @@
+"""Generate the Python (with .pyi) and Node stubs from ``protos/``.
+
+Run as ``python -m llmesh.tools.genprotos`` (``make protos``). Output is build
+output: ``libs/llmesh/v1/`` and ``clients/node/gen/`` are not committed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+PROTO_ROOT = ROOT / "protos"
+PY_OUT = ROOT / "libs"
+PY_PACKAGE = PY_OUT / "llmesh" / "v1"
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+
+
+def _protoc(args: list[str]) -> None:
+    from grpc_tools import protoc
+
+    include = Path(protoc.__file__).parent / "_proto"
+    argv = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", *args]
+    if protoc.main(argv) != 0:
+        raise SystemExit(f"protoc failed: {' '.join(argv)}")
+
+
+def generate_python() -> list[Path]:
+    """Write ``*_pb2.py``, ``*_pb2_grpc.py`` and their ``.pyi`` stubs."""
+    if PY_PACKAGE.exists():
+        shutil.rmtree(PY_PACKAGE)
+    protos = sorted(PROTO_ROOT.glob("llmesh/v1/*.proto"))
+    rel = [str(p.relative_to(PROTO_ROOT)) for p in protos]
+    plugin_dir = Path(sys.executable).parent
+    _protoc(
+        [
+            f"--python_out={PY_OUT}",
+            f"--grpc_python_out={PY_OUT}",
+            f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={plugin_dir / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_out={PY_OUT}",
+            f"--mypy_grpc_out={PY_OUT}",
+            *rel,
+        ]
+    )
+    (PY_PACKAGE / "__init__.py").write_text('"""Generated llmesh.v1 stubs (build output)."""\n')
+    (PY_PACKAGE / "py.typed").write_text("")
+    return protos
+
+
+def generate_node() -> None:
+    """Write ECMAScript stubs (protobuf-es) into ``clients/node/gen``."""
+    if not BUF.exists():
+        raise SystemExit("buf is missing: run `npm ci` (make setup does)")
+    out = ROOT / "clients" / "node" / "gen"
+    if out.exists():
+        shutil.rmtree(out)
+    subprocess.run([str(BUF), "generate"], cwd=ROOT, check=True)
+
+
+def main() -> None:
+    protos = generate_python()
+    generate_node()
+    print(f"generated stubs for {len(protos)} proto files into {PY_PACKAGE} and clients/node/gen")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Helpers for tests: throwaway servers, ports and polling (not used in production)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,20 @@ def postgres_dsn_factory(postgres_server: PostgresServer) -> Callable[[], str]:
         return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
     return create
+
+
+TINY_MODEL_NAME = "tiny-llama-test"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding the deterministic test model ``tiny-llama-test``.
+
+    Created once per session (``llmesh_inference.tiny.init_tiny(size="test")``);
+    pass it as ``--models-dir`` and ``TINY_MODEL_NAME`` as ``--default-model``.
+    """
+    from llmesh_inference.tiny import init_tiny
+
+    models = tmp_path_factory.mktemp("models")
+    init_tiny(models / TINY_MODEL_NAME, size="test")
+    return models

@@ -104,5 +104,5 @@ def start_postgres() -> PostgresServer:
     import pgserver
 
     directory = Path(tempfile.mkdtemp(prefix="llmesh-pg-"))
-    handle = pgserver.get_server(directory, cleanup_mode="stop")
+    handle = pgserver.get_server(directory, cleanup_mode="stop")  # type: ignore[attr-defined]
     return PostgresServer(handle=handle, directory=directory)

@@ -1,0 +1,68 @@
+"""The ``llmesh`` command: ``llmesh serve <service>`` plus the subcommands that
+each module in :data:`COMMAND_MODULES` registers.
+
+Heavy imports happen inside subcommands, never here, so ``llmesh --help`` is fast
+and a bad flag fails before anything loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# service name -> module with ``main(argv) -> int``
+SERVICES: dict[str, str] = {
+    "gateway": "llmesh_gateway.app",
+    "registry": "llmesh_registry.app",
+    "registrar": "llmesh_registry.registrar_app",
+    "inference": "llmesh_inference.app",
+    "memory": "llmesh_memory.app",
+}
+
+# Modules under ``llmesh.cli`` that expose ``register(subparsers) -> None``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    module = importlib.import_module(SERVICES[args.service])
+    entry: Callable[[Sequence[str]], int] = module.main
+    return entry(args.service_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (used by ``main`` and the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="llmesh",
+        description="llmesh: a gRPC service mesh that serves local LLMs with memory.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run one service in the foreground",
+        description="Run one llmesh service. Flags after the service name go to the service "
+        "(`llmesh serve inference --help`).",
+    )
+    serve.add_argument("service", choices=sorted(SERVICES), help="which service to run")
+    serve.add_argument("service_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    serve.set_defaults(func=_serve)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"llmesh.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmesh`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Per-request context carried in a ``ContextVar`` (set by the kernel interceptor).
+
+Handlers and the outbound channel read it instead of threading request ids and
+deadlines through every call.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+# Margin kept back from every outbound call so the caller still has time to answer.
+OUTBOUND_MARGIN_S = 0.02
+
+
+@dataclass
+class RequestContext:
+    """What the kernel knows about the RPC being served."""
+
+    request_id: str
+    method: str
+    deadline: float | None = None  # absolute, on the ``time.monotonic()`` clock
+    principal: Any = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("llmesh_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    """The context of the RPC being served by this task, if any."""
+    return _current.get()
+
+
+def set_request(ctx: RequestContext | None) -> object:
+    """Install ``ctx`` for this task; returns a token for :func:`reset_request`."""
+    return _current.set(ctx)
+
+
+def reset_request(token: object) -> None:
+    """Undo :func:`set_request`."""
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def remaining_s() -> float | None:
+    """Time left on the current caller's deadline, or None."""
+    ctx = _current.get()
+    return None if ctx is None else ctx.remaining_s()
+
+
+def outbound_timeout(default_s: float | None = None) -> float | None:
+    """Timeout for a call made now on behalf of the current request.
+
+    The caller's remaining time minus a small margin; ``default_s`` when there is
+    no caller deadline; the smaller of the two when both exist.
+    """
+    left = remaining_s()
+    if left is None:
+        return default_s
+    budget = max(0.001, left - OUTBOUND_MARGIN_S)
+    return budget if default_s is None else min(budget, default_s)

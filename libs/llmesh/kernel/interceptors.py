@@ -1,0 +1,235 @@
+"""The kernel's server interceptor: request id, deadlines, error mapping, access log.
+
+This is the one place where domain errors become status codes. Order on every
+server: OpenTelemetry (outermost, so a span is active) -> this -> service
+interceptors (e.g. the gateway's auth), which may raise domain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+
+from llmesh.kernel.context import RequestContext, reset_request, set_request
+from llmesh.kernel.errors import LlmeshError
+from llmesh.kernel.logging import get_logger
+from llmesh.kernel.telemetry import meter
+
+log = get_logger("llmesh.access")
+
+REQUEST_ID_KEY = "x-request-id"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Methods never logged per call (probes would drown the log).
+QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class DeadlinePolicy:
+    """Default and maximum deadline per method (full name ``/pkg.Service/Method``)."""
+
+    def __init__(
+        self,
+        *,
+        default_s: float,
+        max_s: float,
+        per_method: Mapping[str, float] | None = None,
+    ) -> None:
+        self.default_s = default_s
+        self.max_s = max_s
+        self.per_method = dict(per_method or {})
+
+    def effective(self, method: str, client_remaining: float | None) -> float:
+        """Seconds the call may run: client's deadline or the default, capped."""
+        if client_remaining is None:
+            short = method.rsplit("/", 1)[-1]
+            client_remaining = self.per_method.get(method, self.per_method.get(short))
+            if client_remaining is None:
+                client_remaining = self.default_s
+        return min(client_remaining, self.max_s)
+
+
+def _client_remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    # grpc reports no deadline as None or as an enormous number.
+    if remaining is None or remaining > 10 * 365 * 24 * 3600:
+        return None
+    return float(remaining)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        m = meter("llmesh.rpc")
+        self.duration = m.create_histogram(
+            "rpc.server.duration", unit="ms", description="Server-side RPC duration"
+        )
+        self.requests = m.create_counter(
+            "rpc.server.requests", description="RPCs served, by method and status code"
+        )
+
+    def record(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
+        attrs = {"rpc.method": method, "rpc.grpc.status_code": code.name}
+        self.duration.record(elapsed_ms, attrs)
+        self.requests.add(1, attrs)
+
+
+class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request id, deadline defaults/caps, domain-error mapping, RED metrics, access log."""
+
+    def __init__(self, deadlines: DeadlinePolicy) -> None:
+        self.deadlines = deadlines
+        self.metrics = _Metrics()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, metadata),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client/bidi streaming: no llmesh RPC uses them
+
+    def _begin(
+        self, method: str, metadata: Mapping[str, Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[RequestContext, object, float]:
+        raw_id = metadata.get(REQUEST_ID_KEY)
+        request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else ""
+        request_id = request_id or uuid.uuid4().hex
+        budget = self.deadlines.effective(method, _client_remaining(context))
+        ctx = RequestContext(
+            request_id=request_id, method=method, deadline=time.monotonic() + budget
+        )
+        return ctx, set_request(ctx), budget
+
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, metadata: Mapping[str, Any]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            ctx, token, budget = self._begin(method, metadata, context)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async with asyncio.timeout(budget):
+                    return await behavior(request, context)
+            except BaseException as exc:
+                code, status = self._classify(exc, ctx)
+                if status is not None:
+                    await self._abort(context, code, status, ctx)
+                raise
+            finally:
+                self._finish(method, ctx, code, started)
+                reset_request(token)
+
+        return handle
+
+    def _wrap_stream(
+        self,
+        behavior: Callable[..., AsyncIterator[Any]],
+        method: str,
+        metadata: Mapping[str, Any],
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            ctx, token, _budget = self._begin(method, metadata, context)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            stream = behavior(request, context).__aiter__()
+            try:
+                while True:
+                    left = ctx.remaining_s() or 0.0
+                    if left <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(left):
+                        try:
+                            item = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                    yield item
+            except BaseException as exc:
+                code, status = self._classify(exc, ctx)
+                if status is not None:
+                    await self._abort(context, code, status, ctx)
+                raise
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                self._finish(method, ctx, code, started)
+                reset_request(token)
+
+        return handle
+
+    def _classify(
+        self, exc: BaseException, ctx: RequestContext
+    ) -> tuple[grpc.StatusCode, status_pb2.Status | None]:
+        """The status code for ``exc`` and the status to abort with (None: re-raise as is)."""
+        if isinstance(exc, asyncio.CancelledError):
+            return grpc.StatusCode.CANCELLED, None
+        if isinstance(exc, grpc.aio.AbortError):
+            return grpc.StatusCode.UNKNOWN, None  # the handler aborted by itself
+        if isinstance(exc, LlmeshError):
+            return exc.code, exc.to_status()
+        if isinstance(exc, TimeoutError):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, status_pb2.Status(
+                code=code_pb2.DEADLINE_EXCEEDED,
+                message=f"deadline exceeded: {ctx.method} ran out of time",
+            )
+        log.error("unhandled error in %s", ctx.method, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message=f"internal error; quote request id {ctx.request_id} when reporting it",
+        )
+
+    async def _abort(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode,
+        status: status_pb2.Status,
+        ctx: RequestContext,
+    ) -> None:
+        """Abort with ``status`` in the trailers; raises ``grpc.aio.AbortError``."""
+        trailers = (
+            (STATUS_DETAILS_KEY, status.SerializeToString()),
+            (REQUEST_ID_KEY, ctx.request_id),
+        )
+        try:
+            await context.abort(code, status.message, trailing_metadata=trailers)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # the RPC already ended (client gone): nothing to send
+            return
+
+    def _finish(
+        self, method: str, ctx: RequestContext, code: grpc.StatusCode, started: float
+    ) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.metrics.record(method, code, elapsed_ms)
+        if method.startswith(QUIET_PREFIXES):
+            return
+        level = 20 if code in {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED} else 30
+        log.log(
+            level,
+            "%s %s %.1fms",
+            method,
+            code.name,
+            elapsed_ms,
+            extra={"code": code.name, "duration_ms": round(elapsed_ms, 3)},
+        )

@@ -1,0 +1,172 @@
+"""Server bootstrap: asyncio gRPC server with health, reflection, limits, keepalive,
+interceptors and graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from llmesh.kernel.config import ConfigError, ServiceSettings
+from llmesh.kernel.health import HealthReporter
+from llmesh.kernel.interceptors import DeadlinePolicy, KernelServerInterceptor
+from llmesh.kernel.logging import get_logger, setup_logging
+from llmesh.kernel.telemetry import setup_telemetry
+
+log = get_logger(__name__)
+
+Setup = Callable[["ServiceHost"], AbstractAsyncContextManager[Any]]
+Interceptor = grpc.aio.ServerInterceptor  # type: ignore[type-arg]
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    """Channel arguments: message size limits and keepalive."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS (mTLS with a client CA) credentials, or None for plaintext loopback."""
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    key = tls.key_file.read_bytes()
+    cert = tls.cert_file.read_bytes()
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class ServiceHost:
+    """One service's gRPC server and its health, before and after it starts."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        service_names: Sequence[str],
+        interceptors: Sequence[Interceptor] = (),
+    ) -> None:
+        self.settings = settings
+        self.service_names = tuple(service_names)
+        self.health = HealthReporter(self.service_names)
+        deadlines = DeadlinePolicy(
+            default_s=settings.default_deadline_s,
+            max_s=settings.max_deadline_s,
+            per_method=settings.method_deadlines,
+        )
+        tracing = aio_server_interceptor()  # type: ignore[no-untyped-call]
+        self.server = grpc.aio.server(
+            interceptors=[
+                tracing,
+                KernelServerInterceptor(deadlines),
+                *interceptors,
+            ],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and start; returns the bound port. Refuses non-loopback without TLS."""
+        creds = server_credentials(self.settings)
+        if creds is None and not self.settings.loopback:
+            raise ConfigError(
+                f"refusing to listen on non-loopback host {self.settings.host!r} without TLS: "
+                "set tls.cert_file and tls.key_file (env ..._TLS__CERT_FILE/_TLS__KEY_FILE) "
+                "or bind 127.0.0.1"
+            )
+        if self.settings.reflection:
+            names = (
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            )
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        address = self.settings.address
+        if creds is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, creds)
+        if port == 0:
+            raise ConfigError(f"port: cannot bind {address} (in use or not permitted)")
+        await self.server.start()
+        await self.health.publish()
+        self.port = port
+        return port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, reject new calls, let in-flight calls finish within ``grace_s``."""
+        await self.health.shutdown()
+        await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
+
+
+async def serve(
+    settings: ServiceSettings,
+    *,
+    service_names: Sequence[str],
+    setup: Setup,
+    interceptors: Sequence[Interceptor] = (),
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then drain and return."""
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    host = ServiceHost(settings, service_names=service_names, interceptors=interceptors)
+    async with setup(host):
+        port = await host.start()
+        log.info(
+            "serving %s on %s:%d",
+            ", ".join(service_names),
+            settings.host,
+            port,
+            extra={"port": port, "tls": settings.tls.enabled},
+        )
+        await stop.wait()
+        log.info("shutting down: NOT_SERVING, draining for up to %.1fs", settings.grace_period_s)
+        await host.stop()
+    log.info("stopped")
+
+
+def run_service(
+    settings: ServiceSettings,
+    *,
+    service: str,
+    service_names: Sequence[str],
+    setup: Setup,
+    interceptors: Sequence[Interceptor] = (),
+) -> int:
+    """Process entry point for ``llmesh serve <service>``: logs, telemetry, serve, exit 0."""
+    setup_logging(service, level=settings.log_level, fmt=settings.log_format)
+    setup_telemetry(
+        service, otlp_endpoint=settings.otlp_endpoint, metrics_port=settings.metrics_port
+    )
+    try:
+        asyncio.run(
+            serve(settings, service_names=service_names, setup=setup, interceptors=interceptors)
+        )
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

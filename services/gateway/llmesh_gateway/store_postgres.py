@@ -1,0 +1,154 @@
+"""PostgreSQL backend of the gateway store (several gateway replicas share it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from llmesh_gateway.store import ApiKeyRecord, AuditRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS llmesh_api_keys (
+    seq BIGSERIAL PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    revoked_at DOUBLE PRECISION,
+    fingerprint TEXT NOT NULL,
+    salt BYTEA NOT NULL,
+    digest BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS llmesh_audit_events (
+    seq BIGSERIAL PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    principal TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    request_id TEXT NOT NULL
+);
+"""
+
+_KEY_COLUMNS = (
+    "seq, key_id, name, role, tenant, created_at, expires_at, revoked_at, fingerprint, salt, digest"
+)
+_AUDIT_COLUMNS = "seq, time, principal, tenant, action, outcome, detail, request_id"
+
+
+def _key(row: dict[str, Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        **{k: v for k, v in row.items() if k not in ("salt", "digest")},
+        salt=bytes(row["salt"]),
+        digest=bytes(row["digest"]),
+    )
+
+
+class PostgresStore:
+    """Gateway store in PostgreSQL (psycopg 3 async pool)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = 4) -> PostgresStore:
+        """Connect and create the tables."""
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open(wait=True, timeout=10)
+        async with pool.connection() as conn:
+            await conn.execute(SCHEMA)
+        return cls(pool)
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        row = await self._one(
+            "INSERT INTO llmesh_api_keys (key_id, name, role, tenant, created_at, expires_at,"
+            " revoked_at, fingerprint, salt, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            f" RETURNING {_KEY_COLUMNS}",
+            (
+                record.key_id,
+                record.name,
+                record.role,
+                record.tenant,
+                record.created_at,
+                record.expires_at,
+                record.revoked_at,
+                record.fingerprint,
+                record.salt,
+                record.digest,
+            ),
+        )
+        assert row is not None
+        return _key(row)
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._one(
+            f"SELECT {_KEY_COLUMNS} FROM llmesh_api_keys WHERE key_id = %s", (key_id,)
+        )
+        return _key(row) if row else None
+
+    async def revoke_key(self, key_id: str, at: float) -> ApiKeyRecord | None:
+        row = await self._one(
+            "UPDATE llmesh_api_keys SET revoked_at = COALESCE(revoked_at, %s) WHERE key_id = %s"
+            f" RETURNING {_KEY_COLUMNS}",
+            (at, key_id),
+        )
+        return _key(row) if row else None
+
+    async def list_keys(
+        self, *, after_seq: int, limit: int, include_revoked: bool
+    ) -> list[ApiKeyRecord]:
+        revoked = "" if include_revoked else " AND revoked_at IS NULL"
+        rows = await self._all(
+            f"SELECT {_KEY_COLUMNS} FROM llmesh_api_keys WHERE seq > %s{revoked}"
+            " ORDER BY seq LIMIT %s",
+            (after_seq, limit),
+        )
+        return [_key(row) for row in rows]
+
+    async def add_audit(self, event: AuditRecord) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO llmesh_audit_events (time, principal, tenant, action, outcome,"
+                " detail, request_id) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    event.time,
+                    event.principal,
+                    event.tenant,
+                    event.action,
+                    event.outcome,
+                    event.detail,
+                    event.request_id,
+                ),
+            )
+
+    async def list_audit(self, *, before_seq: int | None, limit: int) -> list[AuditRecord]:
+        bound = 2**62 if before_seq is None else before_seq
+        rows = await self._all(
+            f"SELECT {_AUDIT_COLUMNS} FROM llmesh_audit_events WHERE seq < %s"
+            " ORDER BY seq DESC LIMIT %s",
+            (bound, limit),
+        )
+        return [AuditRecord(**row) for row in rows]
+
+    async def ping(self) -> None:
+        await self._one("SELECT 1 AS one", ())
+
+    async def close(self) -> None:
+        await self._pool.close()

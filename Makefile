@@ -53,7 +53,7 @@ buf-breaking: $(STAMPS)/npm
 lint: setup buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/llmesh services
+	$(BIN)/mypy libs/llmesh $(wildcard services/*/llmesh_*)
 
 bench: setup
 	$(PY) -m bench.run_all

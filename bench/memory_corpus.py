@@ -10,6 +10,7 @@ size: 100k x 384 float32 = 154 MB; do not commit).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-CACHE_DIR = Path(__file__).resolve().parent / "results" / "cache"
+CACHE_DIR = Path(os.environ.get("LLMESH_BENCH_CACHE", "/tmp/llmesh-bench-cache"))
 
 _SERVICES = (
     "payments", "checkout", "search", "billing", "auth", "notifications", "inventory",

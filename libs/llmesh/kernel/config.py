@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,9 +150,23 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence, highest first: explicit overrides (CLI flags), environment,
-        # then the config file (passed as init kwargs beneath the overrides).
-        return (env_settings, init_settings, file_secret_settings)
+        # Highest first: explicit overrides (CLI flags), environment, config file.
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+# The parsed config file of the load in progress (read by _ConfigFileSource).
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("llmesh_config_file", default=None)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the YAML/JSON config file given to :func:`load_settings`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        values = _file_values.get() or {}
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get() or {})
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -198,12 +213,10 @@ def load_settings(
     if path is not None:
         values.update(_read_config_file(path.expanduser()))
     explicit = {k: v for k, v in overrides.items() if v is not None}
+    token = _file_values.set(values)
     try:
-        settings = cls(**values)
-        if explicit:
-            merged = settings.model_dump()
-            merged.update(explicit)
-            settings = cls.model_validate(merged)
+        return cls(**explicit)
     except ValidationError as exc:
         raise ConfigError(_format_errors(cls, exc)) from None
-    return settings
+    finally:
+        _file_values.reset(token)

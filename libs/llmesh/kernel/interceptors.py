@@ -8,6 +8,7 @@ interceptors (e.g. the gateway's auth), which may raise domain errors.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -110,14 +111,18 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _begin(
         self, method: str, metadata: Mapping[str, Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[RequestContext, object, float]:
+    ) -> tuple[RequestContext, object, float | None]:
         raw_id = metadata.get(REQUEST_ID_KEY)
         request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else ""
         request_id = request_id or uuid.uuid4().hex
-        budget = self.deadlines.effective(method, _client_remaining(context))
-        ctx = RequestContext(
-            request_id=request_id, method=method, deadline=time.monotonic() + budget
-        )
+        client = _client_remaining(context)
+        budget: float | None
+        if client is None and method.startswith(QUIET_PREFIXES):
+            budget = None  # health watches and reflection streams are long-lived
+        else:
+            budget = self.deadlines.effective(method, client)
+        deadline = None if budget is None else time.monotonic() + budget
+        ctx = RequestContext(request_id=request_id, method=method, deadline=deadline)
         return ctx, set_request(ctx), budget
 
     def _wrap_unary(
@@ -151,11 +156,15 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ctx, token, _budget = self._begin(method, metadata, context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            stream = behavior(request, context).__aiter__()
+            result = behavior(request, context)
+            stream = None if inspect.isawaitable(result) else result.__aiter__()
             try:
-                while True:
-                    left = ctx.remaining_s() or 0.0
-                    if left <= 0:
+                if stream is None:  # a handler that writes with context.write()
+                    async with asyncio.timeout(ctx.remaining_s()):
+                        await result
+                while stream is not None:
+                    left = ctx.remaining_s()
+                    if left is not None and left <= 0:
                         raise TimeoutError
                     async with asyncio.timeout(left):
                         try:

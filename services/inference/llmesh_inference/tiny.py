@@ -69,8 +69,8 @@ class TinySpec:
 
 
 SPECS: dict[TinySize, TinySpec] = {
-    # Fast on 2 CPU cores: ~0.1M parameters, 512-token context.
-    "test": TinySpec(512, 64, 2, 4, 2, 128, 512, 4_000),
+    # Fast on 2 CPU cores: ~0.1M parameters, 1024-token context.
+    "test": TinySpec(512, 64, 2, 4, 2, 128, 1024, 4_000),
     # ~6M parameters.
     "small": TinySpec(2048, 256, 4, 8, 4, 768, 2048, 40_000),
     # ~30M parameters: the benchmark model.
@@ -164,7 +164,7 @@ def _weight_shapes(spec: TinySpec, vocab: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _weights(spec: TinySpec, vocab: int, seed: int) -> dict[str, np.ndarray]:
+def _weights(spec: TinySpec, vocab: int, seed: int, special_ids: list[int]) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for name, shape in _weight_shapes(spec, vocab).items():
         if name.endswith("norm.weight"):
@@ -172,10 +172,24 @@ def _weights(spec: TinySpec, vocab: int, seed: int) -> dict[str, np.ndarray]:
             continue
         digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-        # Larger output scale than a trained model so sampling has a real
-        # distribution to pick from (not a near-uniform one).
-        std = 1.0 / np.sqrt(shape[-1]) * (4.0 if name == "lm_head.weight" else 1.0)
+        std = 1.0 if name == "model.embed_tokens.weight" else 1.0 / np.sqrt(shape[-1])
+        if name == "lm_head.weight":
+            # A sharper output distribution than a fresh init, so that sampling
+            # has a real distribution to pick from (not a near-uniform one).
+            std *= 4.0
         weights[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    # Residual dimension 0 is a constant "bias" feature: every embedding sets it,
+    # no layer writes to it, so the final norm keeps it positive. The output rows
+    # of the special tokens read only it, with a large negative weight: a random
+    # model never samples end-of-sequence, and generations run to max_tokens.
+    weights["model.embed_tokens.weight"][:, 0] = 2.0
+    for i in range(spec.num_hidden_layers):
+        weights[f"model.layers.{i}.self_attn.o_proj.weight"][0, :] = 0.0
+        weights[f"model.layers.{i}.mlp.down_proj.weight"][0, :] = 0.0
+    head = weights["lm_head.weight"]
+    head[:, 0] = 0.0
+    head[special_ids, :] = 0.0
+    head[special_ids, 0] = -100.0
     return weights
 
 
@@ -230,7 +244,7 @@ def init_tiny(path: Path | str, *, size: TinySize = "test", seed: int = 0) -> Pa
     generation = {"bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[END]]}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     save_file(
-        _weights(spec, vocab_size, seed),
+        _weights(spec, vocab_size, seed, sorted(ids.values())),
         str(folder / "model.safetensors"),
         metadata={"format": "mlx"},
     )

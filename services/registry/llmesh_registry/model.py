@@ -98,6 +98,6 @@ class WorkerFilter:
             self.model not in worker.models_loaded and self.model not in worker.models_available
         ):
             return False
-        if self.state != UNSPECIFIED and worker.state != self.state:
+        if self.state not in (UNSPECIFIED, worker.state):
             return False
         return all(worker.labels.get(k) == v for k, v in self.labels.items())

@@ -1,0 +1,123 @@
+"""Calls to upstream services: status translation and the worker channel pool."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from llmesh.kernel import errors
+from llmesh.kernel.channels import create_channel
+from llmesh.kernel.config import ClientTlsSettings
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_ERRORS: dict[grpc.StatusCode, type[errors.LlmeshError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.ABORTED: errors.Aborted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
+}
+# Codes a worker (not the request) is to blame for: they count against its breaker.
+WORKER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+# Codes worth trying on another worker before anything was sent to the client.
+RETRYABLE = WORKER_FAULTS | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def status_details(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` an upstream sent in its trailers, if any."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:
+                return None
+            return status
+    return None
+
+
+def translate(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
+    """An upstream failure as the domain error the gateway returns, details kept."""
+    code = exc.code()
+    cls = _ERRORS.get(code, errors.Unavailable)
+    reason = ""
+    metadata: dict[str, str] = {}
+    retry_after: float | None = None
+    fields: list[errors.FieldViolation] = []
+    quotas: list[errors.QuotaViolation] = []
+    status = status_details(exc)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToMilliseconds() / 1000
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields = [
+                    errors.FieldViolation(v.field, v.description) for v in bad.field_violations
+                ]
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                quota = error_details_pb2.QuotaFailure()
+                detail.Unpack(quota)
+                quotas = [errors.QuotaViolation(v.subject, v.description) for v in quota.violations]
+    if code not in _ERRORS:
+        reason = "UPSTREAM_ERROR"
+        message = f"{what} failed ({code.name})"
+        retry_after = retry_after if retry_after is not None else 1.0
+    else:
+        message = exc.details() or f"{what} failed ({code.name})"
+    if cls in (errors.Unavailable, errors.ResourceExhausted) and retry_after is None:
+        retry_after = 1.0
+    return cls(
+        message,
+        reason=reason,
+        metadata=metadata,
+        retry_after_s=retry_after,
+        field_violations=fields,
+        quota_violations=quotas,
+    )
+
+
+class ChannelPool:
+    """One channel per worker address, reused across calls."""
+
+    # Failover is the gateway's job for these; channel-level retries would only delay it.
+    NON_IDEMPOTENT = (
+        ("llmesh.v1.InferenceService", "Generate"),
+        ("llmesh.v1.InferenceService", "Embed"),
+    )
+
+    def __init__(self, *, tls: ClientTlsSettings | None = None) -> None:
+        self._tls = tls
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = create_channel(address, tls=self._tls, non_idempotent=self.NON_IDEMPOTENT)
+            self._channels[address] = channel
+        return channel
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

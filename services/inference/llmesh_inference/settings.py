@@ -1,0 +1,69 @@
+"""Typed settings of the inference worker (env prefix ``LLMESH_INFERENCE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from llmesh.kernel.config import ServiceSettings, service_settings_config
+
+DEFAULT_PORT = 50054
+DEFAULT_METRICS_PORT = 9464
+
+
+class InferenceSettings(ServiceSettings):
+    """Settings of ``llmesh serve inference``; every field is also an env variable."""
+
+    model_config = service_settings_config("inference")
+
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    models_dir: Path | None = None
+    """Folder of mlx-lm model folders; default ``<data_dir>/models``."""
+    default_model: str | None = None
+    """Model used when a request names none; loaded at start (readiness waits for it).
+    Unset: the only model on disk, if there is exactly one."""
+    preload_models: list[str] = Field(default_factory=list)
+    """Further models to load at start."""
+    max_loaded_models: int = Field(default=2, ge=1, le=64)
+    memory_budget_mb: int | None = Field(default=None, ge=1)
+    """Upper bound on the weights of all loaded models; unset: no bound."""
+    idle_unload_s: float = Field(default=900.0, ge=0)
+    """Unload a model (not the default one) unused this long; 0 never."""
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    """Requests decoded together in one step (all models together)."""
+    prefill_batch_size: int = Field(default=8, ge=1, le=512)
+    prefill_step_size: int = Field(default=512, ge=16, le=65536)
+    queue_capacity: int = Field(default=64, ge=0, le=100_000)
+    """Requests waiting for a batch slot before RESOURCE_EXHAUSTED."""
+    default_max_tokens: int = Field(default=256, ge=1, le=8192)
+    default_temperature: float = Field(default=0.7, ge=0, le=2)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weight dtype; ``auto`` is float32 on the CPU (fastest there) and the model's own
+    dtype on Metal/CUDA."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    blas_preload: bool = True
+    """On Linux, re-execute once with an optimized OpenBLAS in ``LD_PRELOAD``."""
+    stall_timeout_s: float = Field(default=30.0, gt=0)
+    """Liveness turns NOT_SERVING when the MLX thread has work but makes no progress
+    for this long."""
+    embeddings: bool = True
+    """Serve ``Embed`` (all-MiniLM-L6-v2, loaded on first use)."""
+    embed_max_batch_tokens: int = Field(default=4096, ge=64, le=1_000_000)
+    embed_max_texts: int = Field(default=256, ge=1, le=4096)
+
+    @field_validator("models_dir")
+    @classmethod
+    def _expand_models(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _batches(self) -> InferenceSettings:
+        if self.prefill_batch_size > self.max_batch_size:
+            self.prefill_batch_size = self.max_batch_size
+        return self
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"

@@ -1,0 +1,354 @@
+"""Redis registry backend: several registry replicas share one Redis.
+
+Layout (every key under one hash tag, default ``{llmesh-registry}``):
+
+- ``<p>:w:<id>``  hash per worker (static record, state, load, lease, times),
+  with ``PEXPIRE`` = TTL + eviction time, so Redis drops it even with no
+  registry running;
+- ``<p>:leases``  sorted set of worker ids scored by when to look at them next
+  (lease expiry, then eviction time), scanned by every replica's sweeper;
+- ``<p>:rev``     the revision counter;
+- ``<p>:events``  a stream whose entry ids are ``<revision>-0``: the replayable
+  history for ``WatchWorkers`` resume, and the feed every replica tails to fan
+  changes out to its own watchers.
+
+Every write is one Lua script (atomic renew, revision and event together), and
+the clock is Redis's own ``TIME``, so replicas never disagree about expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from llmesh.kernel.context import outbound_timeout
+from llmesh.kernel.errors import FailedPrecondition, NotFound, Unavailable
+from llmesh.kernel.logging import get_logger
+from llmesh.v1 import common_pb2
+from redis.exceptions import RedisError
+
+from llmesh_registry.backend import RegistryBackend
+from llmesh_registry.model import (
+    LEASE_EXPIRED_REASON,
+    READY,
+    UNHEALTHY,
+    UNSPECIFIED,
+    Event,
+    HeartbeatResult,
+    HeartbeatUpdate,
+    Lease,
+    LeasePolicy,
+    Snapshot,
+)
+from llmesh_registry.records import timestamp_ms
+from llmesh_registry.watch import WatchHub
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+_SCRIPTS = ("register", "heartbeat", "deregister", "set_state", "snapshot", "sweep")
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files("llmesh_registry").joinpath("lua")
+    prelude = folder.joinpath("prelude.lua").read_text(encoding="utf-8")
+    return {
+        name: prelude + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        for name in _SCRIPTS
+    }
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _static_record(worker: common_pb2.WorkerInfo) -> bytes:
+    """The parts of a worker that only Register changes."""
+    static = common_pb2.WorkerInfo(
+        worker_id=worker.worker_id,
+        address=worker.address,
+        labels=dict(worker.labels),
+        models_available=list(worker.models_available),
+        capacity=worker.capacity,
+    )
+    return static.SerializeToString(deterministic=True)
+
+
+def decode_worker(worker_id: str, fields: dict[bytes, bytes]) -> common_pb2.WorkerInfo:
+    """Rebuild a ``WorkerInfo`` from a worker hash (or an event's fields)."""
+    worker = common_pb2.WorkerInfo()
+    if b"static" in fields:
+        worker.ParseFromString(fields[b"static"])
+    worker.worker_id = worker_id
+    if fields.get(b"models"):
+        worker.models_loaded.extend(json.loads(fields[b"models"]))
+    if b"state" in fields:
+        worker.state = int(fields[b"state"])  # type: ignore[assignment]
+    worker.state_reason = fields.get(b"reason", b"").decode()
+    if fields.get(b"load"):
+        worker.load.ParseFromString(fields[b"load"])
+    for name, field_name in (
+        (b"reg", "registered_at"),
+        (b"hb", "last_heartbeat_at"),
+        (b"exp", "lease_expires_at"),
+    ):
+        if name in fields:
+            getattr(worker, field_name).CopyFrom(timestamp_ms(int(fields[name])))
+    return worker
+
+
+def _event_from_entry(entry_id: bytes, data: dict[bytes, bytes]) -> Event:
+    revision = int(entry_id.split(b"-", 1)[0])
+    worker_id = data.get(b"id", b"").decode()
+    return Event(
+        revision=revision,
+        type=int(data[b"t"]),
+        worker=decode_worker(worker_id, data),
+    )
+
+
+class RedisBackend(RegistryBackend):
+    """Registry state in Redis; watch events tailed from a Redis stream."""
+
+    def __init__(
+        self,
+        policy: LeasePolicy,
+        *,
+        url: str,
+        prefix: str = "{llmesh-registry}",
+        hub: WatchHub | None = None,
+        history: int = 10_000,
+        op_timeout_s: float = 2.0,
+        sweep_batch: int = 500,
+    ) -> None:
+        super().__init__(policy, hub)
+        self._url = url
+        self._prefix = prefix
+        self._history = history
+        self._op_timeout_s = op_timeout_s
+        self._sweep_batch = sweep_batch
+        self._leases = f"{prefix}:leases"
+        self._rev = f"{prefix}:rev"
+        self._stream = f"{prefix}:events"
+        self._redis: aioredis.Redis | None = None
+        self._tail_redis: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._tail_task: asyncio.Task[None] | None = None
+
+    def _wkey(self, worker_id: str) -> str:
+        return f"{self._prefix}:w:{worker_id}"
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("RedisBackend.start() was not called")
+        return self._redis
+
+    async def start(self) -> None:
+        self._redis = aioredis.Redis.from_url(
+            self._url, socket_timeout=self._op_timeout_s, socket_connect_timeout=self._op_timeout_s
+        )
+        self._tail_redis = aioredis.Redis.from_url(
+            self._url, socket_timeout=None, socket_connect_timeout=self._op_timeout_s
+        )
+        self._scripts = {
+            name: self._client.register_script(source) for name, source in _load_scripts().items()
+        }
+        start_rev = 0
+        try:
+            start_rev = await self._current_revision()
+        except RedisError as exc:
+            log.warning("redis unavailable at start (%s); will keep trying", exc)
+        self._tail_task = asyncio.create_task(self._tail(start_rev), name="registry-redis-tail")
+
+    async def close(self) -> None:
+        if self._tail_task is not None:
+            self._tail_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail_task
+            self._tail_task = None
+        for client in (self._redis, self._tail_redis):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._tail_redis = None
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation within the caller's remaining time."""
+        timeout = outbound_timeout(self._op_timeout_s)
+        try:
+            async with asyncio.timeout(timeout):
+                return await op()
+        except (RedisError, TimeoutError, OSError) as exc:
+            raise Unavailable(
+                f"registry store unavailable during {what}: {type(exc).__name__}",
+                reason="REGISTRY_STORE_UNAVAILABLE",
+                retry_after_s=1.0,
+            ) from exc
+
+    async def _current_revision(self) -> int:
+        raw = await self._client.get(self._rev)
+        return int(raw) if raw is not None else 0
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                return bool(await self._client.ping())
+        except (RedisError, TimeoutError, OSError):
+            return False
+
+    def _keys(self, worker_id: str) -> list[str]:
+        return [self._wkey(worker_id), self._leases, self._rev, self._stream]
+
+    async def register(self, worker: common_pb2.WorkerInfo, lease_id: str) -> Lease:
+        args = [
+            worker.worker_id,
+            _static_record(worker),
+            json.dumps(list(worker.models_loaded)),
+            int(worker.state),
+            worker.state_reason,
+            worker.load.SerializeToString(deterministic=True),
+            lease_id,
+            self.policy.ttl_ms,
+            self.policy.evict_after_ms,
+            self._history,
+        ]
+        script = self._scripts["register"]
+        revision, _expires = await self._call(
+            "register", lambda: script(keys=self._keys(worker.worker_id), args=args)
+        )
+        return Lease(lease_id=lease_id, ttl_ms=self.policy.ttl_ms, revision=int(revision))
+
+    def _raise_for(self, code: int, worker_id: str, lease_id: str) -> None:
+        if code == -1:
+            raise NotFound(f"worker {worker_id!r} is not registered", reason="WORKER_NOT_FOUND")
+        if code == -2:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} is not the current lease of {worker_id!r}",
+                reason="STALE_LEASE",
+            )
+
+    async def heartbeat(self, update: HeartbeatUpdate) -> HeartbeatResult:
+        args = [
+            update.worker_id,
+            update.lease_id,
+            self.policy.ttl_ms,
+            self.policy.evict_after_ms,
+            self._history,
+            update.load.SerializeToString(deterministic=True) if update.load is not None else b"",
+            int(update.state),
+            update.state_reason,
+            json.dumps(list(update.models_loaded)) if update.models_loaded else "",
+        ]
+        script = self._scripts["heartbeat"]
+        result = await self._call(
+            "heartbeat", lambda: script(keys=self._keys(update.worker_id), args=args)
+        )
+        self._raise_for(int(result[0]), update.worker_id, update.lease_id)
+        return HeartbeatResult(
+            ttl_ms=self.policy.ttl_ms, revision=int(result[0]), state=int(result[1])
+        )
+
+    async def deregister(self, worker_id: str, lease_id: str) -> int:
+        script = self._scripts["deregister"]
+        result = await self._call(
+            "deregister",
+            lambda: script(keys=self._keys(worker_id), args=[worker_id, lease_id, self._history]),
+        )
+        self._raise_for(int(result[0]), worker_id, lease_id)
+        return int(result[0])
+
+    async def set_state(
+        self, worker_id: str, state: int, reason: str
+    ) -> tuple[common_pb2.WorkerInfo, int]:
+        script = self._scripts["set_state"]
+        args = [worker_id, int(state), reason, self._history, int(READY)]
+        result = await self._call(
+            "set_state", lambda: script(keys=self._keys(worker_id), args=args)
+        )
+        self._raise_for(int(result[0]), worker_id, "")
+        return decode_worker(worker_id, _pairs(result[1])), int(result[0])
+
+    async def snapshot(self) -> Snapshot:
+        script = self._scripts["snapshot"]
+        result = await self._call(
+            "snapshot",
+            lambda: script(keys=[self._leases, self._rev], args=[f"{self._prefix}:w:"]),
+        )
+        workers = [decode_worker(item[0].decode(), _pairs(item[1])) for item in result[1:]]
+        workers.sort(key=lambda w: w.worker_id)
+        return Snapshot(revision=int(result[0]), workers=workers)
+
+    async def replay(self, since_revision: int) -> list[Event] | None:
+        async def read() -> tuple[int, list[Any]]:
+            current = await self._current_revision()
+            if since_revision >= current:
+                return current, []
+            entries: list[Any] = await self._client.xrange(  # type: ignore[assignment]
+                self._stream, min=f"{since_revision + 1}-0", max="+", count=self._history + 1
+            )
+            return current, entries
+
+        current, entries = await self._call("replay", read)
+        if since_revision > current:
+            return None
+        if since_revision == current:
+            return []
+        events = [_event_from_entry(eid, data) for eid, data in entries]
+        if not events or events[0].revision != since_revision + 1:
+            return None
+        return events
+
+    async def sweep(self) -> int:
+        script = self._scripts["sweep"]
+        args = [
+            f"{self._prefix}:w:",
+            self.policy.evict_after_ms,
+            self._history,
+            self._sweep_batch,
+            int(UNHEALTHY),
+            LEASE_EXPIRED_REASON,
+        ]
+        result = await self._call(
+            "sweep", lambda: script(keys=[self._leases, self._rev, self._stream], args=args)
+        )
+        return int(result)
+
+    async def _tail(self, last_revision: int) -> None:
+        """Read the event stream and publish to this replica's watchers."""
+        assert self._tail_redis is not None
+        last = last_revision
+        backoff = 0.1
+        while True:
+            try:
+                if last == 0:
+                    last = await self._current_revision()
+                reply: Any = await self._tail_redis.xread(
+                    {self._stream: f"{last}-0"}, block=1000, count=1000
+                )
+                backoff = 0.1
+                if not reply:
+                    # Redis restarted or was flushed: start over from its counter.
+                    current = await self._current_revision()
+                    if current < last:
+                        last = current
+                        self.hub.resync()
+                    continue
+                for entry_id, data in reply[0][1]:
+                    event = _event_from_entry(entry_id, data)
+                    if event.revision != last + 1:
+                        self.hub.resync()
+                    last = event.revision
+                    if event.type != UNSPECIFIED:
+                        self.hub.publish(event)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("registry event feed interrupted: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self.hub.resync()

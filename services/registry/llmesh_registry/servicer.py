@@ -1,0 +1,113 @@
+"""``llmesh.v1.RegistryService`` over a :class:`RegistryBackend` (transport only)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from llmesh.kernel.telemetry import meter
+from llmesh.v1 import registry_pb2, registry_pb2_grpc
+
+from llmesh_registry.backend import RegistryBackend
+from llmesh_registry.model import Event, HeartbeatUpdate, Snapshot, Update, WorkerFilter
+from llmesh_registry.validation import (
+    check_heartbeat,
+    check_set_state,
+    check_worker_id,
+    checked_worker,
+)
+
+SERVICE_NAME = "llmesh.v1.RegistryService"
+
+
+def to_response(update: Update) -> registry_pb2.WatchWorkersResponse:
+    """One ``WatchWorkersResponse`` for a snapshot or an event."""
+    if isinstance(update, Snapshot):
+        return registry_pb2.WatchWorkersResponse(
+            revision=update.revision,
+            snapshot=registry_pb2.WorkerSnapshot(workers=update.workers),
+        )
+    event: Event = update
+    return registry_pb2.WatchWorkersResponse(
+        revision=event.revision,
+        event=registry_pb2.WorkerEvent(type=event.type, worker=event.worker),  # type: ignore[arg-type]
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """Validates requests, calls the backend, shapes responses."""
+
+    def __init__(self, backend: RegistryBackend) -> None:
+        self._backend = backend
+        m = meter("llmesh.registry")
+        self._heartbeats = m.create_counter(
+            "llmesh_registry_heartbeats", description="Heartbeats received"
+        )
+        self._registrations = m.create_counter(
+            "llmesh_registry_registrations", description="Register calls accepted"
+        )
+
+    async def Register(
+        self, request: registry_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RegisterResponse:
+        worker = checked_worker(request)
+        lease = await self._backend.register(worker, uuid.uuid4().hex)
+        self._registrations.add(1)
+        return registry_pb2.RegisterResponse(
+            lease_id=lease.lease_id, ttl_ms=lease.ttl_ms, revision=lease.revision
+        )
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.HeartbeatResponse:
+        check_heartbeat(request)
+        result = await self._backend.heartbeat(
+            HeartbeatUpdate(
+                worker_id=request.worker_id,
+                lease_id=request.lease_id,
+                load=request.load if request.HasField("load") else None,
+                state=request.state,
+                state_reason=request.state_reason,
+                models_loaded=tuple(request.models_loaded),
+            )
+        )
+        self._heartbeats.add(1)
+        return registry_pb2.HeartbeatResponse(
+            ttl_ms=result.ttl_ms,
+            revision=result.revision,
+            state=result.state,  # type: ignore[arg-type]
+        )
+
+    async def Deregister(
+        self, request: registry_pb2.DeregisterRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeregisterResponse:
+        check_worker_id(request.worker_id)
+        revision = await self._backend.deregister(request.worker_id, request.lease_id)
+        return registry_pb2.DeregisterResponse(revision=revision)
+
+    async def ListWorkers(
+        self,
+        request: registry_pb2.RegistryServiceListWorkersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> registry_pb2.RegistryServiceListWorkersResponse:
+        snap = await self._backend.snapshot()
+        wanted = WorkerFilter(model=request.model, state=request.state, labels=dict(request.labels))
+        return registry_pb2.RegistryServiceListWorkersResponse(
+            workers=[w for w in snap.workers if wanted.matches(w)], revision=snap.revision
+        )
+
+    async def WatchWorkers(
+        self, request: registry_pb2.WatchWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.WatchWorkersResponse]:
+        async for update in self._backend.watch(max(0, request.since_revision)):
+            yield to_response(update)
+
+    async def SetWorkerState(
+        self, request: registry_pb2.SetWorkerStateRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.SetWorkerStateResponse:
+        check_set_state(request)
+        worker, revision = await self._backend.set_state(
+            request.worker_id, request.state, request.reason
+        )
+        return registry_pb2.SetWorkerStateResponse(worker=worker, revision=revision)

@@ -1,0 +1,59 @@
+"""Typed settings of the registry (``LLMESH_REGISTRY_*``) and registrar (``LLMESH_REGISTRAR_*``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from llmesh.kernel.config import ServiceSettings, service_settings_config
+from pydantic import Field, model_validator
+
+
+class RegistrySettings(ServiceSettings):
+    """Registry service settings."""
+
+    model_config = service_settings_config("registry")
+
+    port: int = Field(default=50052, ge=0, le=65535)
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "{llmesh-registry}"
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    lease_ttl_ms: int = Field(default=10_000, ge=100)
+    evict_after_ms: int = Field(default=20_000, ge=0)
+    sweep_interval_ms: int = Field(default=0, ge=0)
+    history: int = Field(default=10_000, ge=10)
+    watch_queue: int = Field(default=10_000, ge=10)
+    readiness_interval_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def effective_sweep_interval_s(self) -> float:
+        """How often leases are checked: set, or a tenth of the TTL (25..1000 ms)."""
+        if self.sweep_interval_ms:
+            return self.sweep_interval_ms / 1000
+        return min(1.0, max(0.025, self.lease_ttl_ms / 10_000))
+
+
+class RegistrarSettings(ServiceSettings):
+    """Registrar sidecar settings. It serves only health (for its own probes)."""
+
+    model_config = service_settings_config("registrar")
+
+    port: int = Field(default=50055, ge=0, le=65535)
+    worker: str = "127.0.0.1:50054"
+    registry: str = "127.0.0.1:50052"
+    worker_id: str = ""
+    advertise_address: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    probe_timeout_s: float = Field(default=1.0, gt=0)
+    heartbeat_interval_s: float = Field(default=0.0, ge=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    registry_timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> RegistrarSettings:
+        for name in ("worker", "registry"):
+            value = getattr(self, name)
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{name}: expected host:port, got {value!r}")
+        return self

@@ -156,7 +156,7 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ctx, token, _budget = self._begin(method, metadata, context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            result = behavior(request, context)
+            result: Any = behavior(request, context)
             stream = None if inspect.isawaitable(result) else result.__aiter__()
             try:
                 if stream is None:  # a handler that writes with context.write()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from llmesh.kernel.context import outbound_timeout
 from llmesh.kernel.errors import FailedPrecondition, NotFound, Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.v1 import common_pb2
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import (
@@ -183,6 +184,8 @@ class RedisBackend(RegistryBackend):
         try:
             async with asyncio.timeout(timeout):
                 return await op()
+        except ResponseError:
+            raise  # a bug (bad script or key type), not an outage
         except (RedisError, TimeoutError, OSError) as exc:
             raise Unavailable(
                 f"registry store unavailable during {what}: {type(exc).__name__}",
@@ -191,6 +194,8 @@ class RedisBackend(RegistryBackend):
             ) from exc
 
     async def _current_revision(self) -> int:
+        """The revision counter, created (from the clock, in microseconds) if missing."""
+        await self._client.set(self._rev, time.time_ns() // 1000, nx=True)
         raw = await self._client.get(self._rev)
         return int(raw) if raw is not None else 0
 

@@ -10,10 +10,10 @@ end
 -- a flushed Redis never reuses revisions a watcher has seen.
 local function emit(rev_key, stream_key, maxlen, event_type, worker_id, fields)
   if redis.call('EXISTS', rev_key) == 0 then
-    redis.call('SET', rev_key, now_ms() * 1000)
+    redis.call('SET', rev_key, string.format('%d', now_ms() * 1000))
   end
   local rev = redis.call('INCR', rev_key)
-  redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, rev .. '-0',
+  redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, string.format('%d-0', rev),
     't', event_type, 'id', worker_id, unpack(fields))
   return rev
 end
@@ -21,7 +21,7 @@ end
 local function current_rev(rev_key)
   local rev = redis.call('GET', rev_key)
   if not rev then
-    rev = now_ms() * 1000
+    rev = string.format('%d', now_ms() * 1000)
     redis.call('SET', rev_key, rev)
   end
   return tonumber(rev)

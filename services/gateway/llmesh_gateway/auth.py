@@ -1,0 +1,202 @@
+"""Authentication and authorization: the server interceptor and the authenticator.
+
+Every call but health and reflection needs ``authorization: Bearer <api key | JWT>``.
+The principal goes into the kernel's request context; the AdminService needs role
+admin. Auth failures and every admin call are audited; cheap calls are rate-limited
+here (generation calls are admitted by the servicer, which knows ``max_tokens``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from llmesh.kernel.context import current_request
+from llmesh.kernel.errors import LlmeshError, PermissionDenied, Unauthenticated
+from llmesh.kernel.logging import fingerprint as log_fingerprint
+from llmesh.kernel.logging import get_logger
+from llmesh.kernel.telemetry import meter
+from llmesh_gateway.apikeys import ApiKeyManager, parse_key
+from llmesh_gateway.audit import AuditLog
+from llmesh_gateway.jwt_auth import JwtVerifier
+from llmesh_gateway.principal import ROLE_ADMIN, ROLE_USER, Principal
+from llmesh_gateway.ratelimit import RateLimiter
+
+log = get_logger(__name__)
+
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+ADMIN_PREFIX = "/llmesh.v1.AdminService/"
+GENERATION_METHODS = frozenset(
+    {
+        "/llmesh.v1.GatewayService/Generate",
+        "/llmesh.v1.GatewayService/GenerateStream",
+        "/llmesh.v1.GatewayService/Chat",
+    }
+)
+
+
+class Authenticator:
+    """Turns a bearer token into a ``Principal`` (API key or JWT)."""
+
+    def __init__(self, keys: ApiKeyManager, jwt_verifier: JwtVerifier | None = None) -> None:
+        self.keys = keys
+        self.jwt = jwt_verifier
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <api key or JWT>'",
+                reason="MISSING_CREDENTIALS",
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated(
+                "authorization must be 'Bearer <api key or JWT>'", reason="INVALID_CREDENTIALS"
+            )
+        if parse_key(token) is not None:
+            return await self.keys.verify(token)
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt.verify(token)
+        raise Unauthenticated("unrecognised credentials", reason="INVALID_CREDENTIALS")
+
+
+def current_principal() -> Principal:
+    """The authenticated principal of the call being served (set by the interceptor)."""
+    ctx = current_request()
+    principal = ctx.principal if ctx is not None else None
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("no authenticated principal", reason="MISSING_CREDENTIALS")
+    return principal
+
+
+def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for item_key, value in details.invocation_metadata or ():
+        if item_key == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "OK"
+    if isinstance(exc, LlmeshError):
+        return exc.code.name
+    if isinstance(exc, TimeoutError):
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED" if type(exc).__name__ == "CancelledError" else "INTERNAL"
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates, authorizes by role, audits and rate-limits cheap calls."""
+
+    def __init__(
+        self, authenticator: Authenticator, audit: AuditLog, limiter: RateLimiter
+    ) -> None:
+        self._auth = authenticator
+        self._audit = audit
+        self._limiter = limiter
+        m = meter("llmesh.gateway")
+        self._rejections = m.create_counter(
+            "gateway.auth.rejections", description="Calls refused by authentication or role"
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        authorization = _metadata_value(details, "authorization")
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method, authorization),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def admit(self, method: str, authorization: str | None) -> Principal:
+        """Authenticate and authorize one call; installs the principal in the context."""
+        try:
+            principal = await self._auth.authenticate(authorization)
+        except Unauthenticated as exc:
+            self._rejections.add(1, {"outcome": "UNAUTHENTICATED"})
+            detail = exc.reason
+            if authorization:
+                detail += f" credential={log_fingerprint(authorization.partition(' ')[2])}"
+            await self._audit.record(
+                principal=None, action=method, outcome="UNAUTHENTICATED", detail=detail
+            )
+            raise
+        needed = ROLE_ADMIN if method.startswith(ADMIN_PREFIX) else ROLE_USER
+        if not principal.allows(needed):
+            self._rejections.add(1, {"outcome": "PERMISSION_DENIED"})
+            await self._audit.record(
+                principal=principal,
+                action=method,
+                outcome="PERMISSION_DENIED",
+                detail=f"role {principal.role} lacks {needed}",
+            )
+            raise PermissionDenied(
+                f"role {principal.role!r} may not call {method}",
+                reason="ROLE_REQUIRED",
+                metadata={"required_role": needed},
+            )
+        ctx = current_request()
+        if ctx is not None:
+            ctx.principal = principal
+        if method not in GENERATION_METHODS:
+            await self._limiter.check_request(principal)
+        return principal
+
+    def _unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, authorization: str | None
+    ) -> Callable[..., Awaitable[Any]]:
+        audited = method.startswith(ADMIN_PREFIX)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            principal = await self.admit(method, authorization)
+            if not audited:
+                return await behavior(request, context)
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                ctx = current_request()
+                detail = str(ctx.attributes.get("audit_detail", "")) if ctx else ""
+                await self._audit.record(
+                    principal=principal, action=method, outcome=_outcome(error), detail=detail
+                )
+
+        return handle
+
+    def _stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, authorization: str | None
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await self.admit(method, authorization)
+            stream = behavior(request, context)
+            try:
+                async for item in stream:
+                    yield item
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return handle

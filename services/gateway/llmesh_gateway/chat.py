@@ -1,0 +1,222 @@
+"""``Chat``: one memory-augmented turn.
+
+History and recall run in parallel; the prompt is the system prompt (with the recalled
+memories), the recent history and the new user message, rendered by the worker with
+the model's chat template; the reply streams through; the user and assistant messages
+are appended with ``expected_version`` (retried on a concurrent append) and an
+idempotency key, so a retried turn is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from llmesh.kernel.context import current_request
+from llmesh.kernel.errors import Aborted, LlmeshError
+from llmesh.kernel.logging import get_logger
+from llmesh.kernel.telemetry import tracer
+from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, memory_pb2_grpc
+from llmesh_gateway.principal import Principal
+from llmesh_gateway.router import Router
+from llmesh_gateway.upstream import translate
+from llmesh_gateway.validation import DEFAULT_HISTORY
+
+log = get_logger(__name__)
+_tracer = tracer("llmesh.gateway.chat")
+MAX_APPEND_ATTEMPTS = 5
+
+
+def derive_idempotency_key(principal: Principal, request: gateway_pb2.ChatRequest) -> str:
+    """The client's key, or one derived from what identifies the turn."""
+    if request.idempotency_key:
+        return f"chat:{request.idempotency_key}"[:128]
+    parts = (
+        principal.tenant,
+        request.session_id,
+        request.message,
+        request.model,
+        request.system_prompt,
+    )
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+    return f"chat:auto:{digest}"
+
+
+@dataclass
+class Context:
+    """What the turn is built from."""
+
+    version: int
+    history: list[common_pb2.ChatMessage]
+    hits: list[common_pb2.MemoryHit]
+    degraded: bool
+
+
+def build_messages(
+    request: gateway_pb2.ChatRequest, context: Context
+) -> list[common_pb2.ChatMessage]:
+    """System prompt + memories, history, then the user's message."""
+    system_parts: list[str] = []
+    if request.system_prompt:
+        system_parts.append(request.system_prompt)
+    if context.hits:
+        lines = "\n".join(f"- {hit.memory.text}" for hit in context.hits)
+        system_parts.append(f"Relevant memories about the user:\n{lines}")
+    messages: list[common_pb2.ChatMessage] = []
+    if system_parts:
+        messages.append(
+            common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="\n\n".join(system_parts))
+        )
+    for message in context.history:
+        messages.append(common_pb2.ChatMessage(role=message.role, content=message.content))
+    messages.append(common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content=request.message))
+    return messages
+
+
+class ChatTurns:
+    """Runs chat turns against the memory service and the router."""
+
+    def __init__(self, memory: memory_pb2_grpc.MemoryServiceStub, router: Router) -> None:
+        self._memory = memory
+        self._router = router
+
+    async def _history(
+        self, namespace: str, session_id: str, limit: int
+    ) -> tuple[int, list[common_pb2.ChatMessage]]:
+        try:
+            response = await self._memory.GetSession(
+                memory_pb2.MemoryServiceGetSessionRequest(
+                    namespace=namespace, session_id=session_id, limit=max(1, limit)
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return 0, []
+            raise translate(exc, what="reading the session") from None
+        messages = list(response.messages)[-limit:] if limit > 0 else []
+        return response.session.version, messages
+
+    async def _recall(
+        self, namespace: str, query: str, options: common_pb2.RecallOptions
+    ) -> tuple[list[common_pb2.MemoryHit], bool]:
+        if options.k <= 0:
+            return [], False
+        try:
+            response = await self._memory.Recall(
+                memory_pb2.MemoryServiceRecallRequest(
+                    namespace=namespace, query=query, options=options
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("recall failed (%s); answering without memories", exc.code().name)
+            return [], True
+        return list(response.hits), response.degraded
+
+    async def gather(self, principal: Principal, request: gateway_pb2.ChatRequest) -> Context:
+        """History and memories, fetched in parallel."""
+        limit = request.history_limit or DEFAULT_HISTORY
+        with _tracer.start_as_current_span("chat.context"):
+            (version, history), (hits, degraded) = await asyncio.gather(
+                self._history(principal.tenant, request.session_id, limit),
+                self._recall(principal.tenant, request.message, request.recall),
+            )
+        return Context(version=version, history=history, hits=hits, degraded=degraded)
+
+    async def append(
+        self,
+        principal: Principal,
+        request: gateway_pb2.ChatRequest,
+        reply: str,
+        expected_version: int,
+        key: str,
+    ) -> int:
+        """Append the turn once; retries a version conflict with the current version."""
+        messages = [
+            common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content=request.message),
+            common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_ASSISTANT, content=reply),
+        ]
+        version = expected_version
+        with _tracer.start_as_current_span("chat.append"):
+            for _attempt in range(MAX_APPEND_ATTEMPTS):
+                try:
+                    response = await self._memory.AppendMessages(
+                        memory_pb2.AppendMessagesRequest(
+                            namespace=principal.tenant,
+                            session_id=request.session_id,
+                            messages=messages,
+                            expected_version=version,
+                            idempotency_key=key,
+                        )
+                    )
+                    return int(response.version)
+                except grpc.aio.AioRpcError as exc:
+                    error = translate(exc, what="appending the turn")
+                    if exc.code() != grpc.StatusCode.ABORTED:
+                        raise error from None
+                    current = error.metadata.get("current_version")
+                    if current is None or not current.lstrip("-").isdigit():
+                        raise error from None
+                    version = int(current)
+        raise Aborted(
+            "the session kept changing; the turn could not be appended",
+            reason="VERSION_CONFLICT",
+            retry_after_s=0.1,
+        )
+
+    async def remember(self, principal: Principal, text: str, key: str) -> None:
+        try:
+            await self._memory.Remember(
+                memory_pb2.MemoryServiceRememberRequest(
+                    namespace=principal.tenant, text=text, idempotency_key=f"{key}:remember"[:128]
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not remember the chat message (%s)", exc.code().name)
+
+    async def run(
+        self, principal: Principal, request: gateway_pb2.ChatRequest
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        """Stream one turn; the last chunk carries usage and the new session version."""
+        key = derive_idempotency_key(principal, request)
+        context = await self.gather(principal, request)
+        ctx = current_request()
+        upstream = inference_pb2.InferenceServiceGenerateRequest(
+            model=request.model,
+            messages=build_messages(request, context),
+            sampling=request.sampling,
+            request_id=ctx.request_id if ctx else "",
+        )
+        first = True
+        texts: list[str] = []
+        final: gateway_pb2.ChatResponse | None = None
+        async for chunk in self._router.stream(upstream, session_id=request.session_id):
+            response = chunk.response
+            out = gateway_pb2.ChatResponse(text=response.text, token_ids=response.token_ids)
+            texts.append(response.text)
+            if first:
+                out.memory_ids.extend(hit.memory.id for hit in context.hits)
+                out.recall_degraded = context.degraded
+                out.worker_id = chunk.worker_id
+                first = False
+            if response.finish_reason:
+                out.finish_reason = response.finish_reason
+                out.usage.CopyFrom(response.usage)
+                final = out  # held back until the turn is stored
+                continue
+            yield out
+        reply = "".join(texts)
+        if final is None:
+            final = gateway_pb2.ChatResponse()
+        try:
+            final.session_version = await self.append(
+                principal, request, reply, context.version, key
+            )
+        except LlmeshError:
+            raise
+        if request.remember_message:
+            await self.remember(principal, request.message, key)
+        yield final

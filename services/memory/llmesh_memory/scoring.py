@@ -1,0 +1,137 @@
+"""Keyword relevance (BM25, normalised without inflating weak matches) and score fusion.
+
+Keyword scores are BM25 divided by the score an average-length document containing
+every query term once would get (the sum of the query terms' IDF). That is an
+absolute scale: a hit on one common word of a long query stays small, instead of
+being stretched to 1.0 as min-max normalisation over the result list would do,
+while a hit on a rare exact token (an error code, a host name) scores high.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+K1 = 1.2
+B = 0.75
+RRF_K = 60
+DEFAULT_SEMANTIC_WEIGHT = 0.6
+DEFAULT_KEYWORD_WEIGHT = 0.4
+# Keyword scores are raised to this power before fusion: a partial match (one of
+# several query terms) counts for less than its share, a full match stays 1.
+KEYWORD_SHARPNESS = 1.0
+
+
+class Fusion(Enum):
+    """How semantic and keyword relevance combine (mirrors ``llmesh.v1.FusionMode``)."""
+
+    WEIGHTED = "weighted"
+    RRF = "rrf"
+    SEMANTIC = "semantic"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusStats:
+    """Term statistics of one namespace: documents, total terms, document frequencies."""
+
+    docs: int
+    total_terms: int
+    df: Mapping[str, int]
+
+    @property
+    def avgdl(self) -> float:
+        return self.total_terms / self.docs if self.docs else 1.0
+
+    def idf(self, term: str) -> float:
+        """BM25 IDF (the non-negative Lucene form)."""
+        n = self.df.get(term, 0)
+        return math.log(1.0 + (self.docs - n + 0.5) / (n + 0.5))
+
+
+def keyword_score(query: Sequence[str], doc_terms: Sequence[str], stats: CorpusStats) -> float:
+    """Normalised BM25 of one document in [0, 1]; 0 when no query term occurs."""
+    if not query or not doc_terms:
+        return 0.0
+    counts = Counter(doc_terms)
+    length_norm = K1 * (1 - B + B * len(doc_terms) / stats.avgdl)
+    raw = 0.0
+    ideal = 0.0
+    for term in query:
+        idf = stats.idf(term)
+        ideal += idf
+        tf = counts.get(term, 0)
+        if tf:
+            raw += idf * tf * (K1 + 1) / (tf + length_norm)
+    if raw <= 0 or ideal <= 0:
+        return 0.0
+    return min(1.0, raw / ideal) ** KEYWORD_SHARPNESS
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One candidate's component scores (semantic None when not computed)."""
+
+    key: str
+    semantic: float | None
+    keyword: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """A candidate's final score with both components."""
+
+    key: str
+    score: float
+    semantic: float
+    keyword: float
+
+
+def _ranks(values: Mapping[str, float]) -> dict[str, int]:
+    ordered = sorted((k for k, v in values.items() if v > 0), key=lambda k: -values[k])
+    return {k: i + 1 for i, k in enumerate(ordered)}
+
+
+def fuse(
+    candidates: Sequence[Scored],
+    *,
+    mode: Fusion,
+    semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT,
+    keyword_weight: float = DEFAULT_KEYWORD_WEIGHT,
+) -> list[Fused]:
+    """Combined scores, best first (ties broken by key for a stable order).
+
+    Without semantic scores (degraded) every mode but SEMANTIC ranks by keyword.
+    """
+    semantic_known = any(c.semantic is not None for c in candidates)
+    if not semantic_known and mode is not Fusion.SEMANTIC:
+        mode = Fusion.KEYWORD
+    out: list[Fused] = []
+    if mode is Fusion.RRF:
+        sem_ranks = _ranks({c.key: max(c.semantic or 0.0, 1e-9) for c in candidates
+                            if c.semantic is not None})
+        kw_ranks = _ranks({c.key: c.keyword for c in candidates})
+        for c in candidates:
+            score = 0.0
+            if c.key in sem_ranks:
+                score += 1.0 / (RRF_K + sem_ranks[c.key])
+            if c.key in kw_ranks:
+                score += 1.0 / (RRF_K + kw_ranks[c.key])
+            out.append(Fused(c.key, score, c.semantic or 0.0, c.keyword))
+    else:
+        for c in candidates:
+            semantic = c.semantic or 0.0
+            if mode is Fusion.SEMANTIC:
+                score = semantic
+            elif mode is Fusion.KEYWORD:
+                score = c.keyword
+            else:
+                score = semantic_weight * max(semantic, 0.0) + keyword_weight * c.keyword
+            out.append(Fused(c.key, score, semantic, c.keyword))
+    if mode is Fusion.KEYWORD:
+        out = [f for f in out if f.keyword > 0]
+    out.sort(key=lambda f: (-f.score, f.key))
+    return out

@@ -22,67 +22,157 @@ import numpy.typing as npt
 CACHE_DIR = Path(os.environ.get("LLMESH_BENCH_CACHE", "/tmp/llmesh-bench-cache"))
 
 _SERVICES = (
-    "payments", "checkout", "search", "billing", "auth", "notifications", "inventory",
-    "shipping", "recommendations", "analytics", "ledger", "onboarding", "pricing", "catalog",
-    "reporting", "messaging", "scheduler", "gateway", "profile", "fraud-detection",
+    "payments",
+    "checkout",
+    "search",
+    "billing",
+    "auth",
+    "notifications",
+    "inventory",
+    "shipping",
+    "recommendations",
+    "analytics",
+    "ledger",
+    "onboarding",
+    "pricing",
+    "catalog",
+    "reporting",
+    "messaging",
+    "scheduler",
+    "gateway",
+    "profile",
+    "fraud-detection",
 )
 _HOSTS = ("db-replica", "db-primary", "cache", "worker", "api", "edge", "queue", "batch")
 _PEOPLE = (
-    "Alice Moreau", "Bob Okafor", "Chen Wei", "Dana Kowalski", "Elif Yilmaz", "Farid Haddad",
-    "Grace Lindqvist", "Hiro Tanaka", "Ines Duarte", "Jonas Becker", "Kavya Rao",
-    "Liam O'Brien", "Maya Goldberg", "Nils Andersen", "Olga Petrova", "Pedro Alvarez",
-    "Quinn Harper", "Rosa Jimenez", "Sam Whitfield", "Tara Nguyen", "Umar Siddiqui",
-    "Vera Novak", "Wen Li", "Yusuf Demir", "Zoe Fischer",
+    "Alice Moreau",
+    "Bob Okafor",
+    "Chen Wei",
+    "Dana Kowalski",
+    "Elif Yilmaz",
+    "Farid Haddad",
+    "Grace Lindqvist",
+    "Hiro Tanaka",
+    "Ines Duarte",
+    "Jonas Becker",
+    "Kavya Rao",
+    "Liam O'Brien",
+    "Maya Goldberg",
+    "Nils Andersen",
+    "Olga Petrova",
+    "Pedro Alvarez",
+    "Quinn Harper",
+    "Rosa Jimenez",
+    "Sam Whitfield",
+    "Tara Nguyen",
+    "Umar Siddiqui",
+    "Vera Novak",
+    "Wen Li",
+    "Yusuf Demir",
+    "Zoe Fischer",
 )
 _SYMPTOMS = (
-    "started timing out", "returned intermittent 502 errors", "ran out of disk space",
-    "leaked memory until the pod was killed", "showed replication lag above 30 seconds",
-    "dropped connections under load", "served stale data from its cache",
-    "spiked to full CPU", "failed health checks", "logged thousands of deadlocks",
-    "rejected valid tokens", "duplicated outgoing emails",
+    "started timing out",
+    "returned intermittent 502 errors",
+    "ran out of disk space",
+    "leaked memory until the pod was killed",
+    "showed replication lag above 30 seconds",
+    "dropped connections under load",
+    "served stale data from its cache",
+    "spiked to full CPU",
+    "failed health checks",
+    "logged thousands of deadlocks",
+    "rejected valid tokens",
+    "duplicated outgoing emails",
 )
 _CAUSES = (
-    "a missing index on the orders table", "an expired TLS certificate",
-    "a connection pool that was too small", "a retry storm from mobile clients",
-    "a misconfigured feature flag", "a slow DNS resolver", "a runaway cron job",
-    "clock skew between nodes", "an unbounded in-memory queue", "a bad schema migration",
-    "a noisy neighbour on the same host", "a regression in the JSON serializer",
+    "a missing index on the orders table",
+    "an expired TLS certificate",
+    "a connection pool that was too small",
+    "a retry storm from mobile clients",
+    "a misconfigured feature flag",
+    "a slow DNS resolver",
+    "a runaway cron job",
+    "clock skew between nodes",
+    "an unbounded in-memory queue",
+    "a bad schema migration",
+    "a noisy neighbour on the same host",
+    "a regression in the JSON serializer",
 )
 _FIXES = (
-    "rolled back the release", "added the index", "rotated the certificate",
-    "doubled the pool size", "added jittered backoff", "disabled the flag",
-    "moved the job to off-peak hours", "enabled NTP sync", "capped the queue",
-    "reverted the migration", "moved the service to dedicated nodes", "pinned the old library",
+    "rolled back the release",
+    "added the index",
+    "rotated the certificate",
+    "doubled the pool size",
+    "added jittered backoff",
+    "disabled the flag",
+    "moved the job to off-peak hours",
+    "enabled NTP sync",
+    "capped the queue",
+    "reverted the migration",
+    "moved the service to dedicated nodes",
+    "pinned the old library",
 )
 _PREFS = (
-    "prefers short written summaries over meetings", "likes dark mode in every tool",
-    "wants code reviews within one working day", "is vegetarian and avoids mushrooms",
-    "works from Lisbon and is online from 8 to 16 UTC", "prefers Python type hints everywhere",
-    "asks for diagrams before big design changes", "likes tea, not coffee",
-    "is allergic to peanuts", "prefers being paged only for customer-facing outages",
-    "keeps meeting notes in the team wiki", "wants weekly status updates on Fridays",
+    "prefers short written summaries over meetings",
+    "likes dark mode in every tool",
+    "wants code reviews within one working day",
+    "is vegetarian and avoids mushrooms",
+    "works from Lisbon and is online from 8 to 16 UTC",
+    "prefers Python type hints everywhere",
+    "asks for diagrams before big design changes",
+    "likes tea, not coffee",
+    "is allergic to peanuts",
+    "prefers being paged only for customer-facing outages",
+    "keeps meeting notes in the team wiki",
+    "wants weekly status updates on Fridays",
 )
 _TOPICS = (
-    "the database migration plan", "the Q3 hiring budget", "the new on-call rotation",
-    "the incident review process", "moving logs to cheaper storage", "the API deprecation policy",
-    "the customer churn dashboard", "the mobile release train", "the vendor contract renewal",
-    "load testing before Black Friday", "the security audit findings", "the offsite agenda",
+    "the database migration plan",
+    "the Q3 hiring budget",
+    "the new on-call rotation",
+    "the incident review process",
+    "moving logs to cheaper storage",
+    "the API deprecation policy",
+    "the customer churn dashboard",
+    "the mobile release train",
+    "the vendor contract renewal",
+    "load testing before Black Friday",
+    "the security audit findings",
+    "the offsite agenda",
 )
 _DECISIONS = (
-    "agreed to postpone it by two weeks", "decided to split the work across two teams",
-    "approved the proposal with minor changes", "asked for a cost estimate first",
-    "chose the managed option", "rejected it because of the latency risk",
-    "wants a pilot with one customer", "assigned an owner and a deadline",
+    "agreed to postpone it by two weeks",
+    "decided to split the work across two teams",
+    "approved the proposal with minor changes",
+    "asked for a cost estimate first",
+    "chose the managed option",
+    "rejected it because of the latency risk",
+    "wants a pilot with one customer",
+    "assigned an owner and a deadline",
 )
 _CUSTOMERS = (
-    "Acme Logistics", "Blue Harbor Bank", "Cobalt Health", "Delta Foods", "Evergreen Energy",
-    "Fjord Telecom", "Granite Insurance", "Helix Biotech", "Ionic Retail", "Juniper Airlines",
+    "Acme Logistics",
+    "Blue Harbor Bank",
+    "Cobalt Health",
+    "Delta Foods",
+    "Evergreen Energy",
+    "Fjord Telecom",
+    "Granite Insurance",
+    "Helix Biotech",
+    "Ionic Retail",
+    "Juniper Airlines",
 )
 _ASKS = (
-    "asked for single sign-on with their identity provider", "reported slow exports of large reports",
-    "wants invoices in euros", "needs data residency in the EU", "requested a higher API rate limit",
-    "complained about missing email receipts", "asked for an audit log export",
-    "wants a dedicated support contact", "reported a timezone bug in scheduled jobs",
+    "asked for single sign-on with their identity provider",
+    "reported slow exports of large reports",
+    "wants invoices in euros",
+    "needs data residency in the EU",
+    "requested a higher API rate limit",
+    "complained about missing email receipts",
+    "asked for an audit log export",
+    "wants a dedicated support contact",
+    "reported a timezone bug in scheduled jobs",
 )
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 
@@ -172,10 +262,11 @@ Embed = Callable[[Sequence[str]], "npt.NDArray[np.float32]"]
 def minilm_embedder(*, batch_size: int = 64) -> Embed:
     """Embed texts with the real MiniLM encoder in MLX (the inference service's model code)."""
     import mlx.core as mx
+    from tokenizers import Tokenizer
+
     from llmesh_inference.embeddings.bert import load_encoder
     from llmesh_inference.embeddings.config import BertConfig
     from llmesh_inference.embeddings.files import model_files
-    from tokenizers import Tokenizer
 
     files = model_files()
     encoder = load_encoder(BertConfig.from_file(files.config), files.weights, dtype=mx.float32)
@@ -211,7 +302,8 @@ def cached_vectors(
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
     path = CACHE_DIR / f"{name}-{len(texts)}-{digest}.npy"
     if path.exists():
-        return np.load(path)
+        loaded: npt.NDArray[np.float32] = np.load(path)
+        return loaded
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     partial = CACHE_DIR / f"{name}-{len(texts)}-{digest}.partial.npy"
     done = np.load(partial) if partial.exists() else np.zeros((0, 384), np.float32)

@@ -22,7 +22,15 @@ SERVICES: dict[str, str] = {
 }
 
 # Modules under ``llmesh.cli`` that expose ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "models",
+    "keys",
+    "generate",
+    "chat",
+    "memory_cmds",
+    "up",
+    "status",
+)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from llmesh.kernel.context import current_request
-from llmesh.kernel.errors import LlmeshError, PermissionDenied, Unauthenticated
+from llmesh.kernel.errors import LlmeshError, PermissionDenied, Unauthenticated, Unavailable
 from llmesh.kernel.logging import fingerprint as log_fingerprint
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
@@ -92,16 +92,19 @@ def _outcome(exc: BaseException | None) -> str:
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates, authorizes by role, audits and rate-limits cheap calls."""
 
-    def __init__(
-        self, authenticator: Authenticator, audit: AuditLog, limiter: RateLimiter
-    ) -> None:
-        self._auth = authenticator
-        self._audit = audit
-        self._limiter = limiter
+    def __init__(self) -> None:
+        self._deps: tuple[Authenticator, AuditLog, RateLimiter] | None = None
         m = meter("llmesh.gateway")
         self._rejections = m.create_counter(
             "gateway.auth.rejections", description="Calls refused by authentication or role"
         )
+
+    def bind(self, authenticator: Authenticator, audit: AuditLog, limiter: RateLimiter) -> None:
+        """Attach the dependencies (created after the server, in the service set-up)."""
+        self._deps = (authenticator, audit, limiter)
+
+    def unbind(self) -> None:
+        self._deps = None
 
     async def intercept_service(
         self,
@@ -121,7 +124,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, authorization),
+                self._stream(handler.unary_stream, method, authorization),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -129,21 +132,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def admit(self, method: str, authorization: str | None) -> Principal:
         """Authenticate and authorize one call; installs the principal in the context."""
+        if self._deps is None:
+            raise Unavailable("gateway is starting", reason="NOT_READY", retry_after_s=1.0)
+        authenticator, audit, limiter = self._deps
         try:
-            principal = await self._auth.authenticate(authorization)
+            principal = await authenticator.authenticate(authorization)
         except Unauthenticated as exc:
             self._rejections.add(1, {"outcome": "UNAUTHENTICATED"})
             detail = exc.reason
             if authorization:
                 detail += f" credential={log_fingerprint(authorization.partition(' ')[2])}"
-            await self._audit.record(
+            await audit.record(
                 principal=None, action=method, outcome="UNAUTHENTICATED", detail=detail
             )
             raise
         needed = ROLE_ADMIN if method.startswith(ADMIN_PREFIX) else ROLE_USER
         if not principal.allows(needed):
             self._rejections.add(1, {"outcome": "PERMISSION_DENIED"})
-            await self._audit.record(
+            await audit.record(
                 principal=principal,
                 action=method,
                 outcome="PERMISSION_DENIED",
@@ -158,8 +164,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if ctx is not None:
             ctx.principal = principal
         if method not in GENERATION_METHODS:
-            await self._limiter.check_request(principal)
+            await limiter.check_request(principal)
         return principal
+
+    async def audit(self, *, principal: Principal, action: str, outcome: str, detail: str) -> None:
+        if self._deps is not None:
+            await self._deps[1].record(
+                principal=principal, action=action, outcome=outcome, detail=detail
+            )
 
     def _unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str, authorization: str | None
@@ -179,7 +191,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 ctx = current_request()
                 detail = str(ctx.attributes.get("audit_detail", "")) if ctx else ""
-                await self._audit.record(
+                await self.audit(
                     principal=principal, action=method, outcome=_outcome(error), detail=detail
                 )
 

@@ -72,8 +72,11 @@ class Balancer:
         )
 
     def _observe_open(self, _options: CallbackOptions) -> list[Observation]:
-        return [Observation(sum(1 for s in self._state.values() if s.breaker and
-                                s.breaker.current() == OPEN))]
+        return [
+            Observation(
+                sum(1 for s in self._state.values() if s.breaker and s.breaker.current() == OPEN)
+            )
+        ]
 
     def state(self, worker_id: str) -> WorkerState:
         found = self._state.get(worker_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from llmesh.kernel.context import current_request
-from llmesh.kernel.errors import Aborted, LlmeshError
+from llmesh.kernel.errors import Aborted
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, memory_pb2_grpc
@@ -29,6 +29,8 @@ from llmesh_gateway.validation import DEFAULT_HISTORY
 log = get_logger(__name__)
 _tracer = tracer("llmesh.gateway.chat")
 MAX_APPEND_ATTEMPTS = 5
+# A version no session reaches: an append with it writes nothing unless it is a replay.
+NEVER_VERSION = 2**62
 
 
 def derive_idempotency_key(principal: Principal, request: gateway_pb2.ChatRequest) -> str:
@@ -69,7 +71,9 @@ def build_messages(
     messages: list[common_pb2.ChatMessage] = []
     if system_parts:
         messages.append(
-            common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="\n\n".join(system_parts))
+            common_pb2.ChatMessage(
+                role=common_pb2.CHAT_ROLE_SYSTEM, content="\n\n".join(system_parts)
+            )
         )
     for message in context.history:
         messages.append(common_pb2.ChatMessage(role=message.role, content=message.content))
@@ -80,7 +84,7 @@ def build_messages(
 class ChatTurns:
     """Runs chat turns against the memory service and the router."""
 
-    def __init__(self, memory: memory_pb2_grpc.MemoryServiceStub, router: Router) -> None:
+    def __init__(self, memory: memory_pb2_grpc.MemoryServiceAsyncStub, router: Router) -> None:
         self._memory = memory
         self._router = router
 
@@ -155,6 +159,12 @@ class ChatTurns:
                     return int(response.version)
                 except grpc.aio.AioRpcError as exc:
                     error = translate(exc, what="appending the turn")
+                    if error.reason == "IDEMPOTENCY_KEY_REUSED":
+                        raise Aborted(
+                            "this turn's idempotency key was used by a concurrent request",
+                            reason="IDEMPOTENCY_KEY_REUSED",
+                            retry_after_s=0.5,
+                        ) from None
                     if exc.code() != grpc.StatusCode.ABORTED:
                         raise error from None
                     current = error.metadata.get("current_version")
@@ -166,6 +176,43 @@ class ChatTurns:
             reason="VERSION_CONFLICT",
             retry_after_s=0.1,
         )
+
+    async def replayed_turn(
+        self, principal: Principal, request: gateway_pb2.ChatRequest, context: Context, key: str
+    ) -> tuple[int, str] | None:
+        """``(version, stored reply)`` when this turn was stored already (a client retry).
+
+        Only when the history holds this user message followed by a reply: the pair is
+        offered with the turn's idempotency key and a version no session has, so the
+        memory service either replays the original append or writes nothing.
+        """
+        history = context.history
+        for i in range(len(history) - 2, -1, -1):
+            user, reply = history[i], history[i + 1]
+            if (
+                user.role == common_pb2.CHAT_ROLE_USER
+                and reply.role == common_pb2.CHAT_ROLE_ASSISTANT
+                and user.content == request.message
+            ):
+                break
+        else:
+            return None
+        try:
+            response = await self._memory.AppendMessages(
+                memory_pb2.AppendMessagesRequest(
+                    namespace=principal.tenant,
+                    session_id=request.session_id,
+                    messages=[
+                        common_pb2.ChatMessage(role=user.role, content=user.content),
+                        common_pb2.ChatMessage(role=reply.role, content=reply.content),
+                    ],
+                    expected_version=NEVER_VERSION,
+                    idempotency_key=key,
+                )
+            )
+        except grpc.aio.AioRpcError:
+            return None  # not a replay (version conflict or another turn's key)
+        return (int(response.version), reply.content) if response.replayed else None
 
     async def remember(self, principal: Principal, text: str, key: str) -> None:
         try:
@@ -183,6 +230,17 @@ class ChatTurns:
         """Stream one turn; the last chunk carries usage and the new session version."""
         key = derive_idempotency_key(principal, request)
         context = await self.gather(principal, request)
+        replay = await self.replayed_turn(principal, request, context, key)
+        if replay is not None:
+            version, stored = replay
+            yield gateway_pb2.ChatResponse(
+                text=stored,
+                memory_ids=[hit.memory.id for hit in context.hits],
+                recall_degraded=context.degraded,
+                finish_reason=common_pb2.FINISH_REASON_EOS,
+                session_version=version,
+            )
+            return
         ctx = current_request()
         upstream = inference_pb2.InferenceServiceGenerateRequest(
             model=request.model,
@@ -211,12 +269,7 @@ class ChatTurns:
         reply = "".join(texts)
         if final is None:
             final = gateway_pb2.ChatResponse()
-        try:
-            final.session_version = await self.append(
-                principal, request, reply, context.version, key
-            )
-        except LlmeshError:
-            raise
+        final.session_version = await self.append(principal, request, reply, context.version, key)
         if request.remember_message:
             await self.remember(principal, request.message, key)
         yield final

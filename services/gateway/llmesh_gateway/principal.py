@@ -26,4 +26,4 @@ class Principal:
 
     def allows(self, role: str) -> bool:
         """Whether this principal holds ``role`` (admin implies user)."""
-        return self.role == ROLE_ADMIN or self.role == role
+        return self.role in (ROLE_ADMIN, role)

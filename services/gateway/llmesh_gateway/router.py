@@ -21,7 +21,7 @@ from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from llmesh_gateway.balancer import Balancer, RetryBudget
-from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool, translate
+from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool, hop_options, translate
 
 log = get_logger(__name__)
 
@@ -75,7 +75,7 @@ class Router:
             "gateway.time_to_first_token", unit="ms", description="Gateway-side TTFT"
         )
 
-    def _stub(self, worker: common_pb2.WorkerInfo) -> inference_pb2_grpc.InferenceServiceStub:
+    def _stub(self, worker: common_pb2.WorkerInfo) -> inference_pb2_grpc.InferenceServiceAsyncStub:
         return inference_pb2_grpc.InferenceServiceStub(self.pool.get(worker.address))
 
     def _may_retry(self, attempt: int, code: grpc.StatusCode) -> bool:
@@ -126,14 +126,15 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            call = self._stub(worker).Generate(request)
+            timeout, metadata = hop_options()
+            call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
             delivered = 0
             sent = False
             model = ""
             try:
-                async for response in call:
+                async for response in call:  # type: ignore[attr-defined]
                     model = response.model or model
                     if not sent:
                         if not (response.token_ids or response.text or response.finish_reason):
@@ -168,7 +169,7 @@ class Router:
                     code.name,
                 )
             finally:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]
                 self._settle(worker.worker_id, verdict)
 
     async def generate(
@@ -183,13 +184,14 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            call = self._stub(worker).Generate(request)
+            timeout, metadata = hop_options()
+            call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
             result = Generation(worker.worker_id, "", "", [], 0, common_pb2.Usage())
             texts: list[str] = []
             try:
-                async for response in call:
+                async for response in call:  # type: ignore[attr-defined]
                     result.model = response.model or result.model
                     texts.append(response.text)
                     result.token_ids.extend(response.token_ids)
@@ -207,7 +209,7 @@ class Router:
                     raise last from None
                 self._failovers.add(1)
             finally:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]
                 self._settle(worker.worker_id, verdict)
 
     async def embed(
@@ -224,7 +226,10 @@ class Router:
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
             try:
-                response = await self._stub(worker).Embed(request)
+                timeout, metadata = hop_options()
+                response = await self._stub(worker).Embed(
+                    request, timeout=timeout, metadata=metadata
+                )
                 verdict = True
                 return worker.worker_id, response
             except grpc.aio.AioRpcError as exc:

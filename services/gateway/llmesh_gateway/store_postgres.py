@@ -69,12 +69,14 @@ class PostgresStore:
     async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql, params)
-            return await cur.fetchone()
+            row: dict[str, Any] | None = await cur.fetchone()
+            return row
 
     async def _all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql, params)
-            return await cur.fetchall()
+            rows: list[dict[str, Any]] = await cur.fetchall()
+            return rows
 
     async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
         row = await self._one(

@@ -89,9 +89,7 @@ def check_sampling(c: Checker, field: str, sampling: common_pb2.SamplingParams) 
         _finite(sampling.temperature) and 0.0 <= sampling.temperature <= 2.0
     ):
         c.bad(f"{field}.temperature", "must be in [0, 2]")
-    if sampling.HasField("top_p") and not (
-        _finite(sampling.top_p) and 0.0 < sampling.top_p <= 1.0
-    ):
+    if sampling.HasField("top_p") and not (_finite(sampling.top_p) and 0.0 < sampling.top_p <= 1.0):
         c.bad(f"{field}.top_p", "must be in (0, 1]")
     if sampling.HasField("top_k") and not 0 <= sampling.top_k <= 1000:
         c.bad(f"{field}.top_k", "must be in 0..1000")
@@ -250,4 +248,19 @@ def check_worker_id(worker_id: str) -> None:
 def check_key_id(key_id: str) -> None:
     c = Checker()
     c.pattern("key_id", key_id, KEY_ID, "a key id (lowercase hex)", required=True)
+    c.done()
+
+
+def check_list_workers(model: str, state: int) -> None:
+    c = Checker()
+    check_model(c, "model", model)
+    if state not in common_pb2.WorkerState.values():
+        c.bad("state", "unknown worker state")
+    c.done()
+
+
+def check_drain(worker_id: str, reason: str) -> None:
+    c = Checker()
+    c.pattern("worker_id", worker_id, WORKER_ID, "1..253 of [A-Za-z0-9._:-]", required=True)
+    c.text("reason", reason, max_bytes=1024)
     c.done()

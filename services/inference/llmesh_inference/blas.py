@@ -10,6 +10,7 @@ once with the right environment.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -53,10 +54,8 @@ class BlasPreload:
 
 def _site_dirs() -> list[Path]:
     dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    try:
+    with contextlib.suppress(AttributeError):  # a virtualenv without site
         dirs += site.getsitepackages()
-    except AttributeError:  # pragma: no cover - virtualenv without site
-        pass
     dirs += [p for p in sys.path if p.endswith("site-packages")]
     return [Path(d) for d in dict.fromkeys(dirs)]
 
@@ -67,7 +66,10 @@ def _system_has(soname: str) -> bool:
             ["ldconfig", "-p"], capture_output=True, text=True, timeout=5, check=False
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return ctypes.util.find_library(soname.split(".so")[0].removeprefix("lib")) is not None
+        return (
+            ctypes.util.find_library(soname.split(".so", maxsplit=1)[0].removeprefix("lib"))
+            is not None
+        )
     return any(line.strip().startswith(soname + " ") for line in out.splitlines())
 
 
@@ -138,7 +140,7 @@ def sgemm_library() -> str | None:
         dladdr = libc.dladdr
         dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
         if dladdr(symbol, ctypes.byref(info)) and info.dli_fname:
-            return info.dli_fname.decode()
+            return str(info.dli_fname.decode())
     except (AttributeError, OSError):
         return None
     return None
@@ -177,12 +179,15 @@ def _mapped_blas() -> str | None:
     return libs[0] if libs else None
 
 
-def reexec_with_openblas(argv: Sequence[str], *, module: str = "llmesh_inference") -> None:
+def reexec_with_openblas(
+    argv: Sequence[str], *, module: str = "llmesh_inference", threads: int | None = None
+) -> None:
     """Re-execute this worker once with an optimized OpenBLAS preloaded (Linux only).
 
     Returns (does nothing) when not on Linux, when already re-executed, when
     ``LLMESH_INFERENCE_BLAS_PRELOAD=0``, or when no OpenBLAS is installed; otherwise
-    replaces the process (``os.execve``) running ``python -m <module> <argv>``.
+    replaces the process (``os.execve``) running ``python -m <module> <argv>``, with
+    ``OPENBLAS_NUM_THREADS=threads`` when ``threads`` is given.
     """
     if not sys.platform.startswith("linux") or os.environ.get(REEXEC_MARKER):
         return
@@ -192,6 +197,8 @@ def reexec_with_openblas(argv: Sequence[str], *, module: str = "llmesh_inference
     if preload is None:
         return
     env = preload.apply(os.environ)
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)

@@ -219,9 +219,7 @@ class ModelStore:
             return sum(m.memory_bytes for m in models) + need <= self.memory_budget_bytes
 
         while not fits():
-            victims = [
-                m for m in self.loaded() if m.requests == 0 and m.name not in protect
-            ]
+            victims = [m for m in self.loaded() if m.requests == 0 and m.name not in protect]
             if not victims:
                 raise ResourceExhausted(
                     f"cannot load {name}: every loaded model is busy or pinned",
@@ -234,7 +232,9 @@ class ModelStore:
             evicted.append(victim.name)
         return evicted
 
-    def load(self, name: str, *, protect: set[str] | None = None) -> tuple[LoadedModel, list[str], float]:
+    def load(
+        self, name: str, *, protect: set[str] | None = None
+    ) -> tuple[LoadedModel, list[str], float]:
         """Load ``name`` (a no-op when loaded); returns (model, evicted, milliseconds)."""
         validate_name(name)
         existing = self.get(name)
@@ -287,7 +287,8 @@ class ModelStore:
             extra={"model": name},
         )
         try:
-            model, tokenizer = load(str(path), lazy=True)
+            loaded: Any = load(str(path), lazy=True)
+            model, tokenizer = loaded[0], loaded[1]
         except (ValueError, KeyError, FileNotFoundError, json.JSONDecodeError) as exc:
             raise InvalidArgument(
                 f"cannot load {name}: {exc}", reason="NOT_A_MODEL", metadata={"model": name}
@@ -295,13 +296,11 @@ class ModelStore:
         target = self._target_dtype(info.dtype)
         model.set_dtype(getattr(mx, target))
         mx.eval(model.parameters())
-        params = tree_flatten(model.parameters())
+        params: Any = tree_flatten(model.parameters())
         memory = sum(int(v.nbytes) for _, v in params)
         count = sum(int(v.size) for _, v in params)
         eos = sorted(int(t) for t in tokenizer.eos_token_ids)
-        generator = BatchGenerator(
-            model, stop_tokens=[[t] for t in eos], **self.generator_kwargs
-        )
+        generator = BatchGenerator(model, stop_tokens=[[t] for t in eos], **self.generator_kwargs)
         config = json.loads((path / "config.json").read_text())
         ctx = int(config.get("max_position_embeddings") or info.context_length or 2048)
         vocab = int(config.get("vocab_size") or len(tokenizer.vocab))

@@ -8,9 +8,10 @@ process-wide MLX random state.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
 from llmesh.v1 import common_pb2
@@ -32,7 +33,6 @@ class SamplingOptions:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def greedy(self) -> bool:
@@ -50,7 +50,7 @@ def parse_sampling(
     p = params if params is not None else common_pb2.SamplingParams()
     bad: list[FieldViolation] = []
     temperature = p.temperature if p.HasField("temperature") else default_temperature
-    if not 0.0 <= temperature <= 2.0 or temperature != temperature:
+    if not 0.0 <= temperature <= 2.0 or math.isnan(temperature):
         bad.append(FieldViolation(f"{prefix}.temperature", "must be in [0, 2]"))
     top_p = p.top_p if p.HasField("top_p") else 1.0
     if not 0.0 < top_p <= 1.0:

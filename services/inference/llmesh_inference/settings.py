@@ -19,6 +19,8 @@ class InferenceSettings(ServiceSettings):
     model_config = service_settings_config("inference")
 
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    method_deadlines: dict[str, float] = Field(default_factory=lambda: {"Generate": 300.0})
+    """Deadline for calls that bring none; generations may run minutes."""
     models_dir: Path | None = None
     """Folder of mlx-lm model folders; default ``<data_dir>/models``."""
     default_model: str | None = None
@@ -45,6 +47,9 @@ class InferenceSettings(ServiceSettings):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     blas_preload: bool = True
     """On Linux, re-execute once with an optimized OpenBLAS in ``LD_PRELOAD``."""
+    blas_threads: int | None = Field(default=None, ge=1, le=1024)
+    """Threads of the preloaded OpenBLAS (``OPENBLAS_NUM_THREADS``); unset: one per core.
+    On a CPU shared with other busy processes, 1 is much faster (no spinning threads)."""
     stall_timeout_s: float = Field(default=30.0, gt=0)
     """Liveness turns NOT_SERVING when the MLX thread has work but makes no progress
     for this long."""
@@ -60,8 +65,7 @@ class InferenceSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _batches(self) -> InferenceSettings:
-        if self.prefill_batch_size > self.max_batch_size:
-            self.prefill_batch_size = self.max_batch_size
+        self.prefill_batch_size = min(self.prefill_batch_size, self.max_batch_size)
         return self
 
     @property

@@ -49,9 +49,47 @@ Operators read logs, metrics and traces; they want clear errors and predictable 
 """
 
 _SYLLABLES = (
-    "ka ri to ne mu sa lo vi de pa qu el an or is un ter mon gal bri sto phe ach ing "
-    "tion ver pre con dis ble ful ness ment ous ive ary ist ism ize ward"
-).split()
+    "ka",
+    "ri",
+    "to",
+    "ne",
+    "mu",
+    "sa",
+    "lo",
+    "vi",
+    "de",
+    "pa",
+    "qu",
+    "el",
+    "an",
+    "or",
+    "is",
+    "un",
+    "ter",
+    "mon",
+    "gal",
+    "bri",
+    "sto",
+    "phe",
+    "ach",
+    "ing",
+    "tion",
+    "ver",
+    "pre",
+    "con",
+    "dis",
+    "ble",
+    "ful",
+    "ness",
+    "ment",
+    "ous",
+    "ive",
+    "ary",
+    "ist",
+    "ism",
+    "ize",
+    "ward",
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +202,9 @@ def _weight_shapes(spec: TinySpec, vocab: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _weights(spec: TinySpec, vocab: int, seed: int, special_ids: list[int]) -> dict[str, np.ndarray]:
+def _weights(
+    spec: TinySpec, vocab: int, seed: int, special_ids: list[int]
+) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for name, shape in _weight_shapes(spec, vocab).items():
         if name.endswith("norm.weight"):

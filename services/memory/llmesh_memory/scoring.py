@@ -10,6 +10,7 @@ while a hit on a rare exact token (an error code, a host name) scores high.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,11 +19,25 @@ from enum import Enum
 K1 = 1.2
 B = 0.75
 RRF_K = 60
+# In RRF, keyword matches weaker than this do not get a keyword rank at all (a rank
+# carries no strength, so a one-common-word match would otherwise count as much as
+# an exact identifier match).
+RRF_MIN_KEYWORD = 0.0
 DEFAULT_SEMANTIC_WEIGHT = 0.6
 DEFAULT_KEYWORD_WEIGHT = 0.4
 # Keyword scores are raised to this power before fusion: a partial match (one of
 # several query terms) counts for less than its share, a full match stays 1.
-KEYWORD_SHARPNESS = 1.0
+KEYWORD_SHARPNESS = 1.5
+# Identifiers (tokens with a digit, or joined by - . : / @ _) are precise evidence.
+CODE_WEIGHT = 2.0
+# Share of an unseen query term's IDF that still counts in the normaliser.
+UNSEEN_WEIGHT = 0.5
+_CODE = re.compile(r"\d|\w[-.:/@_]\w")
+
+
+def is_code(term: str) -> bool:
+    """Whether a term looks like an identifier (``e4417``, ``db-replica-07``, ``3.14.2``)."""
+    return _CODE.search(term) is not None
 
 
 class Fusion(Enum):
@@ -61,14 +76,14 @@ def keyword_score(query: Sequence[str], doc_terms: Sequence[str], stats: CorpusS
     raw = 0.0
     ideal = 0.0
     for term in query:
-        idf = stats.idf(term)
-        ideal += idf
+        idf = stats.idf(term) * (CODE_WEIGHT if is_code(term) else 1.0)
+        ideal += idf if stats.df.get(term, 0) else idf * UNSEEN_WEIGHT
         tf = counts.get(term, 0)
         if tf:
             raw += idf * tf * (K1 + 1) / (tf + length_norm)
     if raw <= 0 or ideal <= 0:
         return 0.0
-    return min(1.0, raw / ideal) ** KEYWORD_SHARPNESS
+    return float(min(1.0, raw / ideal) ** KEYWORD_SHARPNESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +126,10 @@ def fuse(
         mode = Fusion.KEYWORD
     out: list[Fused] = []
     if mode is Fusion.RRF:
-        sem_ranks = _ranks({c.key: max(c.semantic or 0.0, 1e-9) for c in candidates
-                            if c.semantic is not None})
-        kw_ranks = _ranks({c.key: c.keyword for c in candidates})
+        sem_ranks = _ranks(
+            {c.key: max(c.semantic or 0.0, 1e-9) for c in candidates if c.semantic is not None}
+        )
+        kw_ranks = _ranks({c.key: c.keyword for c in candidates if c.keyword >= RRF_MIN_KEYWORD})
         for c in candidates:
             score = 0.0
             if c.key in sem_ranks:

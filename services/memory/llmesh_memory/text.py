@@ -15,23 +15,22 @@ import unicodedata
 # A word, optionally joined to more words by - . : / @ _ (no trailing punctuation).
 _TOKEN = re.compile(r"\w+(?:[-.:/@]\w+)*")
 _PARTS = re.compile(r"[^\W_]+")
-_POSSESSIVE = re.compile(r"['’]s\b")
+_POSSESSIVE = re.compile("['\u2019]s\\b")
 _SPACES = re.compile(r"\s+")
 
-STOP_WORDS = frozenset(
-    """
+_STOP_TEXT = """
     a about above after again against all am an and any are aren as at be because been
     before being below between both but by can cannot could couldn did didn do does doesn
     doing don down during each few for from further had hadn has hasn have haven having he
-    her here hers herself him himself his how i if in into is isn it its itself just let
-    ll me more most mustn my myself no nor not now of off on once only or other ought our
-    ours ourselves out over own re same shan she should shouldn so some such t than that
-    the their theirs them themselves then there these they this those through to too under
-    until up us ve very was wasn we were weren what when where which while who whom why
-    will with won would wouldn you your yours yourself yourselves also get got may might
-    must shall s d m o y ever else yet anything something tell know like
-    """.split()
-)
+    her here hers herself him himself his how i if in into is isn it its itself just let ll
+    me more most mustn my myself no nor not now of off on once only or other ought our ours
+    ourselves out over own re same shan she should shouldn so some such t than that the
+    their theirs them themselves then there these they this those through to too under until
+    up us ve very was wasn we were weren what when where which while who whom why will with
+    won would wouldn you your yours yourself yourselves also get got may might must shall s
+    d m o y ever else yet anything something tell know like
+"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 
 def normalise(text: str) -> str:

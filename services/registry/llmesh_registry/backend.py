@@ -6,7 +6,6 @@ import abc
 from collections.abc import AsyncIterator
 
 from llmesh.v1 import common_pb2
-
 from llmesh_registry.model import (
     Event,
     HeartbeatResult,

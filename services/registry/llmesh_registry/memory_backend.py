@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from llmesh.kernel.errors import FailedPrecondition, NotFound
 from llmesh.v1 import common_pb2
-
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import (
     LEASE_EXPIRED_REASON,

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 
+from opentelemetry.metrics import CallbackOptions, Observation
+
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import common_pb2
-from opentelemetry.metrics import CallbackOptions, Observation
-
 from llmesh_registry.backend import RegistryBackend
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
+
 from llmesh.v1 import common_pb2
 
 

@@ -19,7 +19,6 @@ the clock is Redis's own ``TIME``, so replicas never disagree about expiry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -27,12 +26,12 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
 from llmesh.kernel.context import outbound_timeout
 from llmesh.kernel.errors import FailedPrecondition, NotFound, Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.v1 import common_pb2
-from redis.exceptions import RedisError, ResponseError
-
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import (
     LEASE_EXPIRED_REASON,
@@ -62,6 +61,14 @@ def _load_scripts() -> dict[str, str]:
         name: prelude + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
         for name in _SCRIPTS
     }
+
+
+def _reraise_cancel(exc: BaseException | None) -> None:
+    """redis-py may absorb a task cancel (returning normally, or raising a
+    connection error); restore the cancel so tasks stop when asked."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
@@ -140,6 +147,8 @@ class RedisBackend(RegistryBackend):
         self._tail_redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._tail_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._block_ms = 250
 
     def _wkey(self, worker_id: str) -> str:
         return f"{self._prefix}:w:{worker_id}"
@@ -168,11 +177,15 @@ class RedisBackend(RegistryBackend):
         self._tail_task = asyncio.create_task(self._tail(start_rev), name="registry-redis-tail")
 
     async def close(self) -> None:
-        if self._tail_task is not None:
-            self._tail_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tail_task
-            self._tail_task = None
+        self._stopping = True
+        task, self._tail_task = self._tail_task, None
+        if task is not None:
+            # The tail loop checks ``_stopping`` after every short blocking read;
+            # cancelling a blocking XREAD can leave redis-py waiting on the socket.
+            await asyncio.wait({task}, timeout=self._block_ms / 1000 + self._op_timeout_s)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
         for client in (self._redis, self._tail_redis):
             if client is not None:
                 await client.aclose()
@@ -183,15 +196,18 @@ class RedisBackend(RegistryBackend):
         timeout = outbound_timeout(self._op_timeout_s)
         try:
             async with asyncio.timeout(timeout):
-                return await op()
+                result = await op()
         except ResponseError:
             raise  # a bug (bad script or key type), not an outage
         except (RedisError, TimeoutError, OSError) as exc:
+            _reraise_cancel(exc)
             raise Unavailable(
                 f"registry store unavailable during {what}: {type(exc).__name__}",
                 reason="REGISTRY_STORE_UNAVAILABLE",
                 retry_after_s=1.0,
             ) from exc
+        _reraise_cancel(None)
+        return result
 
     async def _current_revision(self) -> int:
         """The revision counter, created (from the clock, in microseconds) if missing."""
@@ -202,9 +218,12 @@ class RedisBackend(RegistryBackend):
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self._op_timeout_s):
-                return bool(await self._client.ping())
-        except (RedisError, TimeoutError, OSError):
+                ok = bool(await self._client.ping())
+        except (RedisError, TimeoutError, OSError) as exc:
+            _reraise_cancel(exc)
             return False
+        _reraise_cancel(None)
+        return ok
 
     def _keys(self, worker_id: str) -> list[str]:
         return [self._wkey(worker_id), self._leases, self._rev, self._stream]
@@ -328,13 +347,14 @@ class RedisBackend(RegistryBackend):
         assert self._tail_redis is not None
         last = last_revision
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 if last == 0:
                     last = await self._current_revision()
                 reply: Any = await self._tail_redis.xread(
-                    {self._stream: f"{last}-0"}, block=1000, count=1000
+                    {self._stream: f"{last}-0"}, block=self._block_ms, count=1000
                 )
+                _reraise_cancel(None)
                 backoff = 0.1
                 if not reply:
                     # Redis restarted or was flushed: start over from its counter.
@@ -353,6 +373,9 @@ class RedisBackend(RegistryBackend):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                _reraise_cancel(exc)
+                if self._stopping:
+                    return
                 log.warning("registry event feed interrupted: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

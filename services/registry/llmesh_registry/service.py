@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 from llmesh.kernel.server import ServiceHost
 from llmesh.v1 import registry_pb2_grpc
-
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.memory_backend import MemoryBackend
 from llmesh_registry.metrics import WorkerGauge

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import registry_pb2, registry_pb2_grpc
-
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import Event, HeartbeatUpdate, Snapshot, Update, WorkerFilter
 from llmesh_registry.validation import (
@@ -18,7 +18,7 @@ from llmesh_registry.validation import (
     checked_worker,
 )
 
-SERVICE_NAME = "llmesh.v1.RegistryService"
+SERVICE_NAME = "llmesh.v1.RegistryService"  # also in app.py (kept import-light)
 
 
 def to_response(update: Update) -> registry_pb2.WatchWorkersResponse:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from llmesh.kernel.config import ServiceSettings, service_settings_config
 from pydantic import Field, model_validator
+
+from llmesh.kernel.config import ServiceSettings, service_settings_config
 
 
 class RegistrySettings(ServiceSettings):

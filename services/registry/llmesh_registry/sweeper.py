@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
-
 from llmesh_registry.backend import RegistryBackend
 
 log = get_logger(__name__)

@@ -6,7 +6,6 @@ import re
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
 from llmesh.v1 import common_pb2, registry_pb2
-
 from llmesh_registry.model import STARTING, UNSPECIFIED
 
 _WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -23,7 +23,8 @@ service calls it from its single MLX thread)::
 
 ``embed`` sorts texts by length and runs them in batches whose *padded* size
 (``len(batch) * longest``) stays under ``max_batch_tokens`` (default 4096, settable per
-loader and per call), then returns vectors in input order. ``plan_batches`` in
+loader and per call; a text longer than the budget runs alone), then returns vectors
+in input order. ``plan_batches`` in
 :mod:`.batching` does the splitting for any list of lengths. Errors are
 ``llmesh.kernel.errors`` classes: ``InvalidArgument`` for a non-string text or a bad
 budget, ``NotFound`` / ``FailedPrecondition`` when the model files are missing.

@@ -11,7 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx.nn.layers.activations import gelu
+from mlx.nn.layers.base import Module
+from mlx.nn.layers.embedding import Embedding
+from mlx.nn.layers.linear import Linear
+from mlx.nn.layers.normalization import LayerNorm
 
 from llmesh.kernel.errors import InvalidArgument
 
@@ -36,15 +40,13 @@ _RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _UNUSED = re.compile(r"^(bert\.)?(pooler\.|embeddings\.position_ids$)")
 
 
-class _Embeddings(nn.Module):
+class _Embeddings(Module):
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size
-        )
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def __call__(self, input_ids: mx.array) -> mx.array:
         positions = mx.arange(input_ids.shape[1])
@@ -53,23 +55,24 @@ class _Embeddings(nn.Module):
             + self.position_embeddings(positions)[None]
             + self.token_type_embeddings.weight[0]
         )
-        return self.norm(x)
+        normed: mx.array = self.norm(x)
+        return normed
 
 
-class _Layer(nn.Module):
+class _Layer(Module):
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         hidden, eps = config.hidden_size, config.layer_norm_eps
         self.heads = config.num_attention_heads
         self.scale = config.head_dim**-0.5
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
-        self.attn_out = nn.Linear(hidden, hidden)
-        self.attn_norm = nn.LayerNorm(hidden, eps=eps)
-        self.ffn_in = nn.Linear(hidden, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, hidden)
-        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.query = Linear(hidden, hidden)
+        self.key = Linear(hidden, hidden)
+        self.value = Linear(hidden, hidden)
+        self.attn_out = Linear(hidden, hidden)
+        self.attn_norm = LayerNorm(hidden, eps=eps)
+        self.ffn_in = Linear(hidden, config.intermediate_size)
+        self.ffn_out = Linear(config.intermediate_size, hidden)
+        self.ffn_norm = LayerNorm(hidden, eps=eps)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         batch, length, hidden = x.shape
@@ -86,15 +89,16 @@ class _Layer(nn.Module):
         )
         attended = attended.transpose(0, 2, 1, 3).reshape(batch, length, hidden)
         x = self.attn_norm(x + self.attn_out(attended))
-        # BERT's "gelu" is the exact (erf) form, which nn.gelu computes.
-        return self.ffn_norm(x + self.ffn_out(nn.gelu(self.ffn_in(x))))
+        # BERT's "gelu" is the exact (erf) form, which mlx's gelu computes.
+        out: mx.array = self.ffn_norm(x + self.ffn_out(gelu(self.ffn_in(x))))
+        return out
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(Module):
     """BERT encoder returning mean-pooled, L2-normalised sentence vectors."""
 
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.embeddings = _Embeddings(config)
         self.layers = [_Layer(config) for _ in range(config.num_hidden_layers)]
@@ -120,11 +124,12 @@ class BertEncoder(nn.Module):
 def rename_weights(
     weights: Iterable[tuple[str, mx.array]],
 ) -> list[tuple[str, mx.array]]:
-    """Hugging Face ``BertModel`` parameter names mapped to ``BertEncoder``'s; unused ones dropped."""
+    """Hugging Face ``BertModel`` parameter names mapped to ours; unused ones dropped."""
     renamed: list[tuple[str, mx.array]] = []
-    for name, value in weights:
-        if _UNUSED.match(name):
+    for original, value in weights:
+        if _UNUSED.match(original):
             continue
+        name = original
         for pattern, replacement in _RENAMES:
             name = pattern.sub(replacement, name, count=1)
         renamed.append((name, value))
@@ -143,5 +148,5 @@ def load_encoder(config: BertConfig, weights_path: Path, *, dtype: mx.Dtype) -> 
         raise InvalidArgument(f"{weights_path} does not fit a BERT model: {exc}") from exc
     model.set_dtype(dtype)
     model.eval()
-    mx.eval(model.parameters())
+    mx.eval(model.parameters())  # type: ignore[no-untyped-call]
     return model

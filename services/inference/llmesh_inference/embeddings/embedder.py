@@ -43,11 +43,8 @@ class MiniLMEmbedder:
         *,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     ) -> None:
-        if max_batch_tokens < tokenizer.max_tokens:
-            raise InvalidArgument(
-                f"max_batch_tokens ({max_batch_tokens}) must be >= max_tokens "
-                f"({tokenizer.max_tokens})"
-            )
+        if max_batch_tokens < 1:
+            raise InvalidArgument(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self._encoder = encoder
         self._tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
@@ -115,9 +112,4 @@ class MiniLMEmbedder:
         )
 
     def _budget(self, max_batch_tokens: int | None) -> int:
-        budget = self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens
-        if budget < self.max_tokens:
-            raise InvalidArgument(
-                f"max_batch_tokens ({budget}) must be >= max_tokens ({self.max_tokens})"
-            )
-        return budget
+        return self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens

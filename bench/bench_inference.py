@@ -1,0 +1,442 @@
+"""Inference benchmark: our gRPC worker vs in-process mlx-lm and vs ``mlx_lm.server``.
+
+Runs everything in one go on the same machine and the same model (the ~34M-parameter
+``init-tiny --size bench`` Llama, float32), once with the optimized OpenBLAS preloaded
+and once on mlx-cpu's reference BLAS:
+
+- single stream: decode tokens/s over gRPC vs in-process ``mlx_lm.stream_generate``;
+- 16 concurrent streams: aggregate tokens/s vs our single stream, and vs
+  ``mlx_lm.server --decode-concurrency 16`` (the pip package's own server);
+- time to first token p50/p95 at 1, 4 and 16 concurrent streams, distinct prompts.
+
+Writes ``bench/results/inference.json`` and prints a table. Usage::
+
+    python -m bench.bench_inference [--tokens 128] [--modes openblas,reference] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+MODEL = "tiny-llama-bench"
+
+_WORDS = tuple(
+    [
+        "river",
+        "cloud",
+        "worker",
+        "request",
+        "token",
+        "batch",
+        "model",
+        "memory",
+        "search",
+        "latency",
+        "queue",
+        "deadline",
+        "mountain",
+        "ocean",
+        "signal",
+        "protocol",
+        "cluster",
+        "replica",
+        "stream",
+        "window",
+        "kernel",
+        "vector",
+        "session",
+        "operator",
+        "metric",
+        "trace",
+        "error",
+        "budget",
+        "policy",
+        "router",
+        "gateway",
+        "registry",
+        "lease",
+        "heartbeat",
+    ]
+)
+
+
+def prompts(n: int, words: int = 48) -> list[str]:
+    """``n`` distinct prompts of about ``words`` words (no shared prefix beyond a word)."""
+    out = []
+    for i in range(n):
+        picked = [_WORDS[(i * 7 + j * (i + 3)) % len(_WORDS)] for j in range(words)]
+        out.append(f"Request {i}: " + " ".join(picked))
+    return out
+
+
+BLAS_THREADS: list[int | None] = [None]
+
+
+def blas_env(mode: str) -> dict[str, str]:
+    """Environment for a child process on the given BLAS (and OpenBLAS thread count)."""
+    from llmesh_inference.blas import REEXEC_MARKER, find_openblas_preload
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
+    env.pop("LD_PRELOAD", None)
+    if mode == "openblas":
+        preload = find_openblas_preload()
+        if preload is None:
+            raise SystemExit("no optimized OpenBLAS found")
+        env = preload.apply(env)
+        if BLAS_THREADS[0] is not None:
+            env["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS[0])
+        return env
+    env[REEXEC_MARKER] = "1"  # do not re-execute: stay on the reference BLAS
+    env["LLMESH_INFERENCE_BLAS_PRELOAD"] = "0"
+    return env
+
+
+def free_port() -> int:
+    from llmesh.testing.servers import free_port as fp
+
+    return fp()
+
+
+# ----- in-process baseline (runs in a child process with the chosen BLAS) -----------
+
+
+def baseline_main(model_dir: str, tokens: int) -> None:
+    """Child: decode tokens/s of ``mlx_lm.stream_generate`` on one stream, as JSON."""
+    from mlx_lm import load, stream_generate
+
+    from llmesh_inference.blas import detect_blas
+
+    loaded: Any = load(model_dir)
+    model, tokenizer = loaded[0], loaded[1]
+    runs = []
+    for i, prompt in enumerate(prompts(3)):
+        stamps = []
+        for _ in stream_generate(model, tokenizer, prompt, max_tokens=tokens):
+            stamps.append(time.perf_counter())
+        if i == 0:
+            continue  # warm-up
+        runs.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    print(json.dumps({"decode_tps": statistics.median(runs), "blas": detect_blas()}))
+
+
+def run_baseline(model_dir: Path, tokens: int, mode: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.bench_inference"),
+            *("--baseline", str(model_dir), "--tokens", str(tokens)),
+        ],
+        env=blas_env(mode),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ----- our worker over gRPC ------------------------------------------------------------
+
+
+@contextmanager
+def worker(models_dir: Path, mode: str, log: Path) -> Iterator[int]:
+    port = free_port()
+    args = [sys.executable, "-m", "llmesh.cli.main", "serve", "inference", "--port", str(port)]
+    args += ["--models-dir", str(models_dir), "--default-model", MODEL, "--no-embeddings"]
+    args += ["--max-batch-size", "16", "--queue-capacity", "64", "--log-level", "WARNING"]
+    if mode != "openblas":
+        args.append("--no-blas-preload")
+    elif BLAS_THREADS[0] is not None:
+        args += ["--blas-threads", str(BLAS_THREADS[0])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
+    env.pop("LD_PRELOAD", None)
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(port)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _wait_ready(port: int, timeout_s: float = 120) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError("worker not ready")
+
+
+async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
+    from llmesh.v1 import common_pb2, inference_pb2
+
+    req = inference_pb2.InferenceServiceGenerateRequest(
+        prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=tokens, temperature=0)
+    )
+    start = time.perf_counter()
+    first = last = 0.0
+    first_count = count = 0
+    async for chunk in stub.Generate(req, timeout=600):
+        now = time.perf_counter()
+        if chunk.token_ids and not first:
+            first, first_count = now, len(chunk.token_ids)
+        count += len(chunk.token_ids)
+        last = now
+    return {
+        "ttft_s": first - start,
+        "total_s": last - start,
+        "tokens": count,
+        "decode_tps": (count - first_count) / (last - first) if last > first else 0.0,
+    }
+
+
+async def _grpc_suite(port: int, tokens: int, quick: bool) -> dict[str, Any]:
+    import grpc
+
+    from llmesh.v1 import inference_pb2, inference_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        pool = iter(prompts(200))
+        await _stream(stub, next(pool), 8)  # warm-up
+        singles = [await _stream(stub, next(pool), tokens) for _ in range(2)]
+        single = {
+            "decode_tps": statistics.median(s["decode_tps"] for s in singles),
+            "e2e_tps": statistics.median(s["tokens"] / s["total_s"] for s in singles),
+        }
+        started = time.perf_counter()
+        many = await asyncio.gather(*(_stream(stub, next(pool), tokens) for _ in range(16)))
+        wall = time.perf_counter() - started
+        concurrent = {
+            "streams": 16,
+            "aggregate_tps": sum(m["tokens"] for m in many) / wall,
+            "wall_s": wall,
+        }
+        ttft: dict[str, Any] = {}
+        for streams in (1, 4, 16):
+            rounds = {1: 4 if quick else 8, 4: 2 if quick else 3, 16: 1}[streams]
+            samples: list[float] = []
+            for _ in range(rounds):
+                batch = await asyncio.gather(
+                    *(_stream(stub, next(pool), 32) for _ in range(streams))
+                )
+                samples += [b["ttft_s"] * 1000 for b in batch]
+            samples.sort()
+            ttft[str(streams)] = {
+                "p50_ms": _percentile(samples, 50),
+                "p95_ms": _percentile(samples, 95),
+                "samples": len(samples),
+            }
+        stats = await stub.Stats(inference_pb2.StatsRequest(), timeout=5)
+    return {"single": single, "concurrent": concurrent, "ttft": ttft, "blas": stats.blas}
+
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = (len(sorted_values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+# ----- mlx_lm.server ------------------------------------------------------------------
+
+
+@contextmanager
+def mlx_server(model_dir: Path, mode: str, log: Path) -> Iterator[int]:
+    port = free_port()
+    args = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
+    args += ["--port", str(port), "--decode-concurrency", "16", "--prompt-concurrency", "8"]
+    args += ["--log-level", "WARNING"]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(args, env=blas_env(mode), stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise TimeoutError("mlx_lm.server did not start") from None
+                    time.sleep(0.2)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _complete(port: int, prompt: str, tokens: int) -> int:
+    body = json.dumps(
+        {"prompt": prompt, "max_tokens": tokens, "temperature": 0.0, "stream": False}
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(req, timeout=900) as resp:
+                reply = json.loads(resp.read())
+            return int(reply["usage"]["completion_tokens"])
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # ThreadingHTTPServer's listen backlog is 5: a burst of 16 connects can be reset.
+            time.sleep(0.05 * (attempt + 1))
+    return 0
+
+
+def mlx_server_suite(port: int, tokens: int) -> dict[str, Any]:
+    pool = iter(prompts(60)[40:])
+    _complete(port, next(pool), 8)  # warm-up
+    started = time.perf_counter()
+    single = _complete(port, next(pool), tokens)
+    single_tps = single / (time.perf_counter() - started)
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=lambda p=p: counts.append(_complete(port, p, tokens)))
+        for p in [next(pool) for _ in range(16)]
+    ]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"single_e2e_tps": single_tps, "aggregate_tps": sum(counts) / wall, "wall_s": wall}
+
+
+# ----- driver ---------------------------------------------------------------------------
+
+
+def run(tokens: int, modes: list[str], quick: bool) -> dict[str, Any]:
+    from llmesh_inference.tiny import init_tiny, parameter_count
+
+    work = Path(tempfile.mkdtemp(prefix="llmesh-bench-"))
+    models_dir = work / "models"
+    model_dir = init_tiny(models_dir / MODEL, size="bench")
+    results: dict[str, Any] = {
+        "model": {"name": MODEL, "parameters": parameter_count("bench"), "dtype": "float32"},
+        "tokens_per_stream": tokens,
+        "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
+        "note": "2-core shared development machine; other sessions were running tests",
+        "modes": {},
+    }
+    for mode in modes:
+        print(f"[{mode}] in-process mlx_lm.stream_generate ...", flush=True)
+        base = run_baseline(model_dir, tokens, mode)
+        print(f"[{mode}] llmesh worker over gRPC ...", flush=True)
+        with worker(models_dir, mode, work / f"worker-{mode}.log") as port:
+            ours = asyncio.run(_grpc_suite(port, tokens, quick))
+        print(f"[{mode}] mlx_lm.server --decode-concurrency 16 ...", flush=True)
+        with mlx_server(model_dir, mode, work / f"mlx-server-{mode}.log") as port:
+            theirs = mlx_server_suite(port, tokens)
+        single = ours["single"]["decode_tps"]
+        results["modes"][mode] = {
+            "blas_in_worker": ours["blas"],
+            "blas_in_baseline": base["blas"],
+            "inprocess_decode_tps": base["decode_tps"],
+            "grpc_single_decode_tps": single,
+            "grpc_single_e2e_tps": ours["single"]["e2e_tps"],
+            "grpc_vs_inprocess": single / base["decode_tps"],
+            "grpc_16_aggregate_tps": ours["concurrent"]["aggregate_tps"],
+            "aggregate_16_vs_single": ours["concurrent"]["aggregate_tps"]
+            / ours["single"]["e2e_tps"],
+            "mlx_server_16_aggregate_tps": theirs["aggregate_tps"],
+            "mlx_server_single_e2e_tps": theirs["single_e2e_tps"],
+            "ours_vs_mlx_server_16": ours["concurrent"]["aggregate_tps"] / theirs["aggregate_tps"],
+            "ttft_ms": ours["ttft"],
+        }
+    if "openblas" in results["modes"] and "reference" in results["modes"]:
+        o, r = results["modes"]["openblas"], results["modes"]["reference"]
+        results["openblas_gain"] = {
+            "grpc_single": o["grpc_single_decode_tps"] / r["grpc_single_decode_tps"],
+            "grpc_16_aggregate": o["grpc_16_aggregate_tps"] / r["grpc_16_aggregate_tps"],
+            "ttft_p50_1_stream": r["ttft_ms"]["1"]["p50_ms"] / o["ttft_ms"]["1"]["p50_ms"],
+        }
+        results["ours_16_openblas_vs_stock_mlx_server_16"] = (
+            o["grpc_16_aggregate_tps"] / r["mlx_server_16_aggregate_tps"]
+        )
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        ("in-process stream_generate, decode tok/s", "inprocess_decode_tps", "{:.1f}"),
+        ("gRPC single stream, decode tok/s", "grpc_single_decode_tps", "{:.1f}"),
+        ("  ratio gRPC / in-process (target >= 0.90)", "grpc_vs_inprocess", "{:.2f}"),
+        ("gRPC single stream, end-to-end tok/s", "grpc_single_e2e_tps", "{:.1f}"),
+        ("gRPC 16 streams, aggregate tok/s", "grpc_16_aggregate_tps", "{:.1f}"),
+        ("  ratio 16 / single (target >= 5)", "aggregate_16_vs_single", "{:.2f}"),
+        ("mlx_lm.server 16 streams, aggregate tok/s", "mlx_server_16_aggregate_tps", "{:.1f}"),
+        ("  ratio ours / mlx_lm.server (target >= 1.0)", "ours_vs_mlx_server_16", "{:.2f}"),
+    ]
+    modes = list(results["modes"])
+    lines = ["| measure | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+    for label, key, fmt in rows:
+        cells = [fmt.format(results["modes"][m][key]) for m in modes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for streams in ("1", "4", "16"):
+        cells = [
+            "{:.0f} / {:.0f}".format(
+                results["modes"][m]["ttft_ms"][streams]["p50_ms"],
+                results["modes"][m]["ttft_ms"][streams]["p95_ms"],
+            )
+            for m in modes
+        ]
+        lines.append(f"| TTFT p50 / p95 ms, {streams} streams | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    parser.add_argument("--modes", default="openblas,reference")
+    parser.add_argument("--quick", action="store_true", help="fewer TTFT rounds")
+    parser.add_argument(
+        "--blas-threads", type=int, help="OpenBLAS threads for every process (default: cores)"
+    )
+    parser.add_argument("--baseline", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.baseline:
+        baseline_main(args.baseline, args.tokens)
+        return 0
+    BLAS_THREADS[0] = args.blas_threads
+    results = run(args.tokens, args.modes.split(","), args.quick)
+    results["openblas_threads"] = args.blas_threads or os.cpu_count()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

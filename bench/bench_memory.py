@@ -1,0 +1,406 @@
+"""Memory service benchmark: Recall latency at 10k/100k memories, SQLite and PostgreSQL.
+
+Measured in one run, per backend and size:
+
+* ``recall_rpc``: the ``MemoryService.Recall`` RPC end to end against a real
+  ``llmesh serve memory`` process (query embedding through a real ``llmesh serve
+  inference`` worker, keyword and vector search, fusion): p50/p95/p99 in ms;
+* ``search``: the same searches in-process with the query vectors precomputed
+  (store search + scoring + fusion, no RPC, no embedding), to show where time goes;
+* ``embed_rpc``: the query-embedding RPC alone;
+* ``vector_recall_at_10``: overlap of the vector candidates' top 10 with exact
+  brute-force top 10 (NumPy over the same vectors), averaged over the queries;
+* load and index build times.
+
+Memory texts come from :mod:`bench.memory_corpus` and are embedded once with the real
+MiniLM (cached on disk; ``python -m bench.memory_corpus 100000`` warms the cache).
+
+    .venv/bin/python -m bench.bench_memory --sizes 10000 100000 --backends sqlite postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.memory_corpus import CACHE_DIR, cached_vectors, memories, queries
+
+RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
+NS = "bench"
+
+
+def _percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {
+        "p50_ms": pick(0.50),
+        "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
+        "mean_ms": round(statistics.fmean(ordered), 2),
+        "n": len(ordered),
+    }
+
+
+def corpus_vectors(n: int) -> np.ndarray:
+    """The first ``n`` memory vectors from the 100k cache (complete or partial)."""
+    texts = memories(100_000)
+    for path in sorted(CACHE_DIR.glob("memories-100000-*.npy")):
+        data = np.load(path, mmap_mode="r")
+        if len(data) >= n:
+            return np.asarray(data[:n], dtype=np.float32)
+    if n > 100_000:
+        raise SystemExit("at most 100000 memories are generated")
+    return cached_vectors(texts[:n], "memories-small")
+
+
+def _wait_port(port: int, timeout_s: float = 120.0) -> None:
+    from llmesh.testing.servers import wait_for_port
+
+    wait_for_port(port, timeout_s=timeout_s)
+
+
+async def _wait_ready(target: str, timeout_s: float = 120.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service="readiness"), timeout=2
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{target} not ready after {timeout_s}s")
+
+
+def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmesh.cli.main", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def load_store(store: Any, texts: Sequence[str], vectors: np.ndarray) -> float:
+    from llmesh_memory.store.base import NewMemory
+    from llmesh_memory.text import dedupe_key, index_terms
+
+    started = time.perf_counter()
+    now = time.time()
+    batch = 1000
+    for start in range(0, len(texts), batch):
+        chunk = [
+            NewMemory(
+                text=t,
+                dedupe_key=dedupe_key(NS, t),
+                metadata={"kind": "bench"},
+                terms=index_terms(t),
+                vector=vectors[start + i],
+                expires_at=None,
+            )
+            for i, t in enumerate(texts[start : start + batch])
+        ]
+        await store.insert_memories(NS, chunk, now=now)
+    return time.perf_counter() - started
+
+
+async def search_only(store: Any, query_texts: Sequence[str], qvecs: np.ndarray) -> list[float]:
+    from llmesh_memory.scoring import Fusion, Scored, fuse, keyword_score
+    from llmesh_memory.store.base import SearchQuery
+    from llmesh_memory.text import query_terms
+
+    out = []
+    for text, vector in zip(query_texts, qvecs, strict=True):
+        started = time.perf_counter()
+        terms = query_terms(text)
+        result = await store.search(NS, SearchQuery(vector, terms, 100), now=time.time())
+        scored = [
+            Scored(c.memory.id, c.semantic, keyword_score(terms, c.terms, result.stats))
+            for c in result.candidates
+        ]
+        fuse(scored, mode=Fusion.WEIGHTED)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def recall_rpc(
+    target: str, query_texts: Sequence[str], warmup_texts: Sequence[str]
+) -> list[float]:
+    import grpc
+
+    from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+
+    out = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        # Warm-up queries differ from the measured ones (the service caches query vectors).
+        warmup = len(warmup_texts)
+        for i, text in enumerate([*warmup_texts, *query_texts]):
+            started = time.perf_counter()
+            reply = await stub.Recall(
+                memory_pb2.MemoryServiceRecallRequest(
+                    namespace=NS, query=text, options=common_pb2.RecallOptions(k=10)
+                ),
+                timeout=30,
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            if reply.degraded:
+                raise RuntimeError(f"recall degraded: {reply.degraded_reason}")
+            if i >= warmup:
+                out.append(elapsed)
+    return out
+
+
+async def embed_rpc(target: str, query_texts: Sequence[str]) -> list[float]:
+    import grpc
+
+    from llmesh.v1 import inference_pb2, inference_pb2_grpc
+
+    out = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        for text in query_texts:
+            started = time.perf_counter()
+            await stub.Embed(inference_pb2.InferenceServiceEmbedRequest(texts=[text]), timeout=30)
+            out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def exact_top10(matrix: np.ndarray, qvecs: np.ndarray) -> list[set[int]]:
+    sims = qvecs @ matrix.T
+    top = np.argpartition(-sims, 10, axis=1)[:, :10]
+    return [set(map(int, row)) for row in top]
+
+
+async def pg_vector_recall(
+    dsn: str, qvecs: np.ndarray, exact: list[set[int]], id_to_row: dict[str, int], ef_search: int
+) -> float:
+    import psycopg
+
+    from llmesh_memory.store.postgres import _VectorDumper
+
+    hits = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        from psycopg.types import TypeInfo
+
+        info = await TypeInfo.fetch(conn, "vector")
+        assert info is not None
+        dumper = type("D", (_VectorDumper,), {"oid": info.oid})
+        conn.adapters.register_dumper(np.ndarray, dumper)
+        await conn.execute(f"SET hnsw.ef_search = {ef_search}")
+        for q, truth in zip(qvecs, exact, strict=True):
+            cur = await conn.execute(
+                "SELECT id FROM memories WHERE namespace = %s ORDER BY embedding <=> %s LIMIT 10",
+                (NS, q),
+            )
+            found = {id_to_row[r[0]] for r in await cur.fetchall()}
+            hits += len(found & truth)
+    return hits / (10 * len(exact))
+
+
+async def sqlite_vector_recall(
+    store: Any, qvecs: np.ndarray, exact: list[set[int]], id_to_row: dict[str, int]
+) -> float:
+    from llmesh_memory.store.base import SearchQuery
+
+    hits = 0
+    for q, truth in zip(qvecs, exact, strict=True):
+        result = await store.search(NS, SearchQuery(q, [], 10), now=time.time())
+        found = {id_to_row[c.memory.id] for c in result.candidates}
+        hits += len(found & truth)
+    return hits / (10 * len(exact))
+
+
+async def run_one(
+    backend: str,
+    n: int,
+    *,
+    embed_target: str,
+    pg: Any,
+    workdir: Path,
+    nq: int,
+    ef_search: int,
+) -> dict[str, Any]:
+    from llmesh.testing.servers import free_port
+    from llmesh_memory.store.postgres import PostgresStore
+    from llmesh_memory.store.sqlite import SqliteStore
+
+    texts = memories(100_000)[:n]
+    vectors = corpus_vectors(n)
+    query_texts = queries(nq)
+    qvecs = cached_vectors(queries(200), "queries")[:nq]
+    out: dict[str, Any] = {"backend": backend, "memories": n, "queries": nq}
+    store: Any
+    dsn = ""
+    if backend == "postgres":
+        dsn = pg.create_database(f"bench_{n}_{int(time.time())}")
+        store = PostgresStore(dsn, ef_search=ef_search, exact_search_max_rows=20_000)
+        await store.start()
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("DROP INDEX memories_embedding")
+        out["load_s"] = round(await load_store(store, texts, vectors), 1)
+        started = time.perf_counter()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("SET maintenance_work_mem = '512MB'")
+            await conn.execute(
+                "CREATE INDEX memories_embedding ON memories USING hnsw "
+                "(embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            )
+            await conn.execute("ANALYZE memories")
+        out["hnsw_build_s"] = round(time.perf_counter() - started, 1)
+        out["hnsw"] = {"m": 16, "ef_construction": 64, "ef_search": ef_search}
+    else:
+        path = workdir / f"memory-{n}.db"
+        path.unlink(missing_ok=True)
+        store = SqliteStore(path)
+        await store.start()
+        out["load_s"] = round(await load_store(store, texts, vectors), 1)
+    # Vector part vs exact brute force.
+    rows = await _id_rows(store, backend, dsn, texts)
+    exact = exact_top10(vectors, qvecs)
+    if backend == "postgres":
+        out["vector_recall_at_10"] = round(
+            await pg_vector_recall(dsn, qvecs, exact, rows, ef_search), 4
+        )
+    else:
+        out["vector_recall_at_10"] = round(await sqlite_vector_recall(store, qvecs, exact, rows), 4)
+    await search_only(store, query_texts[:10], qvecs[:10])  # warm caches
+    out["search"] = _percentiles(await search_only(store, query_texts, qvecs))
+    await store.close()
+    # The real service, end to end.
+    port = free_port()
+    env = dict(os.environ, LLMESH_HOME=str(workdir), LLMESH_MEMORY_LOG_LEVEL="WARNING")
+    args = ["serve", "memory", "--port", str(port), "--embedder", embed_target, "--store", backend]
+    if backend == "postgres":
+        dsn_file = workdir / "dsn"
+        dsn_file.write_text(dsn)
+        args += ["--postgres-dsn-file", str(dsn_file)]
+        env["LLMESH_MEMORY_HNSW_EF_SEARCH"] = str(ef_search)
+    else:
+        args += ["--sqlite-path", str(workdir / f"memory-{n}.db")]
+    server = start_process(args, env, workdir / f"memory-{backend}-{n}.log")
+    try:
+        _wait_port(port)
+        await _wait_ready(f"127.0.0.1:{port}")
+        out["recall_rpc"] = _percentiles(
+            await recall_rpc(f"127.0.0.1:{port}", query_texts, queries(nq + 20)[nq:])
+        )
+    finally:
+        stop_process(server)
+    return out
+
+
+async def _id_rows(store: Any, backend: str, dsn: str, texts: Sequence[str]) -> dict[str, int]:
+    """Memory id -> row number in ``texts`` (for comparing with the exact search)."""
+    by_text = {t: i for i, t in enumerate(texts)}
+    if backend == "postgres":
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute("SELECT id, text FROM memories")
+            return {r[0]: by_text[r[1]] for r in await cur.fetchall()}
+    import sqlite3
+
+    with sqlite3.connect(store.path) as conn:
+        return {r[0]: by_text[r[1]] for r in conn.execute("SELECT id, text FROM memories")}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from llmesh.testing.servers import free_port, start_postgres
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-memory-"))
+    env = dict(os.environ, LLMESH_HOME=str(workdir))
+    port = free_port()
+    inference = start_process(
+        ["serve", "inference", "--port", str(port), "--models-dir", str(workdir / "models")],
+        env,
+        workdir / "inference.log",
+    )
+    pg = start_postgres() if "postgres" in args.backends else None
+    results: dict[str, Any] = {
+        "benchmark": "memory",
+        "machine": f"{os.cpu_count()} cpus",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": [],
+    }
+    try:
+        _wait_port(port)
+        target = f"127.0.0.1:{port}"
+        await _wait_ready(target)
+        await embed_rpc(target, queries(20))
+        results["embed_rpc"] = _percentiles(await embed_rpc(target, queries(args.queries)))
+        for n in args.sizes:
+            for backend in args.backends:
+                print(f"memory bench: {backend} at {n} memories ...", flush=True)
+                run = await run_one(
+                    backend,
+                    n,
+                    embed_target=target,
+                    pg=pg,
+                    workdir=workdir,
+                    nq=args.queries,
+                    ef_search=args.ef_search,
+                )
+                print(json.dumps(run), flush=True)
+                results["runs"].append(run)
+    finally:
+        stop_process(inference)
+        if pg is not None:
+            pg.stop()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
+    )
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ef-search", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = asyncio.run(main_async(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

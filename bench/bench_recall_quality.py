@@ -1,0 +1,299 @@
+"""Retrieval quality of memory ``Recall`` on the labelled set in ``bench/recall_eval/``.
+
+For every query of the set (paraphrase, exact-token and mixed kinds) it asks for the top
+10 in each fusion mode -- semantic-only, keyword-only, weighted hybrid (the service's
+default) and reciprocal-rank fusion -- and reports hit@1, recall@5 and MRR per kind.
+
+The default run goes through the REAL services: an inference worker started the
+ordinary way (``llmesh serve inference``, embeddings only, optimized BLAS where the
+entry point arranges it) computes the real all-MiniLM-L6-v2 vectors, and the memory
+service runs in-process on a loopback port with a throwaway SQLite store; every memory
+is stored with ``Remember`` and every query is a ``Recall`` RPC. Writes
+``bench/results/recall_quality.json`` and prints a table. Usage::
+
+    python -m bench.bench_recall_quality [--embedder HOST:PORT] [--k 10]
+
+``evaluate`` / ``evaluate_async`` take any ``recall(namespace, query, mode) -> ids``
+function, so a store or fusion change can be scored without the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.recall_eval.dataset import KINDS, Dataset, load_dataset
+from bench.recall_eval.metrics import Scores, score_by_kind
+
+RESULTS = Path(__file__).resolve().parent / "results" / "recall_quality.json"
+MODES = ("semantic", "keyword", "weighted", "rrf")
+COMPONENTS = ("semantic", "keyword")
+DEFAULT_HYBRID = "weighted"
+
+RecallFn = Callable[[str, str, str], Sequence[str]]
+AsyncRecallFn = Callable[[str, str, str], Awaitable[Sequence[str]]]
+Rankings = dict[str, dict[str, list[str]]]  # mode -> query id -> ranked dataset ids
+
+
+def evaluate(dataset: Dataset, recall: RecallFn, modes: Sequence[str] = MODES) -> Rankings:
+    """Rankings of every query in every mode from a synchronous ``recall``."""
+    return {
+        mode: {q.id: list(recall(q.namespace, q.text, mode)) for q in dataset.queries}
+        for mode in modes
+    }
+
+
+async def evaluate_async(
+    dataset: Dataset, recall: AsyncRecallFn, modes: Sequence[str] = MODES
+) -> Rankings:
+    """Rankings of every query in every mode from an async ``recall`` (one call at a time)."""
+    out: Rankings = {}
+    for mode in modes:
+        out[mode] = {q.id: list(await recall(q.namespace, q.text, mode)) for q in dataset.queries}
+    return out
+
+
+def summarize(dataset: Dataset, rankings: Rankings) -> dict[str, dict[str, Scores]]:
+    """mode -> kind (and ``all``) -> scores."""
+    return {mode: score_by_kind(dataset, ranked) for mode, ranked in rankings.items()}
+
+
+def hybrid_checks(
+    scores: Mapping[str, Mapping[str, Scores]], hybrid: str = DEFAULT_HYBRID
+) -> dict[str, bool]:
+    """The issue's bar for the default hybrid, on hit@1 and on recall@5.
+
+    ``*_ge_best_component_per_kind``: on every kind at least the better of semantic and
+    keyword; ``*_beats_both_overall``: over all queries strictly better than each.
+    """
+    out: dict[str, bool] = {}
+    if hybrid not in scores or not all(c in scores for c in COMPONENTS):
+        return out
+    for metric in ("hit_at_1", "recall_at_5"):
+
+        def value(mode: str, kind: str, metric: str = metric) -> float:
+            return float(getattr(scores[mode][kind], metric))
+
+        out[f"{metric}_ge_best_component_per_kind"] = all(
+            value(hybrid, kind) >= max(value(c, kind) for c in COMPONENTS) for kind in KINDS
+        )
+        out[f"{metric}_beats_both_overall"] = all(
+            value(hybrid, "all") > value(c, "all") for c in COMPONENTS
+        )
+    return out
+
+
+def misses(dataset: Dataset, rankings: Rankings) -> dict[str, list[dict[str, Any]]]:
+    """Per mode, the queries whose top hit is not relevant, with the top 3 returned."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for mode, ranked in rankings.items():
+        out[mode] = [
+            {"query": q.id, "kind": q.kind, "relevant": list(q.relevant), "top3": ranked[q.id][:3]}
+            for q in dataset.queries
+            if not ranked[q.id][:1] or ranked[q.id][0] not in q.relevant
+        ]
+    return out
+
+
+def format_table(scores: Mapping[str, Mapping[str, Scores]]) -> str:
+    """hit@1 / recall@5 per kind (columns) and mode (rows)."""
+    kinds = [*KINDS, "all"]
+    head = f"{'mode':<10}" + "".join(f"{kind + ' h@1/r@5':>22}" for kind in kinds)
+    lines = [head, "-" * len(head)]
+    for mode, by_kind in scores.items():
+        cells = "".join(
+            f"{f'{by_kind[k].hit_at_1:.2f} / {by_kind[k].recall_at_5:.2f}':>22}" for k in kinds
+        )
+        lines.append(f"{mode:<10}{cells}")
+    return "\n".join(lines)
+
+
+# ----- the real services -------------------------------------------------------------
+
+
+@contextmanager
+def inference_worker(log_path: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
+    """Start ``llmesh serve inference`` (no generation model: embeddings only) on a free
+    loopback port; yield ``host:port`` once ``Embed`` answers; stop it on exit."""
+    import grpc
+
+    from llmesh.testing.servers import free_port
+    from llmesh.v1 import inference_pb2, inference_pb2_grpc
+
+    port = free_port()
+    data_dir = tempfile.TemporaryDirectory(prefix="llmesh-recall-eval-")
+    cli = Path(sys.executable).with_name("llmesh")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "llmesh.cli.main"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                *command,
+                *("serve", "inference", "--host", "127.0.0.1", "--port", str(port)),
+                *("--data-dir", data_dir.name, "--log-level", "WARNING"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            # wait_for_ready: the call waits (up to the timeout) for the server to listen.
+            stub.Embed(
+                inference_pb2.InferenceServiceEmbedRequest(texts=["warm-up"]),
+                timeout=ready_timeout_s,
+                wait_for_ready=True,
+            )
+        yield target
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        data_dir.cleanup()
+
+
+async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict[str, Any]:
+    """Store the set through ``Remember`` and rank every query through ``Recall``."""
+    import grpc
+
+    from llmesh.kernel.config import load_settings
+    from llmesh.kernel.server import ServiceHost
+    from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+    from llmesh_memory.app import SERVICE_NAME, memory_service
+    from llmesh_memory.settings import MemorySettings
+
+    fusion = {
+        "semantic": common_pb2.FUSION_MODE_SEMANTIC,
+        "keyword": common_pb2.FUSION_MODE_KEYWORD,
+        "weighted": common_pb2.FUSION_MODE_WEIGHTED,
+        "rrf": common_pb2.FUSION_MODE_RRF,
+    }
+    with tempfile.TemporaryDirectory(prefix="llmesh-recall-eval-") as tmp:
+        settings = load_settings(
+            MemorySettings,
+            host="127.0.0.1",
+            port=0,
+            data_dir=Path(tmp),
+            store="sqlite",
+            embedder_target=embedder_target,
+            embed_timeout_s=120.0,
+        )
+        host = ServiceHost(settings, service_names=[SERVICE_NAME])
+        async with memory_service(host, settings):
+            port = await host.start()
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = memory_pb2_grpc.MemoryServiceStub(channel)
+                    to_dataset: dict[str, str] = {}
+                    started = time.perf_counter()
+                    for ns in dataset.namespaces:
+                        for memory in ns.memories:
+                            reply = await stub.Remember(
+                                memory_pb2.MemoryServiceRememberRequest(
+                                    namespace=ns.name,
+                                    text=memory.text,
+                                    metadata={"eval_id": memory.id},
+                                    idempotency_key=f"eval-{memory.id}",
+                                ),
+                                timeout=120,
+                            )
+                            if not reply.embedded:
+                                raise SystemExit(f"{memory.id} was stored without a vector")
+                            to_dataset[reply.id] = memory.id
+                    remember_s = time.perf_counter() - started
+                    degraded: list[str] = []
+                    latencies: list[float] = []
+
+                    async def recall(namespace: str, query: str, mode: str) -> list[str]:
+                        t0 = time.perf_counter()
+                        reply = await stub.Recall(
+                            memory_pb2.MemoryServiceRecallRequest(
+                                namespace=namespace,
+                                query=query,
+                                options=common_pb2.RecallOptions(k=k, mode=fusion[mode]),
+                            ),
+                            timeout=60,
+                        )
+                        latencies.append(time.perf_counter() - t0)
+                        if reply.degraded:
+                            degraded.append(f"{mode}: {query} ({reply.degraded_reason})")
+                        return [to_dataset.get(h.memory.id, h.memory.id) for h in reply.hits]
+
+                    rankings = await evaluate_async(dataset, recall)
+            finally:
+                await host.stop(0)
+    if degraded:
+        raise SystemExit(f"{len(degraded)} recalls were degraded, e.g. {degraded[0]}")
+    latencies.sort()
+    return {
+        "rankings": rankings,
+        "remember_s": round(remember_s, 2),
+        "recall_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+        "recall_calls": len(latencies),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--embedder", help="host:port of a running inference worker (Embed)")
+    parser.add_argument("--k", type=int, default=10, help="hits asked of each Recall")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    dataset = load_dataset()
+    log_path = Path(tempfile.gettempdir()) / "llmesh-recall-eval-inference.log"
+    if args.embedder:
+        run = asyncio.run(run_service(dataset, args.embedder, k=args.k))
+        embedder = f"external inference worker at {args.embedder}"
+    else:
+        with inference_worker(log_path) as target:
+            run = asyncio.run(run_service(dataset, target, k=args.k))
+        embedder = "llmesh serve inference (embeddings only), started by this script"
+    scores = summarize(dataset, run["rankings"])
+    results = {
+        "benchmark": "recall_quality",
+        "dataset": {
+            "version": dataset.version,
+            "namespaces": {ns.name: len(ns.memories) for ns in dataset.namespaces},
+            "queries": {kind: len(dataset.queries_of(kind)) for kind in KINDS},
+        },
+        "setup": {
+            "memory": "llmesh memory service in-process, SQLite store, Remember/Recall over gRPC",
+            "embedder": embedder,
+            "model": "all-minilm-l6-v2 (MLX)",
+            "k": args.k,
+            "remember_s": run["remember_s"],
+            "recall_p50_ms": run["recall_p50_ms"],
+            "recall_calls": run["recall_calls"],
+        },
+        "scores": {
+            mode: {kind: s.as_dict() for kind, s in by_kind.items()}
+            for mode, by_kind in scores.items()
+        },
+        "default_hybrid_checks": hybrid_checks(scores),
+        "misses_at_1": misses(dataset, run["rankings"]),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(scores))
+    print(json.dumps(results["default_hybrid_checks"], indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Retrieval-quality evaluation of memory ``Recall``: labelled set, metrics, runner."""

@@ -1,0 +1,33 @@
+"""``llmesh status``: the services ``llmesh up`` runs, their health, and the workers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add ``llmesh status``."""
+    parser = subparsers.add_parser(
+        "status",
+        help="health of the local services and the registry's workers",
+        description="Print the services `llmesh up` runs (address, pid, health) and the "
+        "inference workers the registry knows. Exit code 0 when every service is SERVING.",
+    )
+    parser.add_argument(
+        "--home", type=Path, help="data directory (default $LLMESH_HOME or ~/.llmesh)"
+    )
+    parser.add_argument("--registry", help="registry address (default: from llmesh up, or :50052)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llmesh.cli.up import default_home
+    from llmesh.supervisor.run import status
+
+    home = (args.home or default_home()).expanduser()
+    return asyncio.run(status(home, registry=args.registry, as_json=args.json))

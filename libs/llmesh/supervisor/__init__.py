@@ -1,0 +1,1 @@
+"""Local mode: ``llmesh up`` runs every service as a supervised child process."""

@@ -1,0 +1,72 @@
+"""The supervisor's state file (``<home>/run/up.json``), read by ``llmesh status``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServiceRecord:
+    """One child as the state file records it."""
+
+    name: str
+    address: str
+    pid: int | None
+    log: str
+    status: str = "starting"  # starting | running | restarting | failed | stopped
+
+
+@dataclass
+class UpState:
+    """What ``llmesh up`` is running."""
+
+    supervisor_pid: int
+    services: list[ServiceRecord] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def state_path(home: Path) -> Path:
+    return home / "run" / "up.json"
+
+
+def write_state(home: Path, state: UpState) -> None:
+    """Atomically replace the state file."""
+    path = state_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.to_json())
+    os.replace(tmp, path)
+
+
+def read_state(home: Path) -> UpState | None:
+    """The state of a running supervisor, or None (none, or it is gone)."""
+    try:
+        raw = json.loads(state_path(home).read_text())
+    except (OSError, ValueError):
+        return None
+    state = UpState(
+        supervisor_pid=int(raw["supervisor_pid"]),
+        services=[ServiceRecord(**item) for item in raw.get("services", [])],
+    )
+    return state if pid_alive(state.supervisor_pid) else None
+
+
+def clear_state(home: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_path(home).unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,175 @@
+"""The supervisor: start children, wait until ready, restart crashes, drain on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llmesh.supervisor.child import Child, tail
+from llmesh.supervisor.plan import ServiceSpec
+from llmesh.supervisor.probe import SERVING, health_of
+from llmesh.supervisor.restart import RestartPolicy
+from llmesh.supervisor.state import ServiceRecord, UpState, clear_state, write_state
+
+Say = Callable[[str], None]
+
+
+class Supervisor:
+    """Runs ``specs`` as child processes until :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        specs: Sequence[ServiceSpec],
+        *,
+        home: Path,
+        say: Say,
+        policy: Callable[[], RestartPolicy] = RestartPolicy,
+        grace_s: float = 15.0,
+        ready_poll_s: float = 0.25,
+    ) -> None:
+        self.children = [Child(spec) for spec in specs]
+        self._policies = {child.spec.name: policy() for child in self.children}
+        self._status = {child.spec.name: "starting" for child in self.children}
+        self._home = home
+        self._say = say
+        self._grace_s = grace_s
+        self._ready_poll_s = ready_poll_s
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready_tasks: set[asyncio.Task[bool]] = set()
+
+    # -- public -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: drain. Second call: kill at once."""
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    async def start(self) -> dict[str, bool]:
+        """Start every child, then wait (concurrently) until each is ready."""
+        for child in self.children:
+            await child.start()
+            self._status[child.spec.name] = "starting"
+        self._save()
+        self._tasks = [
+            asyncio.create_task(self._supervise(child), name=f"supervise-{child.spec.name}")
+            for child in self.children
+        ]
+        results = await asyncio.gather(*(self._wait_ready(child) for child in self.children))
+        return {child.spec.name: ok for child, ok in zip(self.children, results, strict=True)}
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Drain children in reverse start order within one grace period; kill the rest."""
+        self._stop.set()
+        deadline = time.monotonic() + self._grace_s
+        for child in reversed(self.children):
+            if not child.running:
+                continue
+            self._say(f"stopping {child.spec.name} (pid {child.pid})")
+            left = 0.0 if self._force.is_set() else deadline - time.monotonic()
+            stop = asyncio.create_task(child.stop(grace_s=left))
+            force = asyncio.create_task(self._force.wait())
+            done, _ = await asyncio.wait({stop, force}, return_when=asyncio.FIRST_COMPLETED)
+            if stop not in done:
+                child.signal_group(signal.SIGKILL)
+                await stop
+            force.cancel()
+            code = stop.result()
+            if code not in (0, None):
+                self._say(f"{child.spec.name} exited with code {code}")
+            self._status[child.spec.name] = "stopped"
+        for task in (*self._tasks, *self._ready_tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._ready_tasks, return_exceptions=True)
+        clear_state(self._home)
+
+    def records(self) -> list[ServiceRecord]:
+        return [
+            ServiceRecord(
+                name=child.spec.name,
+                address=child.spec.address,
+                pid=child.pid if child.running else None,
+                log=str(child.spec.log_file),
+                status=self._status[child.spec.name],
+            )
+            for child in self.children
+        ]
+
+    def restarts(self, name: str) -> int:
+        child = next(c for c in self.children if c.spec.name == name)
+        return max(0, child.starts - 1)
+
+    # -- internals ----------------------------------------------------------
+
+    def _save(self) -> None:
+        write_state(self._home, UpState(supervisor_pid=os.getpid(), services=self.records()))
+
+    async def _wait_ready(self, child: Child) -> bool:
+        """Poll the child's readiness until SERVING, its exit, or its start timeout."""
+        started = time.monotonic()
+        deadline = started + child.spec.start_timeout_s
+        process = child.process
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if child.process is not process or not child.running:
+                return False
+            if await health_of(child.spec.address, timeout_s=1.0) == SERVING:
+                self._status[child.spec.name] = "running"
+                self._save()
+                self._say(
+                    f"{child.spec.name} ready on {child.spec.address} "
+                    f"(pid {child.pid}, {time.monotonic() - started:.1f}s)"
+                )
+                return True
+            await asyncio.sleep(self._ready_poll_s)
+        if not self._stop.is_set() and child.running:
+            self._say(
+                f"{child.spec.name} not ready after {child.spec.start_timeout_s:.0f}s "
+                f"(log: {child.spec.log_file})"
+            )
+        return False
+
+    async def _supervise(self, child: Child) -> None:
+        """Restart ``child`` whenever it exits unexpectedly, with backoff and a circuit."""
+        name = child.spec.name
+        policy = self._policies[name]
+        while True:
+            code = await child.wait()
+            if self._stop.is_set():
+                return
+            ran = time.monotonic() - child.started_at
+            self._say(f"{name} (pid {child.pid}) exited with code {code} after {ran:.1f}s")
+            last = tail(child.spec.log_file, 3)
+            if last:
+                self._say(f"  last log lines of {name}:\n{last}")
+            delay = policy.on_crash(now=time.monotonic(), ran_for_s=ran)
+            if delay is None:
+                self._status[name] = "failed"
+                self._save()
+                self._say(
+                    f"{name} crashed {policy.recent_crashes} times within "
+                    f"{policy.window_s:.0f}s: not restarting it (log: {child.spec.log_file})"
+                )
+                return
+            self._status[name] = "restarting"
+            self._save()
+            self._say(f"restarting {name} in {delay:.0f}s")
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                return  # stopping during the backoff
+            except TimeoutError:
+                pass
+            await child.start()
+            self._status[name] = "starting"
+            self._save()
+            ready = asyncio.create_task(self._wait_ready(child), name=f"ready-{name}")
+            self._ready_tasks.add(ready)
+            ready.add_done_callback(self._ready_tasks.discard)

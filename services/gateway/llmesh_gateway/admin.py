@@ -1,0 +1,239 @@
+"""``llmesh.v1.AdminService``: workers, models and API keys (role admin, audited)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from llmesh.kernel.context import current_request
+from llmesh.kernel.errors import NotFound
+from llmesh.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from llmesh_gateway import validation
+from llmesh_gateway.apikeys import ApiKeyManager
+from llmesh_gateway.principal import ROLE_ADMIN, ROLE_USER
+from llmesh_gateway.registry_cache import RegistryCache
+from llmesh_gateway.router import Router
+from llmesh_gateway.store import (
+    ApiKeyRecord,
+    AuditRecord,
+    decode_page_token,
+    encode_page_token,
+)
+from llmesh_gateway.upstream import hop_options, translate
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_ROLE_NAMES = {gateway_pb2.ROLE_USER: ROLE_USER, gateway_pb2.ROLE_ADMIN: ROLE_ADMIN}
+_ROLE_ENUMS = {v: k for k, v in _ROLE_NAMES.items()}
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def key_info(record: ApiKeyRecord) -> gateway_pb2.ApiKeyInfo:
+    """The public view of a key record (no salt, no digest)."""
+    return gateway_pb2.ApiKeyInfo(
+        key_id=record.key_id,
+        name=record.name,
+        role=_ROLE_ENUMS.get(record.role, gateway_pb2.ROLE_UNSPECIFIED),
+        tenant=record.tenant,
+        created_at=_timestamp(record.created_at),
+        expires_at=_timestamp(record.expires_at),
+        revoked_at=_timestamp(record.revoked_at),
+        fingerprint=record.fingerprint,
+    )
+
+
+def audit_event(record: AuditRecord) -> gateway_pb2.AuditEvent:
+    return gateway_pb2.AuditEvent(
+        time=_timestamp(record.time),
+        principal=record.principal,
+        tenant=record.tenant,
+        action=record.action,
+        outcome=record.outcome,
+        detail=record.detail,
+        request_id=record.request_id,
+    )
+
+
+def _audit_detail(text: str) -> None:
+    ctx = current_request()
+    if ctx is not None:
+        ctx.attributes["audit_detail"] = text
+
+
+class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
+    """Operations on the mesh."""
+
+    def __init__(
+        self,
+        *,
+        cache: RegistryCache,
+        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        router: Router,
+        keys: ApiKeyManager,
+    ) -> None:
+        self._cache = cache
+        self._registry = registry
+        self._router = router
+        self._keys = keys
+
+    async def ListWorkers(
+        self, request: gateway_pb2.ListWorkersRequest, context: Context
+    ) -> gateway_pb2.ListWorkersResponse:
+        validation.check_list_workers(request.model, request.state)
+        workers = [
+            w
+            for w in self._cache.list()
+            if (not request.model or request.model in (*w.models_loaded, *w.models_available))
+            and (not request.state or w.state == request.state)
+        ]
+        return gateway_pb2.ListWorkersResponse(
+            workers=workers, staleness_seconds=self._cache.staleness_s
+        )
+
+    async def DrainWorker(
+        self, request: gateway_pb2.DrainWorkerRequest, context: Context
+    ) -> gateway_pb2.DrainWorkerResponse:
+        validation.check_drain(request.worker_id, request.reason)
+        _audit_detail(f"worker={request.worker_id} reason={request.reason[:200]}")
+        try:
+            response = await self._registry.SetWorkerState(
+                registry_pb2.SetWorkerStateRequest(
+                    worker_id=request.worker_id,
+                    state=common_pb2.WORKER_STATE_DRAINING,
+                    reason=request.reason or "drained by an admin",
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="SetWorkerState on the registry") from None
+        self._cache.workers[response.worker.worker_id] = response.worker
+        return gateway_pb2.DrainWorkerResponse(worker=response.worker)
+
+    def _targets(self, worker_id: str, model: str, *, loaded_only: bool) -> list[Any]:
+        if worker_id:
+            worker = self._cache.get(worker_id)
+            if worker is None:
+                raise NotFound(f"no worker {worker_id!r}", reason="WORKER_NOT_FOUND")
+            return [worker]
+        if loaded_only:
+            targets = [w for w in self._cache.list() if model in w.models_loaded]
+        else:
+            targets = [w for w in self._cache.list() if w.state == common_pb2.WORKER_STATE_READY]
+        if not targets:
+            raise NotFound(
+                f"no worker to {'unload' if loaded_only else 'load'} {model!r}",
+                reason="WORKER_NOT_FOUND",
+            )
+        return targets
+
+    async def _each(self, targets: list[Any], call: Any, request: Any, what: str) -> list[str]:
+        async def one(worker: common_pb2.WorkerInfo) -> str:
+            stub = inference_pb2_grpc.InferenceServiceStub(self._router.pool.get(worker.address))
+            try:
+                timeout, metadata = hop_options()
+                await getattr(stub, call)(request, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                raise translate(exc, what=f"{what} on worker {worker.worker_id}") from None
+            return str(worker.worker_id)
+
+        results = await asyncio.gather(*(one(w) for w in targets), return_exceptions=True)
+        done = [r for r in results if isinstance(r, str)]
+        if not done:
+            raise next(r for r in results if isinstance(r, BaseException))
+        return done
+
+    async def LoadModel(
+        self, request: gateway_pb2.LoadModelRequest, context: Context
+    ) -> gateway_pb2.LoadModelResponse:
+        validation.check_worker_model(request.model, request.worker_id, model_required=True)
+        _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
+        targets = self._targets(request.worker_id, request.model, loaded_only=False)
+        done = await self._each(
+            targets,
+            "LoadModel",
+            inference_pb2.InferenceServiceLoadModelRequest(model=request.model),
+            "LoadModel",
+        )
+        return gateway_pb2.LoadModelResponse(worker_ids=done)
+
+    async def UnloadModel(
+        self, request: gateway_pb2.UnloadModelRequest, context: Context
+    ) -> gateway_pb2.UnloadModelResponse:
+        validation.check_worker_model(request.model, request.worker_id, model_required=True)
+        _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
+        targets = self._targets(request.worker_id, request.model, loaded_only=True)
+        done = await self._each(
+            targets,
+            "UnloadModel",
+            inference_pb2.InferenceServiceUnloadModelRequest(model=request.model),
+            "UnloadModel",
+        )
+        return gateway_pb2.UnloadModelResponse(worker_ids=done)
+
+    async def CreateApiKey(
+        self, request: gateway_pb2.CreateApiKeyRequest, context: Context
+    ) -> gateway_pb2.CreateApiKeyResponse:
+        created = await self._keys.create(
+            name=request.name,
+            role=_ROLE_NAMES.get(request.role, ""),
+            tenant=request.tenant,
+            ttl_seconds=request.ttl_seconds,
+        )
+        record = created.record
+        _audit_detail(
+            f"created key_id={record.key_id} role={record.role} tenant={record.tenant}"
+            f" fingerprint={record.fingerprint}"
+        )
+        return gateway_pb2.CreateApiKeyResponse(api_key=created.api_key, info=key_info(record))
+
+    async def RevokeApiKey(
+        self, request: gateway_pb2.RevokeApiKeyRequest, context: Context
+    ) -> gateway_pb2.RevokeApiKeyResponse:
+        validation.check_key_id(request.key_id)
+        _audit_detail(f"revoked key_id={request.key_id}")
+        record = await self._keys.revoke(request.key_id)
+        return gateway_pb2.RevokeApiKeyResponse(info=key_info(record))
+
+    async def ListApiKeys(
+        self, request: gateway_pb2.ListApiKeysRequest, context: Context
+    ) -> gateway_pb2.ListApiKeysResponse:
+        validation.check_page(request.page_size, request.page_token)
+        after = decode_page_token("k", request.page_token) or 0
+        size = request.page_size or 100
+        records = await self._keys.list(
+            after_seq=after, limit=size + 1, include_revoked=request.include_revoked
+        )
+        page = records[:size]
+        token = encode_page_token("k", page[-1].seq) if len(records) > size else ""
+        return gateway_pb2.ListApiKeysResponse(
+            keys=[key_info(r) for r in page], next_page_token=token
+        )
+
+    async def ListAuditEvents(
+        self, request: gateway_pb2.ListAuditEventsRequest, context: Context
+    ) -> gateway_pb2.ListAuditEventsResponse:
+        validation.check_page(request.page_size, request.page_token)
+        before = decode_page_token("a", request.page_token)
+        size = request.page_size or 100
+        records = await self._keys.store.list_audit(before_seq=before, limit=size + 1)
+        page = records[:size]
+        token = encode_page_token("a", page[-1].seq) if len(records) > size else ""
+        return gateway_pb2.ListAuditEventsResponse(
+            events=[audit_event(r) for r in page], next_page_token=token
+        )

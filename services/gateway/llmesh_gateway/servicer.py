@@ -1,0 +1,277 @@
+"""``llmesh.v1.GatewayService``: validation, admission, then routing or memory calls.
+
+The memory namespace of every call is the principal's tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from llmesh.kernel.context import current_request
+from llmesh.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    inference_pb2,
+    memory_pb2,
+    memory_pb2_grpc,
+)
+from llmesh_gateway import validation
+from llmesh_gateway.auth import current_principal
+from llmesh_gateway.chat import ChatTurns
+from llmesh_gateway.ratelimit import RateLimiter
+from llmesh_gateway.registry_cache import RegistryCache
+from llmesh_gateway.router import Router
+from llmesh_gateway.upstream import translate
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _request_id() -> str:
+    ctx = current_request()
+    return ctx.request_id if ctx else ""
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """The public API (role user)."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        memory: memory_pb2_grpc.MemoryServiceAsyncStub,
+        limiter: RateLimiter,
+        cache: RegistryCache,
+    ) -> None:
+        self._router = router
+        self._memory = memory
+        self._limiter = limiter
+        self._cache = cache
+        self._chat = ChatTurns(memory, router)
+
+    @staticmethod
+    def _upstream(
+        request: gateway_pb2.GenerateRequest | gateway_pb2.GenerateStreamRequest,
+    ) -> inference_pb2.InferenceServiceGenerateRequest:
+        return inference_pb2.InferenceServiceGenerateRequest(
+            model=request.model,
+            prompt=request.prompt,
+            messages=request.messages,
+            sampling=request.sampling,
+            request_id=_request_id(),
+        )
+
+    async def Generate(
+        self, request: gateway_pb2.GenerateRequest, context: Context
+    ) -> gateway_pb2.GenerateResponse:
+        validation.check_generate(request)
+        principal = current_principal()
+        charged = await self._limiter.admit_generation(
+            principal, validation.max_tokens_of(request.sampling)
+        )
+        used = 0
+        try:
+            async with self._limiter.stream_slot(principal):
+                result = await self._router.generate(
+                    self._upstream(request), session_id=request.session_id
+                )
+            used = len(result.token_ids)
+        finally:
+            await self._limiter.settle_tokens(principal, charged, used)
+        return gateway_pb2.GenerateResponse(
+            text=result.text,
+            token_ids=result.token_ids,
+            finish_reason=result.finish_reason,  # type: ignore[arg-type]
+            usage=result.usage,
+            model=result.model,
+            worker_id=result.worker_id,
+        )
+
+    async def GenerateStream(
+        self, request: gateway_pb2.GenerateStreamRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.GenerateStreamResponse]:
+        validation.check_generate(request)
+        principal = current_principal()
+        charged = await self._limiter.admit_generation(
+            principal, validation.max_tokens_of(request.sampling)
+        )
+        used = 0
+        try:
+            async with self._limiter.stream_slot(principal):
+                first = True
+                async for chunk in self._router.stream(
+                    self._upstream(request), session_id=request.session_id
+                ):
+                    response = chunk.response
+                    used += len(response.token_ids)
+                    out = gateway_pb2.GenerateStreamResponse(
+                        text=response.text,
+                        token_ids=response.token_ids,
+                        finish_reason=response.finish_reason,
+                        usage=response.usage if response.HasField("usage") else None,
+                    )
+                    if first:
+                        out.model = chunk.model
+                        out.worker_id = chunk.worker_id
+                        first = False
+                    yield out
+        finally:
+            await self._limiter.settle_tokens(principal, charged, used)
+
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        validation.check_chat(request)
+        principal = current_principal()
+        charged = await self._limiter.admit_generation(
+            principal, validation.max_tokens_of(request.sampling)
+        )
+        used = 0
+        try:
+            async with self._limiter.stream_slot(principal):
+                async for out in self._chat.run(principal, request):
+                    used += len(out.token_ids)
+                    yield out
+        finally:
+            await self._limiter.settle_tokens(principal, charged, used)
+
+    async def Embed(
+        self, request: gateway_pb2.EmbedRequest, context: Context
+    ) -> gateway_pb2.EmbedResponse:
+        validation.check_embed(request)
+        _worker, response = await self._router.embed(
+            inference_pb2.InferenceServiceEmbedRequest(texts=request.texts, model=request.model)
+        )
+        return gateway_pb2.EmbedResponse(
+            embeddings=response.embeddings, dimensions=response.dimensions, model=response.model
+        )
+
+    async def Remember(
+        self, request: gateway_pb2.RememberRequest, context: Context
+    ) -> gateway_pb2.RememberResponse:
+        validation.check_remember(request)
+        principal = current_principal()
+        try:
+            response = await self._memory.Remember(
+                memory_pb2.MemoryServiceRememberRequest(
+                    namespace=principal.tenant,
+                    text=request.text,
+                    metadata=request.metadata,
+                    ttl_seconds=request.ttl_seconds,
+                    idempotency_key=request.idempotency_key,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="Remember") from None
+        return gateway_pb2.RememberResponse(
+            id=response.id, duplicate=response.duplicate, embedded=response.embedded
+        )
+
+    async def Recall(
+        self, request: gateway_pb2.RecallRequest, context: Context
+    ) -> gateway_pb2.RecallResponse:
+        validation.check_recall(request)
+        principal = current_principal()
+        try:
+            response = await self._memory.Recall(
+                memory_pb2.MemoryServiceRecallRequest(
+                    namespace=principal.tenant, query=request.query, options=request.options
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="Recall") from None
+        return gateway_pb2.RecallResponse(
+            hits=response.hits,
+            degraded=response.degraded,
+            degraded_reason=response.degraded_reason,
+        )
+
+    async def Forget(
+        self, request: gateway_pb2.ForgetRequest, context: Context
+    ) -> gateway_pb2.ForgetResponse:
+        validation.check_forget(request)
+        principal = current_principal()
+        try:
+            response = await self._memory.Forget(
+                memory_pb2.MemoryServiceForgetRequest(
+                    namespace=principal.tenant,
+                    ids=request.ids,
+                    metadata_filter=request.metadata_filter,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="Forget") from None
+        return gateway_pb2.ForgetResponse(deleted=response.deleted)
+
+    async def GetSession(
+        self, request: gateway_pb2.GetSessionRequest, context: Context
+    ) -> gateway_pb2.GetSessionResponse:
+        validation.check_session_id(request.session_id)
+        validation.check_limit(request.limit)
+        principal = current_principal()
+        try:
+            response = await self._memory.GetSession(
+                memory_pb2.MemoryServiceGetSessionRequest(
+                    namespace=principal.tenant,
+                    session_id=request.session_id,
+                    limit=request.limit or 50,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="GetSession") from None
+        return gateway_pb2.GetSessionResponse(session=response.session, messages=response.messages)
+
+    async def ListSessions(
+        self, request: gateway_pb2.ListSessionsRequest, context: Context
+    ) -> gateway_pb2.ListSessionsResponse:
+        validation.check_page(request.page_size, request.page_token)
+        principal = current_principal()
+        try:
+            response = await self._memory.ListSessions(
+                memory_pb2.MemoryServiceListSessionsRequest(
+                    namespace=principal.tenant,
+                    page_size=request.page_size or 50,
+                    page_token=request.page_token,
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="ListSessions") from None
+        return gateway_pb2.ListSessionsResponse(
+            sessions=response.sessions, next_page_token=response.next_page_token
+        )
+
+    async def DeleteSession(
+        self, request: gateway_pb2.DeleteSessionRequest, context: Context
+    ) -> gateway_pb2.DeleteSessionResponse:
+        validation.check_session_id(request.session_id)
+        principal = current_principal()
+        try:
+            response = await self._memory.DeleteSession(
+                memory_pb2.MemoryServiceDeleteSessionRequest(
+                    namespace=principal.tenant, session_id=request.session_id
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc, what="DeleteSession") from None
+        return gateway_pb2.DeleteSessionResponse(deleted_messages=response.deleted_messages)
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: Context
+    ) -> gateway_pb2.ListModelsResponse:
+        models: dict[str, gateway_pb2.ServedModel] = {}
+        for worker in self._cache.list():
+            for name in [*worker.models_loaded, *worker.models_available]:
+                served = models.setdefault(
+                    name, gateway_pb2.ServedModel(model=common_pb2.ModelInfo(name=name))
+                )
+                if name in worker.models_loaded:
+                    served.model.loaded = True
+                    if (
+                        worker.state == common_pb2.WORKER_STATE_READY
+                        and worker.worker_id not in served.worker_ids
+                    ):
+                        served.worker_ids.append(worker.worker_id)
+        return gateway_pb2.ListModelsResponse(models=[models[k] for k in sorted(models)])

@@ -1,0 +1,353 @@
+"""The gateway served in-process over real gRPC: auth, roles, audit, validation, routing,
+failover, breakers, interruption, cancel, rate limits, chat and admin."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmesh.testing.polling import await_until
+from llmesh.v1 import common_pb2, gateway_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _code(awaitable: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable
+    return info.value
+
+
+async def test_auth_outcomes_and_audit(mesh: Any) -> None:
+    stub, admin = mesh.stub(), mesh.admin()
+    request = gateway_pb2.GenerateRequest(prompt="hi")
+    missing = await _code(stub.Generate(request))
+    assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert mesh.details(missing)["error_info"].reason == "MISSING_CREDENTIALS"
+    bad = await _code(stub.Generate(request, metadata=mesh.auth("lmk_0011_nope")))
+    assert bad.code() == grpc.StatusCode.UNAUTHENTICATED
+    denied = await _code(
+        admin.ListWorkers(gateway_pb2.ListWorkersRequest(), metadata=mesh.auth(mesh.user_key))
+    )
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    ok = await stub.Generate(request, metadata=mesh.auth(mesh.user_key))
+    assert ok.text.startswith("echo:hi") and ok.worker_id in mesh.workers
+    # Admin keys can call user methods too; health needs no credentials.
+    await stub.Generate(request, metadata=mesh.auth(mesh.admin_key))
+    health = health_pb2_grpc.HealthStub(mesh.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="readiness"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    events = await admin.ListAuditEvents(
+        gateway_pb2.ListAuditEventsRequest(), metadata=mesh.auth(mesh.admin_key)
+    )
+    outcomes = [(e.action.rsplit("/", 1)[-1], e.outcome) for e in events.events]
+    assert ("ListWorkers", "PERMISSION_DENIED") in outcomes
+    assert outcomes.count(("Generate", "UNAUTHENTICATED")) == 2
+    # The audit call itself is audited afterwards.
+    again = await admin.ListAuditEvents(
+        gateway_pb2.ListAuditEventsRequest(page_size=1), metadata=mesh.auth(mesh.admin_key)
+    )
+    assert again.events[0].action.endswith("ListAuditEvents") and again.next_page_token
+
+
+async def test_key_lifecycle_through_admin_api(mesh: Any) -> None:
+    admin = mesh.admin()
+    meta = mesh.auth(mesh.admin_key)
+    created = await admin.CreateApiKey(
+        gateway_pb2.CreateApiKeyRequest(name="svc", role=gateway_pb2.ROLE_USER, tenant="acme"),
+        metadata=meta,
+    )
+    assert created.api_key.startswith("lmk_") and created.info.fingerprint
+    await mesh.stub().Generate(
+        gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(created.api_key)
+    )
+    listed = await admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(), metadata=meta)
+    assert created.info.key_id in [k.key_id for k in listed.keys]
+    assert created.api_key not in str(listed)
+    revoked = await admin.RevokeApiKey(
+        gateway_pb2.RevokeApiKeyRequest(key_id=created.info.key_id), metadata=meta
+    )
+    assert revoked.info.HasField("revoked_at")
+    refused = await _code(
+        mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(created.api_key)
+        )
+    )
+    assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+    bad = await _code(admin.CreateApiKey(gateway_pb2.CreateApiKeyRequest(name=""), metadata=meta))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in mesh.details(bad)["bad_request"].field_violations}
+    assert fields == {"name", "role", "tenant"}
+    events = await admin.ListAuditEvents(gateway_pb2.ListAuditEventsRequest(), metadata=meta)
+    details = " ".join(e.detail for e in events.events)
+    assert f"created key_id={created.info.key_id}" in details
+    assert f"revoked key_id={created.info.key_id}" in details
+
+
+async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:
+    error = await _code(
+        mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="", sampling=common_pb2.SamplingParams(top_p=2.0)),
+            metadata=mesh.auth(mesh.user_key),
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in mesh.details(error)["bad_request"].field_violations}
+    assert fields == {"prompt", "sampling.top_p"}
+    assert all(w.calls == 0 for w in mesh.workers.values())
+
+
+async def test_stream_fails_over_before_first_token_and_breaker_cycles(
+    mesh_factory: Any,
+) -> None:
+    async with mesh_factory(routing={"breaker_threshold": 2, "breaker_cooldown_s": 0.3}) as mesh:
+        w0, w1 = mesh.workers["w0"], mesh.workers["w1"]
+        w0.mode = "fail_first"
+        meta = mesh.auth(mesh.user_key)
+        for _ in range(6):
+            chunks = [
+                c
+                async for c in mesh.stub().GenerateStream(
+                    gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=meta
+                )
+            ]
+            assert chunks[0].worker_id == "w1"
+            assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_LENGTH
+        assert w0.calls == 2  # breaker opened after two failures: w0 no longer tried
+        breaker = mesh.gateway.balancer.breaker("w0")
+        assert breaker.current() == "open"
+        w0.mode = "ok"
+        await await_until(
+            lambda: _async(breaker.current() == "half_open"), timeout_s=5, what="half-open"
+        )
+        seen = set()
+        for _ in range(20):
+            reply = await mesh.stub().Generate(
+                gateway_pb2.GenerateRequest(prompt="p"), metadata=meta
+            )
+            seen.add(reply.worker_id)
+        assert "w0" in seen and breaker.current() == "closed"
+        assert w1.calls >= 6
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_every_worker_failing_is_unavailable_with_retry_info(mesh: Any) -> None:
+    for worker in mesh.workers.values():
+        worker.mode = "fail_first"
+    error = await _code(
+        mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+        )
+    )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert mesh.details(error)["retry_info"].retry_delay.ToMilliseconds() > 0
+    unknown = await _code(
+        mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="p", model="nope"),
+            metadata=mesh.auth(mesh.user_key),
+        )
+    )
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_failure_after_first_token_is_stream_interrupted(mesh: Any) -> None:
+    for worker in mesh.workers.values():
+        worker.mode = "fail_after"
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for chunk in mesh.stub().GenerateStream(
+            gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+        ):
+            received.append(chunk)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    error_info = mesh.details(info.value)["error_info"]
+    assert error_info.reason == "STREAM_INTERRUPTED"
+    assert error_info.metadata["tokens_delivered"] == "1"
+    assert len(received) == 1
+    assert sum(w.calls for w in mesh.workers.values()) == 1  # no retry after a token
+
+
+async def test_client_cancel_cancels_the_worker_stream(mesh: Any) -> None:
+    for worker in mesh.workers.values():
+        worker.mode = "hang"
+    call = mesh.stub().GenerateStream(
+        gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+    )
+    first = await call.read()
+    busy = mesh.workers[first.worker_id]
+    assert busy.active
+    call.cancel()
+    await await_until(lambda: _async(not busy.active), timeout_s=5, what="worker cancel")
+    assert busy.cancelled == 1
+
+
+async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any) -> None:
+    async with mesh_factory(
+        rate_limit={"generations_per_minute": 6, "burst_seconds": 10, "requests_per_minute": 6}
+    ) as mesh:
+        meta = mesh.auth(mesh.user_key)
+        for _ in range(1):
+            await mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
+        error = await _code(
+            mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
+        )
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = mesh.details(error)
+        assert details["retry_info"].retry_delay.ToMilliseconds() > 0
+        assert details["quota_failure"].violations[0].subject.startswith("principal:")
+        # Another principal is unaffected.
+        await mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.other_tenant_key)
+        )
+        await mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
+        cheap = await _code(mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta))
+        assert cheap.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> None:
+    stub = mesh.stub()
+    meta = mesh.auth(mesh.user_key)
+    await stub.Remember(gateway_pb2.RememberRequest(text="the user likes tea"), metadata=meta)
+    request = gateway_pb2.ChatRequest(
+        session_id="s1",
+        message="do I like tea or not",
+        recall=common_pb2.RecallOptions(k=3),
+        system_prompt="be brief",
+    )
+    chunks = [c async for c in stub.Chat(request, metadata=meta)]
+    assert chunks[0].memory_ids == ["m1"] and chunks[0].worker_id
+    assert chunks[-1].session_version == 1 and chunks[-1].usage.completion_tokens == 3
+    # The client retries the same turn: stored once, same version.
+    again = [c async for c in stub.Chat(request, metadata=meta)]
+    assert again[-1].session_version == 1
+    assert mesh.memory.appends == 1
+    # The retry answers with the stored reply instead of generating another one.
+    assert "".join(c.text for c in again) == "".join(c.text for c in chunks)
+    calls = sum(w.calls for w in mesh.workers.values())
+    assert calls == 1
+    session = await stub.GetSession(gateway_pb2.GetSessionRequest(session_id="s1"), metadata=meta)
+    roles = [m.role for m in session.messages]
+    assert roles == [common_pb2.CHAT_ROLE_USER, common_pb2.CHAT_ROLE_ASSISTANT]
+    assert session.messages[1].content.startswith("echo:do I like tea")
+    # A new turn sees the history and appends at the next version.
+    second = [
+        c
+        async for c in stub.Chat(
+            gateway_pb2.ChatRequest(session_id="s1", message="and coffee?"), metadata=meta
+        )
+    ]
+    assert second[-1].session_version == 2
+
+
+async def test_chat_retries_a_concurrent_append(mesh: Any) -> None:
+    from llmesh.v1 import memory_pb2
+
+    meta = mesh.auth(mesh.user_key)
+    gate = asyncio.Event()
+    for worker in mesh.workers.values():
+        worker.gate = gate
+    call = mesh.stub().Chat(
+        gateway_pb2.ChatRequest(session_id="s2", message="hello"), metadata=meta
+    )
+    # The turn has read version 0; someone else appends before the reply is done.
+    await await_until(
+        lambda: _async(any(w.active for w in mesh.workers.values())), what="generation"
+    )
+    await mesh.memory.AppendMessages(
+        memory_pb2.AppendMessagesRequest(
+            namespace="acme",
+            session_id="s2",
+            messages=[common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="other")],
+            expected_version=0,
+        ),
+        None,
+    )
+    gate.set()
+    chunks = [c async for c in call]
+    assert chunks[-1].session_version == 2  # conflict at 0, retried at 1
+    assert mesh.memory.sessions[("acme", "s2")].messages[0].content == "other"
+
+
+async def test_tenants_are_isolated(mesh: Any) -> None:
+    stub = mesh.stub()
+    acme, globex = mesh.auth(mesh.user_key), mesh.auth(mesh.other_tenant_key)
+    await stub.Remember(gateway_pb2.RememberRequest(text="acme secret plans"), metadata=acme)
+    [
+        c
+        async for c in stub.Chat(
+            gateway_pb2.ChatRequest(session_id="s", message="hi"), metadata=acme
+        )
+    ]
+    found = await stub.Recall(gateway_pb2.RecallRequest(query="secret plans"), metadata=globex)
+    assert list(found.hits) == []
+    missing = await _code(
+        stub.GetSession(gateway_pb2.GetSessionRequest(session_id="s"), metadata=globex)
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListSessions(gateway_pb2.ListSessionsRequest(), metadata=globex)
+    assert list(listed.sessions) == []
+    mine = await stub.Recall(gateway_pb2.RecallRequest(query="secret plans"), metadata=acme)
+    assert len(mine.hits) == 1
+
+
+async def test_admin_workers_drain_and_models(mesh: Any) -> None:
+    admin = mesh.admin()
+    meta = mesh.auth(mesh.admin_key)
+    listed = await admin.ListWorkers(gateway_pb2.ListWorkersRequest(), metadata=meta)
+    assert {w.worker_id for w in listed.workers} == {"w0", "w1"}
+    assert listed.staleness_seconds == 0
+    drained = await admin.DrainWorker(
+        gateway_pb2.DrainWorkerRequest(worker_id="w0", reason="maintenance"), metadata=meta
+    )
+    assert drained.worker.state == common_pb2.WORKER_STATE_DRAINING
+    for _ in range(5):
+        reply = await mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+        )
+        assert reply.worker_id == "w1"
+    missing = await _code(
+        admin.DrainWorker(gateway_pb2.DrainWorkerRequest(worker_id="ghost"), metadata=meta)
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    loaded = await admin.LoadModel(
+        gateway_pb2.LoadModelRequest(model="big", worker_id="w1"), metadata=meta
+    )
+    assert list(loaded.worker_ids) == ["w1"] and "big" in mesh.workers["w1"].loaded
+    nope = await _code(admin.LoadModel(gateway_pb2.LoadModelRequest(model="zzz"), metadata=meta))
+    assert nope.code() == grpc.StatusCode.NOT_FOUND
+    models = await mesh.stub().ListModels(
+        gateway_pb2.ListModelsRequest(), metadata=mesh.auth(mesh.user_key)
+    )
+    names = {m.model.name: list(m.worker_ids) for m in models.models}
+    assert names["tiny"] == ["w1"]  # w0 is draining
+
+
+async def test_embed_routes_to_a_worker(mesh: Any) -> None:
+    reply = await mesh.stub().Embed(
+        gateway_pb2.EmbedRequest(texts=["a", "bcd"]), metadata=mesh.auth(mesh.user_key)
+    )
+    assert reply.dimensions == 2 and [e.values[1] for e in reply.embeddings] == [1.0, 3.0]
+
+
+async def test_registry_down_keeps_routing_from_the_last_snapshot(mesh_factory: Any) -> None:
+    async with mesh_factory() as mesh:
+        watcher = mesh.gateway.watcher
+        await watcher.stop()  # the registry stream is gone
+        mesh.gateway.cache.mark(connected=False)
+        reply = await mesh.stub().Generate(
+            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+        )
+        assert reply.worker_id in mesh.workers
+        await asyncio.sleep(0)  # staleness grows from the disconnect
+        listed = await mesh.admin().ListWorkers(
+            gateway_pb2.ListWorkersRequest(), metadata=mesh.auth(mesh.admin_key)
+        )
+        assert listed.staleness_seconds > 0 and len(listed.workers) == 2

@@ -1,0 +1,220 @@
+"""The inference worker's resources: model store, MLX engine, embedder, health.
+
+:class:`InferenceWorker` owns them for the life of the server; the servicer
+(transport) only translates between protobuf and these objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from llmesh.kernel.errors import FailedPrecondition, NotFound
+from llmesh.kernel.health import HealthReporter
+from llmesh.kernel.logging import get_logger
+from llmesh_inference.blas import detect_blas
+from llmesh_inference.models import ModelStore
+from llmesh_inference.scheduler import Engine
+from llmesh_inference.settings import InferenceSettings
+
+if TYPE_CHECKING:
+    from llmesh.kernel.server import ServiceHost
+    from llmesh_inference.embeddings import MiniLMEmbedder
+
+log = get_logger(__name__)
+
+SERVICE_NAME = "llmesh.v1.InferenceService"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+class InferenceWorker:
+    """Model store + MLX engine + embedder + health reporting of one process."""
+
+    def __init__(self, settings: InferenceSettings, health: HealthReporter | None = None) -> None:
+        import mlx.core as mx
+
+        self.settings = settings
+        self.health = health
+        if settings.device == "cpu":
+            mx.set_default_device(mx.cpu)
+        elif settings.device == "gpu":
+            mx.set_default_device(mx.gpu)
+        self.device = "gpu" if mx.default_device().type == mx.gpu else "cpu"
+        self.blas = detect_blas(self.device)
+        self.models_dir = settings.resolved_models_dir
+        budget = settings.memory_budget_mb * 2**20 if settings.memory_budget_mb else None
+        self.store = ModelStore(
+            self.models_dir,
+            max_loaded=settings.max_loaded_models,
+            memory_budget_bytes=budget,
+            dtype=settings.dtype,
+            device=self.device,
+            generator_kwargs={
+                "completion_batch_size": settings.max_batch_size,
+                "prefill_batch_size": settings.prefill_batch_size,
+                "prefill_step_size": settings.prefill_step_size,
+            },
+        )
+        self.default_model = settings.default_model or self._only_model()
+        self.engine = Engine(
+            self.store,
+            max_batch_size=settings.max_batch_size,
+            queue_capacity=settings.queue_capacity,
+            idle_unload_s=settings.idle_unload_s,
+            pinned=self.pinned,
+        )
+        self._embedder: MiniLMEmbedder | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = time.monotonic()
+
+    def _only_model(self) -> str | None:
+        names = self.store.available()
+        return names[0] if len(names) == 1 else None
+
+    def pinned(self) -> set[str]:
+        """Models never evicted or idle-unloaded: the default one."""
+        return {self.default_model} if self.default_model else set()
+
+    # ----- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.device == "cpu" and self.blas == "reference":
+            log.warning(
+                "MLX runs on the REFERENCE BLAS (slow: ~5-7 GFLOP/s, no gain from batching). "
+                "Start the worker with `llmesh serve inference` (it preloads OpenBLAS) or set "
+                "LD_PRELOAD to an optimized libopenblas.so; see docs/inference.md",
+                extra={"blas": self.blas},
+            )
+        else:
+            log.info("MLX device %s, BLAS %s", self.device, self.blas, extra={"blas": self.blas})
+        self.engine.start()
+        self._tasks.append(asyncio.create_task(self._warm_up(), name="inference-warm-up"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="inference-watchdog"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.to_thread(self.engine.stop)
+
+    async def _warm_up(self) -> None:
+        """Load the default model (readiness waits for it) and any preloads."""
+        names = [n for n in [self.default_model, *self.settings.preload_models] if n]
+        if not names:
+            log.warning(
+                "no default model (set --default-model; %d models in %s); "
+                "loading the embedding model only",
+                len(self.store.available()),
+                self.models_dir,
+            )
+            if self.settings.embeddings:
+                with contextlib.suppress(Exception):
+                    await self.engine.call(self.embedder)
+        for name in dict.fromkeys(names):
+            try:
+                await self.engine.call(functools.partial(self._load, name))
+            except Exception as exc:
+                log.error("cannot load model %s at start: %s", name, exc)
+        await self.refresh_health()
+
+    def _load(self, name: str) -> object:
+        return self.store.load(name, protect=self.pinned())
+
+    def is_ready(self) -> bool:
+        if self.default_model:
+            return self.store.get(self.default_model) is not None
+        return bool(self.store.loaded_names()) or self._embedder is not None
+
+    def is_live(self) -> bool:
+        stalled = time.monotonic() - self.engine.last_progress > self.settings.stall_timeout_s
+        return not (stalled and self.engine.busy)
+
+    async def refresh_health(self) -> None:
+        if self.health is None:
+            return
+        ready, live = self.is_ready(), self.is_live()
+        if ready != self.health.ready:
+            log.info("readiness %s", "SERVING" if ready else "NOT_SERVING")
+            await self.health.set_ready(ready)
+        if live != self.health.live:
+            log.log(
+                20 if live else 40,
+                "liveness %s",
+                "SERVING" if live else "NOT_SERVING: the MLX thread has work but makes no progress",
+            )
+            await self.health.set_live(live)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await self.refresh_health()
+            await asyncio.sleep(min(1.0, self.settings.stall_timeout_s / 4))
+
+    # ----- embeddings (MLX thread) -------------------------------------------------
+
+    def embedder(self) -> MiniLMEmbedder:
+        """The embedding model, loaded on first use. Call on the MLX thread."""
+        if self._embedder is None:
+            from llmesh_inference.embeddings import MiniLMEmbedder
+
+            started = time.perf_counter()
+            self._embedder = MiniLMEmbedder.load(
+                max_batch_tokens=self.settings.embed_max_batch_tokens
+            )
+            log.info(
+                "embedding model %s loaded in %.0f ms",
+                self._embedder.name,
+                (time.perf_counter() - started) * 1000,
+            )
+        return self._embedder
+
+    @property
+    def embedder_loaded(self) -> bool:
+        return self._embedder is not None
+
+    # ----- model management --------------------------------------------------------
+
+    async def unload(self, name: str, *, force: bool) -> int:
+        """Unload once the requests running on ``name`` have finished."""
+        if self.store.get(name) is None:
+            raise NotFound(f"model {name!r} is not loaded", reason="MODEL_NOT_LOADED")
+        if name == self.default_model and not force:
+            raise FailedPrecondition(
+                f"{name} is the default model; pass force to unload it",
+                reason="DEFAULT_MODEL",
+            )
+        while True:
+            try:
+                released = await self.engine.call(lambda: self.store.unload(name))
+            except FailedPrecondition as exc:
+                if exc.reason != "MODEL_BUSY":
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            await self.refresh_health()
+            return released
+
+
+@asynccontextmanager
+async def inference_setup(
+    host: ServiceHost, settings: InferenceSettings
+) -> AsyncIterator[InferenceWorker]:
+    """Register the servicer on ``host`` and own the worker for the server's life."""
+    from llmesh.v1 import inference_pb2_grpc
+    from llmesh_inference.servicer import InferenceServicer
+
+    worker = InferenceWorker(settings, health=host.health)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(worker), host.server
+    )
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()

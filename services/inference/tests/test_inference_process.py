@@ -1,0 +1,97 @@
+"""A worker started the ordinary way (``llmesh serve inference``) as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmesh.testing.polling import wait_until
+from llmesh.testing.servers import free_port
+from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from llmesh_inference.blas import find_openblas_preload
+
+MODEL = "tiny-llama-test"
+
+
+@pytest.fixture
+def worker_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
+    env["LLMESH_HOME"] = str(tmp_path)
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmesh.cli.main",
+            "serve",
+            "inference",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(tiny_model_dir),
+            "--default-model",
+            MODEL,
+            "--no-embeddings",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _ready(channel: grpc.Channel) -> bool:
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="readiness"), timeout=2
+        )
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux-only")
+@pytest.mark.skipif(find_openblas_preload() is None, reason="no optimized OpenBLAS installed")
+def test_serve_inference_runs_on_openblas_and_stops_cleanly(
+    worker_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = worker_process
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        wait_until(lambda: _ready(channel), timeout_s=60, what="worker readiness")
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        stats = stub.Stats(inference_pb2.StatsRequest(), timeout=5)
+        chunks = list(
+            stub.Generate(
+                inference_pb2.InferenceServiceGenerateRequest(
+                    prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=3)
+                ),
+                timeout=30,
+            )
+        )
+    assert stats.blas == "openblas"
+    assert stats.device == "cpu"
+    assert stats.default_model == MODEL
+    assert [m.name for m in stats.loaded_models] == [MODEL]
+    assert chunks[-1].usage.completion_tokens == 3
+    # The process that serves (the same pid: it re-executed itself) maps OpenBLAS.
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    assert "libopenblas" in maps
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

@@ -1,0 +1,125 @@
+"""Small pure pieces: stop-sequence hold-back, sampling validation, tiny model, CLI, BLAS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmesh.kernel.errors import InvalidArgument
+from llmesh.v1 import common_pb2
+from llmesh_inference.blas import BlasPreload, detect_blas
+from llmesh_inference.sampling import parse_sampling
+from llmesh_inference.textstream import TextStream
+from llmesh_inference.tiny import init_tiny
+
+
+class Pieces:
+    """A detokenizer whose token ``i`` is ``pieces[i]``."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+        self.text = ""
+        self.offset = 0
+
+    def add_token(self, token: int) -> None:
+        self.text += self.pieces[token]
+
+    def finalize(self) -> None:
+        pass
+
+    @property
+    def last_segment(self) -> str:
+        out, self.offset = self.text[self.offset :], len(self.text)
+        return out
+
+
+def run(pieces: list[str], stop: list[str]) -> tuple[list[str], bool]:
+    stream = TextStream(Pieces(pieces), stop)
+    out = [stream.add(i) for i in range(len(pieces)) if not stream.stopped]
+    out.append(stream.finish())
+    return out, stream.stopped
+
+
+def test_text_that_may_start_a_stop_sequence_is_held_back() -> None:
+    out, stopped = run(["Hello ", "wor", "ld. ", "END", "more"], ["END"])
+    assert "".join(out) == "Hello world. " and stopped
+    out, stopped = run(["a<", "/s", "> b"], ["</s>"])
+    assert out[0] == "a" and "".join(out) == "a" and stopped
+    out, stopped = run(["a<", "b"], ["</s>"])
+    assert out == ["a", "<b", ""] and not stopped
+    out, stopped = run(["x", "y"], [])
+    assert out == ["x", "y", ""] and not stopped
+
+
+def test_sampling_defaults_and_violations() -> None:
+    options = parse_sampling(None, default_temperature=0.7, default_max_tokens=256)
+    assert (options.temperature, options.top_p, options.top_k, options.max_tokens) == (
+        0.7,
+        1.0,
+        0,
+        256,
+    )
+    bad = common_pb2.SamplingParams(
+        temperature=-1, top_p=0, top_k=-2, max_tokens=0, stop=["", *("s" * 9)]
+    )
+    with pytest.raises(InvalidArgument) as err:
+        parse_sampling(bad, default_temperature=0.7, default_max_tokens=256)
+    fields = [v.field for v in err.value.field_violations]
+    assert fields[:5] == [
+        "sampling.temperature",
+        "sampling.top_p",
+        "sampling.top_k",
+        "sampling.max_tokens",
+        "sampling.stop",
+    ]
+    assert "sampling.stop[0]" in fields
+
+
+def test_init_tiny_is_deterministic(tmp_path: Path) -> None:
+    def digest(folder: Path) -> dict[str, str]:
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()}
+
+    a = init_tiny(tmp_path / "a", size="test")
+    b = init_tiny(tmp_path / "b", size="test")
+    assert digest(a) == digest(b)
+    config = json.loads((a / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["vocab_size"] == 512
+    tokenizer_config = json.loads((a / "tokenizer_config.json").read_text())
+    assert "add_generation_prompt" in tokenizer_config["chat_template"]
+
+
+def test_cli_init_tiny_and_list(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "llmesh.cli.main", "models"]
+    made = subprocess.run(
+        [*cli, "init-tiny", str(tmp_path), "--name", "m1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert "m1" in made.stdout and (tmp_path / "m1" / "model.safetensors").is_file()
+    listed = subprocess.run(
+        [*cli, "list", "--models-dir", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    report = json.loads(listed.stdout)
+    assert [m["name"] for m in report["models"]] == ["m1"]
+    assert report["models"][0]["parameters"] > 100_000
+    assert report["blas"]["worker_blas"].split()[0] in {"openblas", "reference"}
+
+
+def test_blas_preload_environment() -> None:
+    preload = BlasPreload(Path("/x/libopenblas.so.0"), (Path("/links"),))
+    env = preload.apply({"LD_PRELOAD": "/other.so", "LD_LIBRARY_PATH": "/lib1"})
+    assert env["LD_PRELOAD"] == "/x/libopenblas.so.0:/other.so"
+    assert env["LD_LIBRARY_PATH"] == "/links:/lib1"
+    assert env["LLMESH_BLAS_PRELOADED"] == "1"
+    assert detect_blas("gpu") == "n/a"

@@ -1,0 +1,273 @@
+"""Domain logic of the memory service: remember, recall (hybrid), forget, sessions.
+
+Transport-free: the gRPC servicer validates and converts messages, this module
+decides. Embeddings come from an :class:`~llmesh_memory.embedder.Embedder`; when it
+fails, memories are stored without a vector (back-filled by :meth:`backfill_once`)
+and searches run keyword-only, marked degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from llmesh.kernel.logging import get_logger
+from llmesh.kernel.telemetry import meter, tracer
+
+from .embedder import Embedder, EmbedderUnavailable
+from .scoring import (
+    DEFAULT_KEYWORD_WEIGHT,
+    DEFAULT_SEMANTIC_WEIGHT,
+    Fusion,
+    Scored,
+    fuse,
+    keyword_score,
+)
+from .store.base import (
+    AppendResult,
+    MemoryRecord,
+    MemoryStore,
+    MessageIn,
+    NewMemory,
+    RememberResult,
+    SearchQuery,
+    SessionRecord,
+    StoredMessage,
+)
+from .text import dedupe_key, index_terms, query_terms
+
+log = get_logger(__name__)
+_tracer = tracer("llmesh.memory")
+_meter = meter("llmesh.memory")
+_search_latency = _meter.create_histogram(
+    "llmesh_memory_recall_seconds", unit="s", description="Recall latency by mode"
+)
+_degraded = _meter.create_counter(
+    "llmesh_memory_recall_degraded_total", description="Recalls run keyword-only"
+)
+_backfilled = _meter.create_counter(
+    "llmesh_memory_backfilled_total", description="Memory vectors back-filled"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecallParams:
+    """A search request after validation."""
+
+    query: str
+    k: int = 5
+    min_score: float = 0.0
+    mode: Fusion = Fusion.WEIGHTED
+    semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT
+    keyword_weight: float = DEFAULT_KEYWORD_WEIGHT
+    metadata_filter: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One result: the memory, its combined score and both components."""
+
+    memory: MemoryRecord
+    score: float
+    semantic: float
+    keyword: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecallOutcome:
+    """Hits, best first, and whether the search ran keyword-only."""
+
+    hits: list[Hit]
+    degraded: bool = False
+    degraded_reason: str = ""
+
+
+class MemoryEngine:
+    """Sessions and long-term memory over one store and one embedder."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        embedder: Embedder,
+        *,
+        candidate_pool: int = 50,
+        default_session_ttl_s: float = 0.0,
+        backfill_batch: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.candidate_pool = candidate_pool
+        self.default_session_ttl_s = default_session_ttl_s
+        self.backfill_batch = backfill_batch
+        self.clock = clock
+
+    # -- sessions -----------------------------------------------------------------
+
+    async def append(
+        self,
+        namespace: str,
+        session_id: str,
+        messages: Sequence[MessageIn],
+        *,
+        expected_version: int,
+        idempotency_key: str = "",
+        ttl_s: float = 0.0,
+    ) -> AppendResult:
+        ttl = ttl_s or self.default_session_ttl_s
+        return await self.store.append_messages(
+            namespace,
+            session_id,
+            messages,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+            ttl_s=ttl or None,
+            now=self.clock(),
+        )
+
+    async def get_session(
+        self, namespace: str, session_id: str, *, limit: int
+    ) -> tuple[SessionRecord, list[StoredMessage]]:
+        return await self.store.get_session(namespace, session_id, limit=limit, now=self.clock())
+
+    async def list_sessions(
+        self, namespace: str, *, page_size: int, after: tuple[float, str] | None
+    ) -> list[SessionRecord]:
+        return await self.store.list_sessions(
+            namespace, page_size=page_size, after=after, now=self.clock()
+        )
+
+    async def delete_session(self, namespace: str, session_id: str) -> int:
+        return await self.store.delete_session(namespace, session_id)
+
+    # -- memories -------------------------------------------------------------------
+
+    async def remember(
+        self,
+        namespace: str,
+        text: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        ttl_s: float = 0.0,
+        idempotency_key: str = "",
+    ) -> RememberResult:
+        """Store a memory; its vector now if the embedder answers, else later."""
+        vector = None
+        try:
+            with _tracer.start_as_current_span("memory.embed"):
+                vector = (await self.embedder.embed([text]))[0]
+        except EmbedderUnavailable as exc:
+            log.info("storing memory without a vector (back-fill later): %s", exc)
+        now = self.clock()
+        memory = NewMemory(
+            text=text,
+            dedupe_key=dedupe_key(namespace, text),
+            metadata=dict(metadata or {}),
+            terms=index_terms(text),
+            vector=vector,
+            expires_at=now + ttl_s if ttl_s > 0 else None,
+            idempotency_key=idempotency_key,
+        )
+        with _tracer.start_as_current_span("memory.store.insert"):
+            (result,) = await self.store.insert_memories(namespace, [memory], now=now)
+        return result
+
+    async def recall(self, namespace: str, params: RecallParams) -> RecallOutcome:
+        """Hybrid search: vector and keyword candidates, scored and fused."""
+        started = time.perf_counter()
+        terms = query_terms(params.query)
+        vector = None
+        reason = ""
+        if params.mode is not Fusion.KEYWORD:
+            try:
+                with _tracer.start_as_current_span("memory.embed"):
+                    vector = (await self.embedder.embed([params.query]))[0]
+            except EmbedderUnavailable as exc:
+                reason = f"keyword-only: {exc}"
+                _degraded.add(1)
+        mode = params.mode if vector is not None else Fusion.KEYWORD
+        pool = max(self.candidate_pool, params.k * 4)
+        with _tracer.start_as_current_span("memory.store.search") as span:
+            result = await self.store.search(
+                namespace,
+                SearchQuery(
+                    vector=vector,
+                    terms=terms,
+                    limit=pool,
+                    metadata_filter=dict(params.metadata_filter),
+                ),
+                now=self.clock(),
+            )
+            span.set_attribute("memory.candidates", len(result.candidates))
+        by_id = {c.memory.id: c for c in result.candidates}
+        scored = [
+            Scored(c.memory.id, c.semantic, keyword_score(terms, c.terms, result.stats))
+            for c in result.candidates
+            if mode is not Fusion.SEMANTIC or c.semantic is not None
+        ]
+        fused = fuse(
+            scored,
+            mode=mode,
+            semantic_weight=params.semantic_weight,
+            keyword_weight=params.keyword_weight,
+        )
+        hits = [
+            Hit(by_id[f.key].memory, f.score, f.semantic, f.keyword)
+            for f in fused
+            if f.score >= params.min_score
+        ][: params.k]
+        _search_latency.record(time.perf_counter() - started, {"mode": mode.value})
+        return RecallOutcome(hits, degraded=bool(reason), degraded_reason=reason)
+
+    async def forget(
+        self,
+        namespace: str,
+        *,
+        ids: Sequence[str] = (),
+        metadata_filter: Mapping[str, str] | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        return await self.store.forget(
+            namespace,
+            ids=ids,
+            metadata_filter=dict(metadata_filter or {}),
+            created_before=created_before,
+        )
+
+    # -- background work ----------------------------------------------------------------
+
+    async def backfill_once(self) -> int:
+        """Embed up to one batch of memories stored without a vector; returns how many."""
+        pending = await self.store.pending_embeddings(limit=self.backfill_batch)
+        if not pending:
+            return 0
+        try:
+            vectors = await self.embedder.embed([p.text for p in pending])
+        except EmbedderUnavailable:
+            return 0
+        done = await self.store.set_embeddings(
+            [(p.namespace, p.id, vectors[i]) for i, p in enumerate(pending)]
+        )
+        _backfilled.add(done)
+        log.info("back-filled %d memory vectors", done)
+        return done
+
+    async def run_maintenance(
+        self, stop: asyncio.Event, *, backfill_every_s: float, purge_every_s: float
+    ) -> None:
+        """Back-fill vectors and purge expired rows until ``stop`` is set."""
+        last_purge = 0.0
+        while not stop.is_set():
+            try:
+                while await self.backfill_once() == self.backfill_batch:
+                    pass
+                if time.monotonic() - last_purge >= purge_every_s:
+                    last_purge = time.monotonic()
+                    await self.store.purge_expired(now=self.clock())
+            except Exception as exc:  # keep the loop alive; the store may be down
+                log.warning("memory maintenance failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backfill_every_s)

@@ -1,0 +1,62 @@
+"""Settings of the memory service (env ``LLMESH_MEMORY_*``, nested with ``__``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llmesh.kernel.config import ServiceSettings, read_secret_file, service_settings_config
+
+
+class MemorySettings(ServiceSettings):
+    """Where memories live, where embeddings come from, and the service's limits."""
+
+    model_config = service_settings_config("memory")
+
+    port: int = Field(default=50053, ge=0, le=65535)
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: Path | None = None
+    """SQLite file; default ``<data_dir>/memory.db``."""
+    sqlite_readers: int = Field(default=4, ge=1, le=64)
+    postgres_dsn: str | None = None
+    """PostgreSQL connection string (prefer ``postgres_dsn_file`` for passwords)."""
+    postgres_dsn_file: Path | None = None
+    """File holding the DSN (a mounted Secret)."""
+    postgres_pool_min: int = Field(default=1, ge=0, le=100)
+    postgres_pool_max: int = Field(default=10, ge=1, le=200)
+    hnsw_ef_search: int = Field(default=100, ge=10, le=1000)
+    exact_search_max_rows: int = Field(default=20_000, ge=0)
+    """Namespaces up to this size are searched exactly instead of through HNSW."""
+    statement_timeout_s: float = Field(default=10.0, gt=0)
+    """SQL statement limit when the caller sent no deadline."""
+    redis_url: str | None = None
+    """Write-through cache for hot sessions; unset for none."""
+    session_cache_ttl_s: float = Field(default=300.0, gt=0)
+    embedder_target: str | None = "127.0.0.1:50054"
+    """host:port of an inference worker serving Embed; empty for keyword-only search."""
+    embedding_model: str = ""
+    embed_timeout_s: float = Field(default=5.0, gt=0)
+    embedder_cooldown_s: float = Field(default=2.0, ge=0)
+    session_ttl_s: float = Field(default=0.0, ge=0)
+    """Default session lifetime in seconds; 0 for never."""
+    candidate_pool: int = Field(default=50, ge=10, le=2000)
+    """Candidates taken from each of the vector and keyword searches (at least 4 k)."""
+    backfill_interval_s: float = Field(default=5.0, gt=0)
+    purge_interval_s: float = Field(default=60.0, gt=0)
+    readiness_interval_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backend(self) -> MemorySettings:
+        if self.store == "postgres" and not (self.postgres_dsn or self.postgres_dsn_file):
+            raise ValueError("store=postgres needs postgres_dsn or postgres_dsn_file")
+        if self.postgres_pool_min > self.postgres_pool_max:
+            raise ValueError("postgres_pool_min must not exceed postgres_pool_max")
+        return self
+
+    def resolved_sqlite_path(self) -> Path:
+        return self.sqlite_path or self.data_dir / "memory.db"
+
+    def resolved_postgres_dsn(self) -> str:
+        return read_secret_file(self.postgres_dsn_file) or self.postgres_dsn or ""

@@ -1,0 +1,1 @@
+"""Storage backends behind one interface (:class:`~llmesh_memory.store.base.MemoryStore`)."""

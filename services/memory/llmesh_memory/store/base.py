@@ -1,0 +1,264 @@
+"""The storage interface every backend implements, and the records it trades in.
+
+Times are Unix seconds (``float``). Every method is namespace-scoped: nothing a
+method returns ever belongs to another namespace. Backends raise
+``llmesh.kernel.errors`` classes: ``Unavailable`` (store down, nothing written),
+``DeadlineExceeded`` (the caller's deadline cut a statement off), ``Aborted``
+(version conflict), ``NotFound``, ``InvalidArgument``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from llmesh.kernel.errors import Aborted, InvalidArgument
+
+from ..scoring import CorpusStats
+
+Vector = npt.NDArray[np.float32]
+
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+"""How long an idempotency key is remembered."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    """A message to append: role (``llmesh.v1.ChatRole`` number) and text."""
+
+    role: int
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A stored message with the time it was appended."""
+
+    role: int
+    content: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session's summary."""
+
+    session_id: str
+    version: int
+    message_count: int
+    created_at: float
+    updated_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of an append: the new version, and whether it replays an earlier one."""
+
+    version: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """A memory to store. ``terms`` are its index terms; ``vector`` may be pending (None)."""
+
+    text: str
+    dedupe_key: str
+    metadata: Mapping[str, str]
+    terms: Sequence[str]
+    vector: Vector | None
+    expires_at: float | None
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """A stored memory."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, str]
+    created_at: float
+    expires_at: float | None
+    embedded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RememberResult:
+    """Outcome of storing a memory."""
+
+    id: str
+    duplicate: bool
+    embedded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A search candidate: the memory, its cosine similarity (None: no vector) and terms."""
+
+    memory: MemoryRecord
+    semantic: float | None
+    terms: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """Candidates from the vector and keyword searches, and the namespace's term stats."""
+
+    candidates: list[Candidate]
+    stats: CorpusStats
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEmbedding:
+    """A memory whose vector is still missing."""
+
+    namespace: str
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """What a backend searches for: a query vector (None: keyword only) and query terms."""
+
+    vector: Vector | None
+    terms: Sequence[str]
+    limit: int
+    metadata_filter: Mapping[str, str] = field(default_factory=dict)
+
+
+class MemoryStore(abc.ABC):
+    """Sessions and memories. One implementation per backend; one contract test suite."""
+
+    name: str = "store"
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and apply migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` when the store does not answer."""
+
+    # -- sessions ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append_messages(
+        self,
+        namespace: str,
+        session_id: str,
+        messages: Sequence[MessageIn],
+        *,
+        expected_version: int,
+        idempotency_key: str,
+        ttl_s: float | None,
+        now: float,
+    ) -> AppendResult:
+        """Append atomically if ``expected_version`` matches; replay a known key."""
+
+    @abc.abstractmethod
+    async def get_session(
+        self, namespace: str, session_id: str, *, limit: int, now: float
+    ) -> tuple[SessionRecord, list[StoredMessage]]:
+        """The session and its last ``limit`` messages, oldest first; ``NotFound``."""
+
+    @abc.abstractmethod
+    async def list_sessions(
+        self, namespace: str, *, page_size: int, after: tuple[float, str] | None, now: float
+    ) -> list[SessionRecord]:
+        """Live sessions by ``updated_at`` descending, after the keyset ``after``."""
+
+    @abc.abstractmethod
+    async def delete_session(self, namespace: str, session_id: str) -> int:
+        """Delete a session; returns the messages deleted; ``NotFound``."""
+
+    # -- memories ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_memories(
+        self, namespace: str, memories: Sequence[NewMemory], *, now: float
+    ) -> list[RememberResult]:
+        """Store memories (deduplicated, idempotent), durably, in one transaction."""
+
+    @abc.abstractmethod
+    async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
+        """Vector and keyword candidates (their union, cosine for each) and term stats."""
+
+    @abc.abstractmethod
+    async def forget(
+        self,
+        namespace: str,
+        *,
+        ids: Sequence[str],
+        metadata_filter: Mapping[str, str],
+        created_before: float | None,
+    ) -> int:
+        """Delete memories matching every given condition; returns how many."""
+
+    @abc.abstractmethod
+    async def pending_embeddings(self, *, limit: int) -> list[PendingEmbedding]:
+        """Memories without a vector (oldest first), across namespaces."""
+
+    @abc.abstractmethod
+    async def set_embeddings(self, items: Sequence[tuple[str, str, Vector]]) -> int:
+        """Store vectors for ``(namespace, id, vector)``; returns how many were updated."""
+
+    @abc.abstractmethod
+    async def purge_expired(self, *, now: float) -> int:
+        """Delete expired sessions, memories and idempotency keys; returns rows deleted."""
+
+
+# -- helpers shared by backends ------------------------------------------------------
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of a request, to tell a replay from a key reused for something else."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def append_fingerprint(session_id: str, messages: Sequence[MessageIn]) -> str:
+    """The fingerprint of an append (its session and messages, not its version)."""
+    return fingerprint("append", session_id, [(m.role, m.content) for m in messages])
+
+
+def key_reused() -> InvalidArgument:
+    """The error for an idempotency key replayed with a different request."""
+    return InvalidArgument(
+        "idempotency_key was already used for a different request",
+        reason="IDEMPOTENCY_KEY_REUSED",
+    )
+
+
+def version_conflict(current: int, expected: int) -> Aborted:
+    """The error for a stale ``expected_version``."""
+    return Aborted(
+        f"session is at version {current}, not {expected}",
+        reason="VERSION_CONFLICT",
+        metadata={"current_version": str(current), "expected_version": str(expected)},
+        retry_after_s=0.0,
+    )
+
+
+def new_memory_id() -> str:
+    """A fresh memory id."""
+    import uuid
+
+    return "mem_" + uuid.uuid4().hex
+
+
+def cosine(matrix: Vector, vector: Vector) -> npt.NDArray[np.float32]:
+    """Cosine similarity of each (unit) row with a (unit) vector."""
+    out: npt.NDArray[np.float32] = matrix @ vector
+    return out

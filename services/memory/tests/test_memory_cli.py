@@ -1,0 +1,98 @@
+"""``llmesh remember`` / ``llmesh recall`` against a real gateway and memory service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llmesh.cli.main import main as cli
+from llmesh.kernel.server import ServiceHost
+from llmesh.testing.servers import free_port
+from llmesh_memory.app import memory_service
+from llmesh_memory.settings import MemorySettings
+
+
+@contextlib.asynccontextmanager
+async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """Memory (SQLite, keyword-only) behind a real gateway; yields target and two keys."""
+    from llmesh_gateway.auth import AuthInterceptor
+    from llmesh_gateway.service import SERVICE_NAMES, gateway_service
+    from llmesh_gateway.settings import GatewaySettings
+
+    async with contextlib.AsyncExitStack() as stack:
+        mem_settings = MemorySettings(port=0, sqlite_path=tmp_path / "m.db", embedder_target="")
+        mem_host = ServiceHost(mem_settings, service_names=["llmesh.v1.MemoryService"])
+        await stack.enter_async_context(memory_service(mem_host, mem_settings))
+        mem_port = await mem_host.start()
+        stack.push_async_callback(mem_host.stop, 0)
+        gw_settings = GatewaySettings(
+            port=0,
+            data_dir=tmp_path,
+            registry_address=f"127.0.0.1:{free_port()}",
+            memory_address=f"127.0.0.1:{mem_port}",
+        )
+        auth = AuthInterceptor()
+        gw_host = ServiceHost(gw_settings, service_names=SERVICE_NAMES, interceptors=[auth])
+        gateway = await stack.enter_async_context(gateway_service(gw_host, gw_settings, auth))
+        gw_port = await gw_host.start()
+        stack.push_async_callback(gw_host.stop, 0)
+        alice = await gateway.keys.create(name="alice", role="user", tenant="acme")
+        bob = await gateway.keys.create(name="bob", role="user", tenant="globex")
+        yield f"127.0.0.1:{gw_port}", alice.api_key, bob.api_key
+
+
+async def run_cli(args: list[str], key: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("LLMESH_API_KEY", key)
+    return await asyncio.to_thread(cli, args)
+
+
+async def test_remember_then_recall_through_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with mesh(tmp_path) as (target, alice, bob):
+        t = ["--target", target]
+        assert (
+            await run_cli(
+                [
+                    "remember",
+                    "Deploys to db-replica-07 need a DBA sign-off",
+                    "--meta",
+                    "team=db",
+                    *t,
+                ],
+                alice,
+                monkeypatch,
+            )
+            == 0
+        )
+        memory_id = capsys.readouterr().out.split()[0]
+        assert memory_id.startswith("mem_")
+        assert (
+            await run_cli(
+                ["remember", "deploys to DB-REPLICA-07 need a dba sign-off", "--json", *t],
+                alice,
+                monkeypatch,
+            )
+            == 0
+        )
+        reply = json.loads(capsys.readouterr().out)
+        assert reply["id"] == memory_id and reply["duplicate"] is True
+        assert await run_cli(["recall", "db-replica-07", "--json", *t], alice, monkeypatch) == 0
+        hits = json.loads(capsys.readouterr().out)["hits"]
+        assert [h["memory"]["id"] for h in hits] == [memory_id]
+        assert await run_cli(["recall", "db-replica-07", "-k", "3", *t], alice, monkeypatch) == 0
+        captured = capsys.readouterr()
+        assert memory_id in captured.out and "degraded" in captured.err
+        # Another tenant's key sees nothing of it.
+        assert await run_cli(["recall", "db-replica-07", "--json", *t], bob, monkeypatch) == 0
+        assert json.loads(capsys.readouterr().out).get("hits", []) == []
+        # Errors are reported, with a non-zero exit.
+        assert await run_cli(["recall", "x", "-k", "500", *t], alice, monkeypatch) == 1
+        assert "INVALID_ARGUMENT" in capsys.readouterr().err
+        assert await run_cli(["recall", "x", *t], "not-a-key", monkeypatch) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err

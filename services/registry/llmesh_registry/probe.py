@@ -1,0 +1,78 @@
+"""Probes of the inference worker a registrar sits beside: health, then ``Stats``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe found: healthy with figures, or why not."""
+
+    healthy: bool
+    reason: str = ""
+    stats: inference_pb2.StatsResponse | None = None
+
+    @property
+    def load(self) -> common_pb2.WorkerLoad | None:
+        if self.stats is None:
+            return None
+        return common_pb2.WorkerLoad(
+            active_requests=self.stats.active_requests,
+            queued_requests=self.stats.queued_requests,
+            free_slots=self.stats.free_slots,
+            tokens_per_second=self.stats.tokens_per_second,
+        )
+
+    @property
+    def models_loaded(self) -> list[str]:
+        if self.stats is None:
+            return []
+        return [m.name for m in self.stats.loaded_models]
+
+    @property
+    def idle(self) -> bool:
+        return self.stats is not None and (
+            self.stats.active_requests + self.stats.queued_requests == 0
+        )
+
+
+class WorkerProbe:
+    """Asks the worker's ``readiness`` health and its ``Stats``, each with a short deadline."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self._health = health_pb2_grpc.HealthStub(channel)
+        self._inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        self.timeout_s = timeout_s
+
+    async def probe(self) -> ProbeResult:
+        """Both calls share one deadline of ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service="readiness"), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            return ProbeResult(False, f"health check failed: {_describe(exc)}")
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return ProbeResult(False, f"worker readiness is {name}")
+        try:
+            stats = await self._inference.Stats(
+                inference_pb2.StatsRequest(), timeout=max(0.001, deadline - time.monotonic())
+            )
+        except grpc.aio.AioRpcError as exc:
+            return ProbeResult(False, f"Stats failed: {_describe(exc)}")
+        return ProbeResult(True, "", stats)
+
+
+def _describe(exc: grpc.aio.AioRpcError) -> str:
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "timed out"
+    return exc.code().name

@@ -1,0 +1,189 @@
+"""The registrar: keeps one inference worker's registry entry true.
+
+Waits for the worker to be healthy, registers it, then on every tick (a third
+of the lease TTL) probes it and heartbeats the result: READY with its load, or
+UNHEALTHY with the failed probe as reason. A worker that hangs fails its probe
+within the probe deadline, so it leaves READY well within one TTL. On shutdown
+it heartbeats DRAINING, waits for the worker's in-flight work (bounded), and
+deregisters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from llmesh.kernel.logging import get_logger
+from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from llmesh_registry.probe import ProbeResult, WorkerProbe
+
+log = get_logger(__name__)
+
+READY = common_pb2.WORKER_STATE_READY
+UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
+DRAINING = common_pb2.WORKER_STATE_DRAINING
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """How the worker appears in the registry."""
+
+    worker_id: str
+    address: str
+    labels: dict[str, str]
+
+
+class Registrar:
+    """Registers and heartbeats one worker; call :meth:`run`, then :meth:`drain`."""
+
+    def __init__(
+        self,
+        identity: WorkerIdentity,
+        probe: WorkerProbe,
+        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        *,
+        registry_timeout_s: float = 2.0,
+        heartbeat_interval_s: float = 0.0,
+        wait_interval_s: float = 0.5,
+    ) -> None:
+        self._identity = identity
+        self._probe = probe
+        self._probe_timeout_s = probe.timeout_s
+        self._registry = registry
+        self._registry_timeout_s = registry_timeout_s
+        self._fixed_interval_s = heartbeat_interval_s
+        self._wait_interval_s = wait_interval_s
+        self._lease_id = ""
+        self._ttl_ms = 0
+        self._state: int = common_pb2.WORKER_STATE_UNSPECIFIED
+        self.registered = asyncio.Event()
+
+    @property
+    def interval_s(self) -> float:
+        """Heartbeat period: fixed if configured, else a third of the lease TTL."""
+        if self._fixed_interval_s:
+            return self._fixed_interval_s
+        return max(0.05, self._ttl_ms / 3000) if self._ttl_ms else self._wait_interval_s
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    async def wait_for_worker(self) -> ProbeResult:
+        """Probe until the worker is healthy (logging why not, once per reason)."""
+        last_reason = None
+        while True:
+            result = await self._probe.probe()
+            if result.healthy:
+                return result
+            if result.reason != last_reason:
+                log.info("waiting for worker %s: %s", self._identity.address, result.reason)
+                last_reason = result.reason
+            await asyncio.sleep(self._wait_interval_s)
+
+    async def register(self, result: ProbeResult) -> None:
+        stats = result.stats
+        worker = common_pb2.WorkerInfo(
+            worker_id=self._identity.worker_id,
+            address=self._identity.address,
+            labels=self._identity.labels,
+            models_loaded=result.models_loaded,
+            models_available=list(stats.models_available) if stats else [],
+            capacity=stats.max_batch_size if stats else 0,
+            state=READY if result.healthy else UNHEALTHY,
+            state_reason=result.reason,
+            load=result.load,
+        )
+        reply = await self._registry.Register(
+            registry_pb2.RegisterRequest(worker=worker), timeout=self._registry_timeout_s
+        )
+        self._lease_id, self._ttl_ms = reply.lease_id, reply.ttl_ms
+        self._state = worker.state
+        # A probe must fail well inside one tick, so a hung worker leaves READY
+        # within one TTL: tick (TTL/3) + probe deadline + heartbeat.
+        self._probe.timeout_s = min(self._probe_timeout_s, self.interval_s / 2)
+        self.registered.set()
+        log.info(
+            "registered worker %s at %s (lease ttl %d ms)",
+            self._identity.worker_id,
+            self._identity.address,
+            reply.ttl_ms,
+            extra={"worker_id": self._identity.worker_id},
+        )
+
+    async def heartbeat(self, result: ProbeResult, *, state: int | None = None) -> None:
+        """Renew the lease with ``result``; re-register if the registry forgot us."""
+        wanted = state if state is not None else (READY if result.healthy else UNHEALTHY)
+        request = registry_pb2.HeartbeatRequest(
+            worker_id=self._identity.worker_id,
+            lease_id=self._lease_id,
+            load=result.load,
+            state=wanted,  # type: ignore[arg-type]
+            state_reason="" if wanted == READY else (result.reason or "shutting down"),
+            models_loaded=result.models_loaded,
+        )
+        try:
+            reply = await self._registry.Heartbeat(request, timeout=self._registry_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                log.warning("registry lost our lease (%s): registering again", exc.code().name)
+                await self.register(result)
+                return
+            raise
+        self._ttl_ms = reply.ttl_ms
+        if reply.state != self._state:
+            log.info(
+                "worker %s is %s%s",
+                self._identity.worker_id,
+                common_pb2.WorkerState.Name(reply.state),
+                f" ({request.state_reason})" if request.state_reason else "",
+            )
+        self._state = reply.state
+
+    async def run(self) -> None:
+        """Wait for the worker, register, then heartbeat forever (cancel to stop)."""
+        first = await self.wait_for_worker()
+        while not self.registered.is_set():
+            try:
+                await self.register(first)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("registry unreachable (%s); retrying", exc.code().name)
+                await asyncio.sleep(self._wait_interval_s)
+                first = await self._probe.probe()
+        next_tick = time.monotonic() + self.interval_s
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            next_tick = max(next_tick + self.interval_s, time.monotonic())
+            result = await self._probe.probe()
+            try:
+                await self.heartbeat(result)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("heartbeat failed (%s); the lease runs on", exc.code().name)
+
+    async def drain(self, *, timeout_s: float) -> None:
+        """DRAINING, wait (bounded) for in-flight work to finish, then deregister."""
+        if not self.registered.is_set():
+            return
+        deadline = time.monotonic() + timeout_s
+        result = await self._probe.probe()
+        try:
+            await self.heartbeat(result, state=DRAINING)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not mark DRAINING (%s)", exc.code().name)
+        while result.stats is not None and not result.idle and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            result = await self._probe.probe()
+        try:
+            await self._registry.Deregister(
+                registry_pb2.DeregisterRequest(
+                    worker_id=self._identity.worker_id, lease_id=self._lease_id
+                ),
+                timeout=self._registry_timeout_s,
+            )
+            log.info("deregistered worker %s", self._identity.worker_id)
+        except grpc.aio.AioRpcError as exc:
+            # The lease will lapse on its own; nothing else to do.
+            log.warning("deregister failed (%s); the lease will lapse", exc.code().name)

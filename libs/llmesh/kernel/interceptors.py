@@ -71,9 +71,13 @@ class _Metrics:
         self.requests = m.create_counter(
             "rpc.server.requests", description="RPCs served, by method and status code"
         )
+        self._attrs: dict[tuple[str, grpc.StatusCode], dict[str, str]] = {}
 
     def record(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
-        attrs = {"rpc.method": method, "rpc.grpc.status_code": code.name}
+        attrs = self._attrs.get((method, code))
+        if attrs is None:
+            attrs = {"rpc.method": method, "rpc.grpc.status_code": code.name}
+            self._attrs[(method, code)] = attrs
         self.duration.record(elapsed_ms, attrs)
         self.requests.add(1, attrs)
 
@@ -84,6 +88,8 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, deadlines: DeadlinePolicy) -> None:
         self.deadlines = deadlines
         self.metrics = _Metrics()
+        # method -> (handler from the continuation, wrapped handler); bounded by the methods.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -94,26 +100,36 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, metadata),
+                self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, metadata),  # type: ignore[arg-type]
+                self._wrap_stream(handler.unary_stream, method),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: no llmesh RPC uses them
 
     def _begin(
-        self, method: str, metadata: Mapping[str, Any], context: grpc.aio.ServicerContext[Any, Any]
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[RequestContext, object, float | None]:
-        raw_id = metadata.get(REQUEST_ID_KEY)
-        request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else ""
+        request_id = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+                request_id = value
+                break
         request_id = request_id or uuid.uuid4().hex
         client = _client_remaining(context)
         budget: float | None
@@ -126,10 +142,10 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return ctx, set_request(ctx), budget
 
     def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str, metadata: Mapping[str, Any]
+        self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            ctx, token, budget = self._begin(method, metadata, context)
+            ctx, token, budget = self._begin(method, context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -150,10 +166,9 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         behavior: Callable[..., AsyncIterator[Any]],
         method: str,
-        metadata: Mapping[str, Any],
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            ctx, token, _budget = self._begin(method, metadata, context)
+            ctx, token, _budget = self._begin(method, context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             result: Any = behavior(request, context)

@@ -29,6 +29,9 @@ def fingerprint(secret: str) -> str:
 
 def redact(text: str) -> str:
     """Replace bearer tokens, API keys and JWTs in free text with fingerprints."""
+    lowered = text.lower()
+    if "bearer" not in lowered and "eyj" not in lowered and "lmk_" not in lowered:
+        return text  # fast path: nothing that could be a credential
     text = _BEARER.sub(lambda m: f"{m.group(1)} [{fingerprint(m.group(2))}]", text)
     text = _JWT.sub(lambda m: f"[jwt {fingerprint(m.group(0))}]", text)
     return _KEY_LIKE.sub(lambda m: f"{m.group(1)}[redacted]", text)

@@ -388,7 +388,7 @@ async def measure(
 
 
 async def own_code_us(iterations: int = 20000) -> dict[str, float]:
-    """Microseconds per request of the gateway's own steps, in-process, no network:
+    """CPU microseconds per request of the gateway's own steps, in-process, no network:
     authentication (cached key), validation, rate-limit admission (two buckets, a stream
     slot, the refund), worker choice and upstream request building."""
     from llmesh.kernel.context import RequestContext, set_request
@@ -437,7 +437,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
         method = "/llmesh.v1.GatewayService/Generate"
         set_request(RequestContext(request_id="r", method=method, deadline=time.monotonic() + 1e6))
         header = f"Bearer {key}"
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: preemption on a busy box does not count
         for _ in range(iterations):
             principal = await auth.admit(method, header)
             validation.check_generate(request)
@@ -455,7 +455,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
                 )
                 balancer.finished(worker.worker_id)
             await limiter.settle_tokens(principal, charged, 1)
-        per_request = (time.perf_counter() - started) / iterations * 1e6
+        per_request = (time.process_time() - started) / iterations * 1e6
         await store.close()
     return {"own_code_us_per_request": per_request}
 
@@ -514,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         **summary,
     }
+    result.update(asyncio.run(own_code_us()))
     result["meets_targets"] = result["throughput_ratio"] >= 0.80 and result["added_p50_ms"] <= 0.5
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,6 @@ import asyncio
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,8 +75,8 @@ _WORDS = tuple(
 )
 
 
-def prompts(n: int, words: int = 48) -> list[str]:
-    """``n`` distinct prompts of about ``words`` words (no shared prefix beyond a word)."""
+def prompts(n: int, words: int = 20) -> list[str]:
+    """``n`` distinct prompts of ``words`` words (~64 tokens; no shared prefix)."""
     out = []
     for i in range(n):
         picked = [_WORDS[(i * 7 + j * (i + 3)) % len(_WORDS)] for j in range(words)]
@@ -117,38 +116,61 @@ def free_port() -> int:
 
 
 def baseline_main(model_dir: str, tokens: int) -> None:
-    """Child: decode tokens/s of ``mlx_lm.stream_generate`` on one stream, as JSON."""
+    """Child: one ``mlx_lm.stream_generate`` stream per line read from stdin.
+
+    Prints one JSON line per run: decode tokens/s (first to last token).
+    """
     from mlx_lm import load, stream_generate
 
     from llmesh_inference.blas import detect_blas
 
     loaded: Any = load(model_dir)
     model, tokenizer = loaded[0], loaded[1]
-    runs = []
-    for i, prompt in enumerate(prompts(3)):
-        stamps = []
-        for _ in stream_generate(model, tokenizer, prompt, max_tokens=tokens):
-            stamps.append(time.perf_counter())
-        if i == 0:
-            continue  # warm-up
-        runs.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    print(json.dumps({"decode_tps": statistics.median(runs), "blas": detect_blas()}))
+    print(json.dumps({"ready": True, "blas": detect_blas()}), flush=True)
+    for line in sys.stdin:
+        prompt = line.strip()
+        stamps = [
+            time.perf_counter()
+            for _ in stream_generate(model, tokenizer, prompt, max_tokens=tokens)
+        ]
+        tps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        print(json.dumps({"decode_tps": tps}), flush=True)
 
 
-def run_baseline(model_dir: Path, tokens: int, mode: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.bench_inference"),
-            *("--baseline", str(model_dir), "--tokens", str(tokens)),
-        ],
-        env=blas_env(mode),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+class Baseline:
+    """The in-process baseline in a child process with the chosen BLAS."""
+
+    def __init__(self, model_dir: Path, tokens: int, mode: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench.bench_inference"),
+                *("--baseline", str(model_dir), "--tokens", str(tokens)),
+            ],
+            env=blas_env(mode),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.blas = str(self._read()["blas"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("baseline process died")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def run(self, prompt: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(prompt + "\n")
+        self.proc.stdin.flush()
+        return float(self._read()["decode_tps"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 # ----- our worker over gRPC ------------------------------------------------------------
@@ -166,6 +188,9 @@ def worker(models_dir: Path, mode: str, log: Path) -> Iterator[int]:
         args += ["--blas-threads", str(BLAS_THREADS[0])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
     env.pop("LD_PRELOAD", None)
+    # The reference BLAS on a busy CPU needs minutes for 16 streams.
+    env["LLMESH_INFERENCE_MAX_DEADLINE_S"] = "3600"
+    env["LLMESH_INFERENCE_METHOD_DEADLINES"] = '{"Generate": 3600}'
     with log.open("wb") as fh:
         proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
         try:
@@ -203,7 +228,7 @@ async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
     start = time.perf_counter()
     first = last = 0.0
     first_count = count = 0
-    async for chunk in stub.Generate(req, timeout=600):
+    async for chunk in stub.Generate(req, timeout=3600):
         now = time.perf_counter()
         if chunk.token_ids and not first:
             first, first_count = now, len(chunk.token_ids)
@@ -217,45 +242,74 @@ async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
     }
 
 
-async def _grpc_suite(port: int, tokens: int, quick: bool) -> dict[str, Any]:
+async def _concurrent(stub: Any, pool: Iterator[str], streams: int, tokens: int) -> float:
+    """Aggregate tokens/s of ``streams`` concurrent streams (prefill included)."""
+    started = time.perf_counter()
+    many = await asyncio.gather(*(_stream(stub, next(pool), tokens) for _ in range(streams)))
+    return sum(m["tokens"] for m in many) / (time.perf_counter() - started)
+
+
+async def _ttft(stub: Any, pool: Iterator[str], quick: bool) -> dict[str, Any]:
+    ttft: dict[str, Any] = {}
+    for streams in (1, 4, 16):
+        rounds = {1: 4 if quick else 8, 4: 2 if quick else 3, 16: 1}[streams]
+        samples: list[float] = []
+        for _ in range(rounds):
+            batch = await asyncio.gather(*(_stream(stub, next(pool), 16) for _ in range(streams)))
+            samples += [b["ttft_s"] * 1000 for b in batch]
+        samples.sort()
+        ttft[str(streams)] = {
+            "p50_ms": _percentile(samples, 50),
+            "p95_ms": _percentile(samples, 95),
+            "samples": len(samples),
+        }
+    return ttft
+
+
+async def _mode_suite(
+    port: int, mlx_port: int, base: Baseline, *, tokens: int, rounds: int, quick: bool
+) -> dict[str, Any]:
+    """Interleaved rounds (best of each), so that load from other processes on a shared
+    machine hits every contender alike."""
     import grpc
 
     from llmesh.v1 import inference_pb2, inference_pb2_grpc
 
+    pool = iter(prompts(400))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        pool = iter(prompts(200))
         await _stream(stub, next(pool), 8)  # warm-up
-        singles = [await _stream(stub, next(pool), tokens) for _ in range(2)]
-        single = {
-            "decode_tps": statistics.median(s["decode_tps"] for s in singles),
-            "e2e_tps": statistics.median(s["tokens"] / s["total_s"] for s in singles),
-        }
-        started = time.perf_counter()
-        many = await asyncio.gather(*(_stream(stub, next(pool), tokens) for _ in range(16)))
-        wall = time.perf_counter() - started
-        concurrent = {
-            "streams": 16,
-            "aggregate_tps": sum(m["tokens"] for m in many) / wall,
-            "wall_s": wall,
-        }
-        ttft: dict[str, Any] = {}
-        for streams in (1, 4, 16):
-            rounds = {1: 4 if quick else 8, 4: 2 if quick else 3, 16: 1}[streams]
-            samples: list[float] = []
-            for _ in range(rounds):
-                batch = await asyncio.gather(
-                    *(_stream(stub, next(pool), 32) for _ in range(streams))
-                )
-                samples += [b["ttft_s"] * 1000 for b in batch]
-            samples.sort()
-            ttft[str(streams)] = {
-                "p50_ms": _percentile(samples, 50),
-                "p95_ms": _percentile(samples, 95),
-                "samples": len(samples),
-            }
+        await asyncio.to_thread(_complete, mlx_port, next(pool), 8)
+        base.run(next(pool))
+        inproc, single_decode, single_e2e = [], [], []
+        for _ in range(3):
+            inproc.append(await asyncio.to_thread(base.run, next(pool)))
+            one = await _stream(stub, next(pool), tokens)
+            single_decode.append(one["decode_tps"])
+            single_e2e.append(one["tokens"] / one["total_s"])
+        ours16, theirs16 = [], []
+        for _ in range(rounds):
+            ours16.append(await _concurrent(stub, pool, 16, tokens))
+            theirs16.append(await asyncio.to_thread(mlx_server_16, mlx_port, pool, tokens))
+        ttft = await _ttft(stub, pool, quick)
         stats = await stub.Stats(inference_pb2.StatsRequest(), timeout=5)
-    return {"single": single, "concurrent": concurrent, "ttft": ttft, "blas": stats.blas}
+    return {
+        "blas_in_worker": stats.blas,
+        "blas_in_baseline": base.blas,
+        "inprocess_decode_tps": max(inproc),
+        "grpc_single_decode_tps": max(single_decode),
+        "grpc_single_e2e_tps": max(single_e2e),
+        "grpc_16_aggregate_tps": max(ours16),
+        "mlx_server_16_aggregate_tps": max(theirs16),
+        "ttft_ms": ttft,
+        "samples": {
+            "inprocess_decode_tps": inproc,
+            "grpc_single_decode_tps": single_decode,
+            "grpc_single_e2e_tps": single_e2e,
+            "grpc_16_aggregate_tps": ours16,
+            "mlx_server_16_aggregate_tps": theirs16,
+        },
+    }
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:
@@ -313,12 +367,8 @@ def _complete(port: int, prompt: str, tokens: int) -> int:
     return 0
 
 
-def mlx_server_suite(port: int, tokens: int) -> dict[str, Any]:
-    pool = iter(prompts(60)[40:])
-    _complete(port, next(pool), 8)  # warm-up
-    started = time.perf_counter()
-    single = _complete(port, next(pool), tokens)
-    single_tps = single / (time.perf_counter() - started)
+def mlx_server_16(port: int, pool: Iterator[str], tokens: int) -> float:
+    """Aggregate tokens/s of 16 concurrent completions on ``mlx_lm.server``."""
     counts: list[int] = []
     threads = [
         threading.Thread(target=lambda p=p: counts.append(_complete(port, p, tokens)))
@@ -329,8 +379,7 @@ def mlx_server_suite(port: int, tokens: int) -> dict[str, Any]:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
-    return {"single_e2e_tps": single_tps, "aggregate_tps": sum(counts) / wall, "wall_s": wall}
+    return sum(counts) / (time.perf_counter() - started)
 
 
 # ----- driver ---------------------------------------------------------------------------
@@ -350,30 +399,25 @@ def run(tokens: int, modes: list[str], quick: bool) -> dict[str, Any]:
         "modes": {},
     }
     for mode in modes:
-        print(f"[{mode}] in-process mlx_lm.stream_generate ...", flush=True)
-        base = run_baseline(model_dir, tokens, mode)
-        print(f"[{mode}] llmesh worker over gRPC ...", flush=True)
-        with worker(models_dir, mode, work / f"worker-{mode}.log") as port:
-            ours = asyncio.run(_grpc_suite(port, tokens, quick))
-        print(f"[{mode}] mlx_lm.server --decode-concurrency 16 ...", flush=True)
-        with mlx_server(model_dir, mode, work / f"mlx-server-{mode}.log") as port:
-            theirs = mlx_server_suite(port, tokens)
-        single = ours["single"]["decode_tps"]
-        results["modes"][mode] = {
-            "blas_in_worker": ours["blas"],
-            "blas_in_baseline": base["blas"],
-            "inprocess_decode_tps": base["decode_tps"],
-            "grpc_single_decode_tps": single,
-            "grpc_single_e2e_tps": ours["single"]["e2e_tps"],
-            "grpc_vs_inprocess": single / base["decode_tps"],
-            "grpc_16_aggregate_tps": ours["concurrent"]["aggregate_tps"],
-            "aggregate_16_vs_single": ours["concurrent"]["aggregate_tps"]
-            / ours["single"]["e2e_tps"],
-            "mlx_server_16_aggregate_tps": theirs["aggregate_tps"],
-            "mlx_server_single_e2e_tps": theirs["single_e2e_tps"],
-            "ours_vs_mlx_server_16": ours["concurrent"]["aggregate_tps"] / theirs["aggregate_tps"],
-            "ttft_ms": ours["ttft"],
-        }
+        print(f"[{mode}] in-process baseline, llmesh worker, mlx_lm.server ...", flush=True)
+        rounds = 2 if mode == "openblas" else 1  # the reference BLAS takes minutes a round
+        base = Baseline(model_dir, tokens, mode)
+        try:
+            with (
+                worker(models_dir, mode, work / f"worker-{mode}.log") as port,
+                mlx_server(model_dir, mode, work / f"mlx-server-{mode}.log") as mlx_port,
+            ):
+                r = asyncio.run(
+                    _mode_suite(port, mlx_port, base, tokens=tokens, rounds=rounds, quick=quick)
+                )
+        finally:
+            base.close()
+        r["grpc_vs_inprocess"] = r["grpc_single_decode_tps"] / r["inprocess_decode_tps"]
+        r["aggregate_16_vs_single"] = r["grpc_16_aggregate_tps"] / r["grpc_single_e2e_tps"]
+        r["ours_vs_mlx_server_16"] = r["grpc_16_aggregate_tps"] / r["mlx_server_16_aggregate_tps"]
+        results["modes"][mode] = r
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # partial, per mode
     if "openblas" in results["modes"] and "reference" in results["modes"]:
         o, r = results["modes"]["openblas"], results["modes"]["reference"]
         results["openblas_gain"] = {

@@ -246,7 +246,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
             "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "120",
             "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
             "LLMESH_GATEWAY_ROUTING__BREAKER_THRESHOLD": "3",
-            "LLMESH_GATEWAY_ROUTING__BREAKER_COOLDOWN_S": "1.0",
+            "LLMESH_GATEWAY_ROUTING__BREAKER_COOLDOWN_S": "3.0",
         }
     )
     gateway = Proc(
@@ -514,7 +514,7 @@ async def test_rate_limit_with_retry_info(mesh: Mesh) -> None:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         meta = _meta(mesh.keys["dave"])
         refused = None
-        for _ in range(40):  # 120/min with 10 s of burst: the 21st call is refused
+        for _ in range(100):  # 120/min with 10 s of burst: about the 21st call is refused
             try:
                 await stub.ListModels(gateway_pb2.ListModelsRequest(), metadata=meta)
             except grpc.aio.AioRpcError as exc:

@@ -83,10 +83,11 @@ class Child:
         return self.process.returncode
 
 
-def tail(path: Path, lines: int = 5) -> str:
-    """The last lines of a log file, for crash messages."""
+def tail(path: Path, lines: int = 2, width: int = 300) -> str:
+    """The last lines of a log file (each cut to ``width``), for crash messages."""
     try:
-        data = path.read_bytes()[-4000:]
+        data = path.read_bytes()[-8000:]
     except OSError:
         return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+    last = data.decode(errors="replace").splitlines()[-lines:]
+    return "\n".join("  " + line[:width] for line in last)

@@ -147,7 +147,7 @@ class Supervisor:
                 return
             ran = time.monotonic() - child.started_at
             self._say(f"{name} (pid {child.pid}) exited with code {code} after {ran:.1f}s")
-            last = tail(child.spec.log_file, 3)
+            last = tail(child.spec.log_file)
             if last:
                 self._say(f"  last log lines of {name}:\n{last}")
             delay = policy.on_crash(now=time.monotonic(), ran_for_s=ran)
@@ -161,7 +161,7 @@ class Supervisor:
                 return
             self._status[name] = "restarting"
             self._save()
-            self._say(f"restarting {name} in {delay:.0f}s")
+            self._say(f"restarting {name} in {delay:g}s")
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
                 return  # stopping during the backoff

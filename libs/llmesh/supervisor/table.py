@@ -16,7 +16,7 @@ def services_table(records: Sequence[ServiceRecord], health: dict[str, str]) -> 
     """service | address | pid | health | status."""
     table = Table(title="llmesh services", title_justify="left")
     for column in ("service", "address", "pid", "health", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for record in records:
         state = health.get(record.name, "?")
         style = _HEALTH_STYLE.get(state, "")
@@ -34,7 +34,7 @@ def workers_table(workers: Sequence[common_pb2.WorkerInfo]) -> Table:
     """worker | address | state | models | load."""
     table = Table(title="inference workers (registry)", title_justify="left")
     for column in ("worker", "address", "state", "models loaded", "active", "queued", "free"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for worker in workers:
         state = common_pb2.WorkerState.Name(worker.state).removeprefix("WORKER_STATE_")
         if worker.state_reason:

@@ -72,9 +72,9 @@ def current_principal() -> Principal:
     return principal
 
 
-def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
-    for item_key, value in details.invocation_metadata or ():
-        if item_key == key:
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
             return value if isinstance(value, str) else None
     return None
 
@@ -94,6 +94,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self._deps: tuple[Authenticator, AuditLog, RateLimiter] | None = None
+        # method -> (handler from the continuation, wrapped handler); bounded by the methods.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         m = meter("llmesh.gateway")
         self._rejections = m.create_counter(
             "gateway.auth.rejections", description="Calls refused by authentication or role"
@@ -115,16 +117,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        authorization = _metadata_value(details, "authorization")
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, authorization),
+                self._unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, authorization),  # type: ignore[arg-type]
+                self._stream(handler.unary_stream, method),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -174,12 +183,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
     def _unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str, authorization: str | None
+        self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         audited = method.startswith(ADMIN_PREFIX)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = await self.admit(method, authorization)
+            principal = await self.admit(method, _authorization(context))
             if not audited:
                 return await behavior(request, context)
             error: BaseException | None = None
@@ -198,10 +207,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handle
 
     def _stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str, authorization: str | None
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await self.admit(method, authorization)
+            await self.admit(method, _authorization(context))
             stream = behavior(request, context)
             try:
                 async for item in stream:

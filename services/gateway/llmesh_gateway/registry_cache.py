@@ -47,7 +47,9 @@ class RegistryCache:
                 self.workers.pop(event.worker.worker_id, None)
             else:
                 self.workers[event.worker.worker_id] = event.worker
-        self.revision = max(self.revision, message.revision) if message.revision else self.revision
+        if message.revision:
+            # A snapshot may come from a restarted registry with lower revisions: take it.
+            self.revision = message.revision
         self._last_live = self._clock()
 
     def mark(self, *, connected: bool) -> None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from llmesh.kernel.channels import create_channel
-from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost
 from llmesh.v1 import gateway_pb2_grpc, memory_pb2_grpc, registry_pb2_grpc
 from llmesh_gateway.admin import AdminServicer
@@ -29,8 +28,6 @@ from llmesh_gateway.servicer import GatewayServicer
 from llmesh_gateway.settings import GatewaySettings
 from llmesh_gateway.store import open_store
 from llmesh_gateway.upstream import ChannelPool
-
-log = get_logger(__name__)
 
 SERVICE_NAMES = ("llmesh.v1.GatewayService", "llmesh.v1.AdminService")
 

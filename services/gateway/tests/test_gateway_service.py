@@ -105,7 +105,7 @@ async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:
 async def test_stream_fails_over_before_first_token_and_breaker_cycles(
     mesh_factory: Any,
 ) -> None:
-    async with mesh_factory(routing={"breaker_threshold": 2, "breaker_cooldown_s": 0.3}) as mesh:
+    async with mesh_factory(routing={"breaker_threshold": 2, "breaker_cooldown_s": 2.0}) as mesh:
         w0, w1 = mesh.workers["w0"], mesh.workers["w1"]
         w0.mode = "fail_first"
         meta = mesh.auth(mesh.user_key)
@@ -351,3 +351,21 @@ async def test_registry_down_keeps_routing_from_the_last_snapshot(mesh_factory: 
             gateway_pb2.ListWorkersRequest(), metadata=mesh.auth(mesh.admin_key)
         )
         assert listed.staleness_seconds > 0 and len(listed.workers) == 2
+
+
+async def test_redis_backed_rate_limits_in_a_running_gateway(
+    mesh_factory: Any, redis_server: Any
+) -> None:
+    limits = {
+        "backend": "redis",
+        "redis_url": redis_server.url,
+        "requests_per_minute": 6,
+        "burst_seconds": 10,  # one cheap call of burst
+        "generations_per_minute": 6000,
+    }
+    async with mesh_factory(rate_limit=limits) as mesh:
+        meta = mesh.auth(mesh.user_key)
+        await mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
+        error = await _code(mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert mesh.details(error)["retry_info"].retry_delay.ToMilliseconds() > 0

@@ -22,7 +22,7 @@ RRF_K = 60
 # In RRF, keyword matches weaker than this do not get a keyword rank at all (a rank
 # carries no strength, so a one-common-word match would otherwise count as much as
 # an exact identifier match).
-RRF_MIN_KEYWORD = 0.0
+RRF_MIN_KEYWORD = 0.3
 DEFAULT_SEMANTIC_WEIGHT = 0.6
 DEFAULT_KEYWORD_WEIGHT = 0.4
 # Keyword scores are raised to this power before fusion: a partial match (one of

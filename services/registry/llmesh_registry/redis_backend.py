@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from llmesh.kernel.context import outbound_timeout
 from llmesh.kernel.errors import FailedPrecondition, NotFound, Unavailable
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import (
@@ -46,9 +47,11 @@ from llmesh_registry.model import (
     Snapshot,
 )
 from llmesh_registry.records import timestamp_ms
+from llmesh_registry.redis_batch import ScriptBatcher
 from llmesh_registry.watch import WatchHub
 
 log = get_logger(__name__)
+_tracer = tracer(__name__)
 T = TypeVar("T")
 
 _SCRIPTS = ("register", "heartbeat", "deregister", "set_state", "snapshot", "sweep")
@@ -147,6 +150,7 @@ class RedisBackend(RegistryBackend):
         self._tail_redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._tail_task: asyncio.Task[None] | None = None
+        self._batcher: ScriptBatcher | None = None
         self._stopping = False
         self._block_ms = 250
 
@@ -169,6 +173,7 @@ class RedisBackend(RegistryBackend):
         self._scripts = {
             name: self._client.register_script(source) for name, source in _load_scripts().items()
         }
+        self._batcher = ScriptBatcher(self._client)
         start_rev = 0
         try:
             start_rev = await self._current_revision()
@@ -186,6 +191,8 @@ class RedisBackend(RegistryBackend):
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
+        if self._batcher is not None:
+            await self._batcher.close()
         for client in (self._redis, self._tail_redis):
             if client is not None:
                 await client.aclose()
@@ -195,8 +202,9 @@ class RedisBackend(RegistryBackend):
         """Run one Redis operation within the caller's remaining time."""
         timeout = outbound_timeout(self._op_timeout_s)
         try:
-            async with asyncio.timeout(timeout):
-                result = await op()
+            with _tracer.start_as_current_span(f"registry.redis.{what}"):
+                async with asyncio.timeout(timeout):
+                    result = await op()
         except ResponseError:
             raise  # a bug (bad script or key type), not an outage
         except (RedisError, TimeoutError, OSError) as exc:
@@ -225,6 +233,11 @@ class RedisBackend(RegistryBackend):
         _reraise_cancel(None)
         return ok
 
+    def _batched(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        if self._batcher is None:
+            raise RuntimeError("RedisBackend.start() was not called")
+        return self._batcher.call(self._scripts[name], keys, args)
+
     def _keys(self, worker_id: str) -> list[str]:
         return [self._wkey(worker_id), self._leases, self._rev, self._stream]
 
@@ -241,9 +254,8 @@ class RedisBackend(RegistryBackend):
             self.policy.evict_after_ms,
             self._history,
         ]
-        script = self._scripts["register"]
         revision, _expires = await self._call(
-            "register", lambda: script(keys=self._keys(worker.worker_id), args=args)
+            "register", lambda: self._batched("register", self._keys(worker.worker_id), args)
         )
         return Lease(lease_id=lease_id, ttl_ms=self.policy.ttl_ms, revision=int(revision))
 
@@ -268,9 +280,8 @@ class RedisBackend(RegistryBackend):
             update.state_reason,
             json.dumps(list(update.models_loaded)) if update.models_loaded else "",
         ]
-        script = self._scripts["heartbeat"]
         result = await self._call(
-            "heartbeat", lambda: script(keys=self._keys(update.worker_id), args=args)
+            "heartbeat", lambda: self._batched("heartbeat", self._keys(update.worker_id), args)
         )
         self._raise_for(int(result[0]), update.worker_id, update.lease_id)
         return HeartbeatResult(
@@ -278,10 +289,9 @@ class RedisBackend(RegistryBackend):
         )
 
     async def deregister(self, worker_id: str, lease_id: str) -> int:
-        script = self._scripts["deregister"]
+        args = [worker_id, lease_id, self._history]
         result = await self._call(
-            "deregister",
-            lambda: script(keys=self._keys(worker_id), args=[worker_id, lease_id, self._history]),
+            "deregister", lambda: self._batched("deregister", self._keys(worker_id), args)
         )
         self._raise_for(int(result[0]), worker_id, lease_id)
         return int(result[0])

@@ -15,6 +15,10 @@ class RegistrySettings(ServiceSettings):
     model_config = service_settings_config("registry")
 
     port: int = Field(default=50052, ge=0, le=65535)
+    # WatchWorkers streams are long-lived: without a client deadline they run an
+    # hour (then the client resumes from its last revision); unary calls keep 30 s.
+    max_deadline_s: float = Field(default=3600.0, gt=0)
+    method_deadlines: dict[str, float] = Field(default_factory=lambda: {"WatchWorkers": 3600.0})
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "{llmesh-registry}"

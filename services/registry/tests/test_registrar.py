@@ -19,8 +19,8 @@ from llmesh.kernel.server import ServiceHost
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port, wait_for_port
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.service import registry_service
+from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
 
 READY = common_pb2.WORKER_STATE_READY
@@ -108,7 +108,8 @@ class Timeline:
             return None
 
         found = await await_until(find, timeout_s=20, what=f"state {state} removed={removed}")
-        return float(found)
+        assert found is not None
+        return found
 
     def latest(self) -> registry_pb2.WorkerEvent:
         return self.events[-1][1]
@@ -153,6 +154,7 @@ async def test_registrar_registers_marks_hung_worker_and_deregisters(
                 unhealthy_at = await timeline.first(hung_at, UNHEALTHY)
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
+            print(f"hung worker left READY after {unhealthy_at - hung_at:.2f}s (TTL {TTL_MS} ms)")
             assert unhealthy_at - hung_at < TTL_MS / 1000
             assert "timed out" in timeline.latest().worker.state_reason
 

@@ -265,3 +265,15 @@ async def test_two_redis_replicas_agree(redis_server: RedisServer) -> None:
         assert len(watch_a.messages) == len(watch_b.messages) == 4
         await watch_a.close()
         await watch_b.close()
+
+
+async def test_watch_outlives_the_unary_default_deadline() -> None:
+    """A WatchWorkers stream is long-lived; the 30 s unary default must not cut it."""
+    async with registry(default_deadline_s=0.3) as (stub, _):
+        watcher = StreamReader(stub)
+        await watcher.wait_for(1)
+        await asyncio.sleep(1.0)  # three unary default deadlines pass
+        assert not watcher.call.done()
+        await stub.Register(register_request("w1"), timeout=5)
+        assert (await watcher.wait_for(2))[1].event.worker.worker_id == "w1"
+        await watcher.close()

@@ -53,7 +53,7 @@ from .base import (
 )
 
 MIGRATION_LOCK = 0x6C6C6D657368  # "llmesh"
-COMMON_TERM_SHARE = 0.4
+COMMON_TERM_SHARE = 0.1
 STATEMENT_MARGIN_S = 0.03
 _LIVE = "(expires_at IS NULL OR expires_at > %(now)s)"
 
@@ -522,15 +522,10 @@ class PostgresStore(MemoryStore):
                     )
                 cur = await conn.execute(sql, base)
                 wanted.update((r[0], None) for r in await cur.fetchall())
-            picking = [
-                t
-                for t in query.terms
-                if 0 < stats.df.get(t, 0) <= max(1, COMMON_TERM_SHARE * stats.docs)
-            ]
-            if not picking:
-                picking = sorted(
-                    (t for t in query.terms if stats.df.get(t, 0) > 0), key=lambda t: stats.df[t]
-                )[:1]
+            # Candidates come from the rarer query terms; with a vector, the vector candidates
+            # get keyword scores too, so very common terms need not walk their long postings.
+            cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
+            picking = [t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)]
             if picking:
                 cur = await conn.execute(
                     "SELECT id FROM memories WHERE namespace = %(ns)s AND tsv @@ %(tsq)s::tsquery "

@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 # Query terms found in more than this share of a namespace's documents do not pick
 # keyword candidates (their IDF is near zero); they still count in the score.
-COMMON_TERM_SHARE = 0.4
+COMMON_TERM_SHARE = 0.1
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -455,7 +455,7 @@ class SqliteStore(MemoryStore):
         stats = _stats(conn, namespace, query.terms)
         filter_sql, filter_params = _metadata_filter(query.metadata_filter)
         live = "(m.expires_at IS NULL OR m.expires_at > ?)"
-        wanted: dict[int, None] = {}
+        wanted: dict[int, float | None] = {}  # rowid -> cosine when already known
         if query.vector is not None and stats.docs:
             if snapshot is None:
                 rows = conn.execute(
@@ -485,24 +485,19 @@ class SqliteStore(MemoryStore):
                 )
                 mask = np.isin(rowids, allowed)
                 rowids, matrix = rowids[mask], matrix[mask]
-            for rowid, _ in top_k(rowids, matrix, query.vector, query.limit):
-                wanted[rowid] = None
-        picking = [
-            t
-            for t in query.terms
-            if stats.df.get(t, 0) > 0 and stats.df[t] <= max(1, COMMON_TERM_SHARE * stats.docs)
-        ]
-        if not picking:
-            picking = sorted(
-                (t for t in query.terms if stats.df.get(t, 0) > 0), key=lambda t: stats.df[t]
-            )[:1]
+            for rowid, similarity in top_k(rowids, matrix, query.vector, query.limit):
+                wanted[rowid] = similarity
+        # Candidates come from the rarer query terms; with a vector, the vector candidates
+        # get keyword scores too, so very common terms need not walk their long postings.
+        cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
+        picking = [t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)]
         if picking and not query.metadata_filter:
             # FTS5 ranks inside its own index (fast); expiry is checked on the fetch below.
             for (rowid,) in conn.execute(
                 "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? ORDER BY rank LIMIT ?",
                 (fts_query(namespace, picking), query.limit),
             ):
-                wanted[rowid] = None
+                wanted.setdefault(rowid, None)
         elif picking:
             for (rowid,) in conn.execute(
                 "SELECT m.rowid FROM memory_fts f JOIN memories m ON m.rowid = f.rowid "
@@ -510,34 +505,38 @@ class SqliteStore(MemoryStore):
                 "ORDER BY f.rank LIMIT ?",
                 (fts_query(namespace, picking), namespace, now, *filter_params, query.limit),
             ):
-                wanted[rowid] = None
+                wanted.setdefault(rowid, None)
         candidates: list[Candidate] = []
         if wanted:
             marks = ",".join("?" * len(wanted))
+            # Vectors are read only for candidates whose cosine is not known yet.
             rows = conn.execute(
-                "SELECT m.id, m.text, m.metadata, m.created_at, m.expires_at, m.vector, m.terms "
-                f"FROM memories m WHERE m.rowid IN ({marks}) AND m.namespace = ? AND {live} "
-                f"{filter_sql}",
+                "SELECT m.rowid, m.id, m.text, m.metadata, m.created_at, m.expires_at, "
+                "m.vector IS NOT NULL, m.terms FROM memories m "
+                f"WHERE m.rowid IN ({marks}) AND m.namespace = ? AND {live} {filter_sql}",
                 (*wanted, namespace, now, *filter_params),
             ).fetchall()
-            for row in rows:
-                vector = None if row[5] is None else np.frombuffer(row[5], np.float32)
-                semantic = None
-                if (
-                    vector is not None
-                    and query.vector is not None
-                    and (vector.shape == query.vector.shape)
+            unknown = [r[0] for r in rows if r[6] and wanted[r[0]] is None]
+            if unknown and query.vector is not None:
+                for rowid, blob in conn.execute(
+                    f"SELECT rowid, vector FROM memories WHERE rowid IN "
+                    f"({','.join('?' * len(unknown))})",
+                    unknown,
                 ):
-                    semantic = float(vector @ query.vector)
+                    vector = np.frombuffer(blob, np.float32)
+                    if vector.shape == query.vector.shape:
+                        wanted[rowid] = float(vector @ query.vector)
+            for row in rows:
                 record = MemoryRecord(
-                    id=row[0],
-                    text=row[1],
-                    metadata=json.loads(row[2]),
-                    created_at=row[3],
-                    expires_at=row[4],
-                    embedded=vector is not None,
+                    id=row[1],
+                    text=row[2],
+                    metadata=json.loads(row[3]),
+                    created_at=row[4],
+                    expires_at=row[5],
+                    embedded=bool(row[6]),
                 )
-                candidates.append(Candidate(record, semantic, row[6].split()))
+                semantic = wanted[row[0]] if query.vector is not None else None
+                candidates.append(Candidate(record, semantic, row[7].split()))
         return SearchResult(candidates, stats)
 
     async def forget(

@@ -31,3 +31,49 @@ def test_node_encodes_what_python_decodes() -> None:
     assert request.recall.k == 3
     assert request.recall.HasField("semantic_weight") and request.recall.semantic_weight == 0.5
     assert dict(request.recall.metadata_filter) == {"topic": "ops"}
+
+
+async def test_node_client_calls_a_real_registry_over_grpc() -> None:
+    import asyncio
+
+    import grpc
+
+    from llmesh.kernel.server import ServiceHost
+    from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+    from llmesh_registry.service import registry_service
+    from llmesh_registry.servicer import SERVICE_NAME
+    from llmesh_registry.settings import RegistrySettings
+
+    settings = RegistrySettings(port=0)
+    host = ServiceHost(settings, service_names=[SERVICE_NAME])
+    async with registry_service(host, settings):
+        port = await host.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await registry_pb2_grpc.RegistryServiceStub(channel).Register(
+                    registry_pb2.RegisterRequest(
+                        worker=common_pb2.WorkerInfo(
+                            worker_id="w-node",
+                            address="127.0.0.1:50054",
+                            capacity=2,
+                            state=common_pb2.WORKER_STATE_READY,
+                        )
+                    ),
+                    timeout=5,
+                )
+            proc = await asyncio.create_subprocess_exec(
+                "node",
+                str(SMOKE),
+                "registry",
+                f"127.0.0.1:{port}",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+            assert proc.returncode == 0, err.decode()
+        finally:
+            await host.stop(0)
+    workers = json.loads(out)["workers"]
+    assert workers == [
+        {"id": "w-node", "address": "127.0.0.1:50054", "state": common_pb2.WORKER_STATE_READY}
+    ]

@@ -385,7 +385,7 @@ def mlx_server_16(port: int, pool: Iterator[str], tokens: int) -> float:
 # ----- driver ---------------------------------------------------------------------------
 
 
-def run(tokens: int, modes: list[str], quick: bool) -> dict[str, Any]:
+def run(tokens: int, modes: list[str], quick: bool, output: Path = RESULTS) -> dict[str, Any]:
     from llmesh_inference.tiny import init_tiny, parameter_count
 
     work = Path(tempfile.mkdtemp(prefix="llmesh-bench-"))
@@ -416,8 +416,8 @@ def run(tokens: int, modes: list[str], quick: bool) -> dict[str, Any]:
         r["aggregate_16_vs_single"] = r["grpc_16_aggregate_tps"] / r["grpc_single_e2e_tps"]
         r["ours_vs_mlx_server_16"] = r["grpc_16_aggregate_tps"] / r["mlx_server_16_aggregate_tps"]
         results["modes"][mode] = r
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # partial, per mode
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")  # partial, per mode
     if "openblas" in results["modes"] and "reference" in results["modes"]:
         o, r = results["modes"]["openblas"], results["modes"]["reference"]
         results["openblas_gain"] = {
@@ -467,18 +467,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--blas-threads", type=int, help="OpenBLAS threads for every process (default: cores)"
     )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--baseline", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline:
         baseline_main(args.baseline, args.tokens)
         return 0
     BLAS_THREADS[0] = args.blas_threads
-    results = run(args.tokens, args.modes.split(","), args.quick)
+    results = run(args.tokens, args.modes.split(","), args.quick, args.output)
     results["openblas_threads"] = args.blas_threads or os.cpu_count()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
     return 0
 
 

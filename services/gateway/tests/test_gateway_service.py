@@ -41,6 +41,18 @@ async def test_auth_outcomes_and_audit(mesh: Any) -> None:
     health = health_pb2_grpc.HealthStub(mesh.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="readiness"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Reflection too (grpcurl works before you have a key).
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(mesh.channel)
+    answers = [
+        a
+        async for a in reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+    ]
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert "llmesh.v1.GatewayService" in names
 
     events = await admin.ListAuditEvents(
         gateway_pb2.ListAuditEventsRequest(), metadata=mesh.auth(mesh.admin_key)

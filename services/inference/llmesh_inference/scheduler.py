@@ -326,23 +326,20 @@ class Engine:
         log.info("MLX thread started on %s", mx.default_device())
         while True:
             with self._cond:
-                while not (
-                    self._stopping
-                    or self._commands
-                    or self._pending
-                    or self._running
-                    or self._cancel_flag
-                ):
+                if not self._has_work_locked():
                     self.busy = False
                     self._cond.wait(timeout=1.0)
                     self.last_progress = time.monotonic()
-                    self._unload_idle()
                 if self._stopping:
                     break
-                self.busy = True
+                woke = self._has_work_locked()
+                self.busy = woke
                 commands = list(self._commands)
                 self._commands.clear()
                 self._cancel_flag = False
+            if not woke:
+                self._unload_idle()  # outside the lock: unloading may take a while
+                continue
             self.last_progress = time.monotonic()
             for command in commands:
                 self._run_command(command)
@@ -366,6 +363,15 @@ class Engine:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # that event loop is closed: its callers are gone
                 continue
+
+    def _has_work_locked(self) -> bool:
+        return bool(
+            self._stopping
+            or self._commands
+            or self._pending
+            or self._running
+            or self._cancel_flag
+        )
 
     def _run_command(self, command: _Command) -> None:
         def settle(result: Any = None, error: BaseException | None = None) -> None:

@@ -40,17 +40,22 @@ from .store.base import (
 from .text import dedupe_key, index_terms, query_terms
 
 log = get_logger(__name__)
-_tracer = tracer("llmesh.memory")
-_meter = meter("llmesh.memory")
-_search_latency = _meter.create_histogram(
-    "llmesh_memory_recall_seconds", unit="s", description="Recall latency by mode"
-)
-_degraded = _meter.create_counter(
-    "llmesh_memory_recall_degraded_total", description="Recalls run keyword-only"
-)
-_backfilled = _meter.create_counter(
-    "llmesh_memory_backfilled_total", description="Memory vectors back-filled"
-)
+
+
+class _Metrics:
+    """The service's domain instruments (created per engine, not at import)."""
+
+    def __init__(self) -> None:
+        m = meter("llmesh.memory")
+        self.recall_seconds = m.create_histogram(
+            "llmesh_memory_recall_seconds", unit="s", description="Recall latency by mode"
+        )
+        self.degraded = m.create_counter(
+            "llmesh_memory_recall_degraded_total", description="Recalls run keyword-only"
+        )
+        self.backfilled = m.create_counter(
+            "llmesh_memory_backfilled_total", description="Memory vectors back-filled"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,8 @@ class MemoryEngine:
         self.default_session_ttl_s = default_session_ttl_s
         self.backfill_batch = backfill_batch
         self.clock = clock
+        self._metrics = _Metrics()
+        self._tracer = tracer("llmesh.memory")
 
     # -- sessions -----------------------------------------------------------------
 
@@ -157,7 +164,7 @@ class MemoryEngine:
         """Store a memory; its vector now if the embedder answers, else later."""
         vector = None
         try:
-            with _tracer.start_as_current_span("memory.embed"):
+            with self._tracer.start_as_current_span("memory.embed"):
                 vector = (await self.embedder.embed([text]))[0]
         except EmbedderUnavailable as exc:
             log.info("storing memory without a vector (back-fill later): %s", exc)
@@ -171,7 +178,7 @@ class MemoryEngine:
             expires_at=now + ttl_s if ttl_s > 0 else None,
             idempotency_key=idempotency_key,
         )
-        with _tracer.start_as_current_span("memory.store.insert"):
+        with self._tracer.start_as_current_span("memory.store.insert"):
             (result,) = await self.store.insert_memories(namespace, [memory], now=now)
         return result
 
@@ -183,14 +190,14 @@ class MemoryEngine:
         reason = ""
         if params.mode is not Fusion.KEYWORD:
             try:
-                with _tracer.start_as_current_span("memory.embed"):
+                with self._tracer.start_as_current_span("memory.embed"):
                     vector = (await self.embedder.embed([params.query]))[0]
             except EmbedderUnavailable as exc:
                 reason = f"keyword-only: {exc}"
-                _degraded.add(1)
+                self._metrics.degraded.add(1)
         mode = params.mode if vector is not None else Fusion.KEYWORD
         pool = max(self.candidate_pool, params.k * 4)
-        with _tracer.start_as_current_span("memory.store.search") as span:
+        with self._tracer.start_as_current_span("memory.store.search") as span:
             result = await self.store.search(
                 namespace,
                 SearchQuery(
@@ -219,7 +226,7 @@ class MemoryEngine:
             for f in fused
             if f.score >= params.min_score
         ][: params.k]
-        _search_latency.record(time.perf_counter() - started, {"mode": mode.value})
+        self._metrics.recall_seconds.record(time.perf_counter() - started, {"mode": mode.value})
         return RecallOutcome(hits, degraded=bool(reason), degraded_reason=reason)
 
     async def forget(
@@ -251,7 +258,7 @@ class MemoryEngine:
         done = await self.store.set_embeddings(
             [(p.namespace, p.id, vectors[i]) for i, p in enumerate(pending)]
         )
-        _backfilled.add(done)
+        self._metrics.backfilled.add(done)
         log.info("back-filled %d memory vectors", done)
         return done
 

@@ -27,8 +27,9 @@ def _serve(*args: str, home: Path) -> subprocess.Popen[bytes]:
 
 def test_serve_memory_then_sigterm_exits_zero(tmp_path: Path) -> None:
     port = free_port()
-    process = _serve("--port", str(port), "--data-dir", str(tmp_path), "--embedder", "",
-                     home=tmp_path)
+    process = _serve(
+        "--port", str(port), "--data-dir", str(tmp_path), "--embedder", "", home=tmp_path
+    )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         health = health_pb2_grpc.HealthStub(channel)
@@ -40,7 +41,7 @@ def test_serve_memory_then_sigterm_exits_zero(tmp_path: Path) -> None:
                 )
             except grpc.RpcError:
                 return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         wait_until(ready, timeout_s=60, interval_s=0.1, what="memory readiness")
         stub = memory_pb2_grpc.MemoryServiceStub(channel)

@@ -223,6 +223,35 @@ class MemoryStore(abc.ABC):
 # -- helpers shared by backends ------------------------------------------------------
 
 
+# Query terms found in more than this share of a namespace's documents do not pick
+# keyword candidates when there is a query vector (the vector candidates still get
+# keyword scores); their IDF is low and their postings are long.
+COMMON_TERM_SHARE = 0.1
+# Picked terms, rarest first, stop once their document counts add up to this.
+KEYWORD_PICK_DOCS = 1000
+
+
+def keyword_terms(query: SearchQuery, stats: CorpusStats) -> list[str]:
+    """The query terms whose matches become keyword candidates (rarest first).
+
+    Without a vector (keyword-only) every known term may pick, rarest first, until their
+    document counts reach ``KEYWORD_PICK_DOCS`` (at least one term picks).
+    """
+    cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
+    known = sorted(
+        (t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)),
+        key=lambda t: stats.df[t],
+    )
+    picked: list[str] = []
+    total = 0
+    for term in known:
+        if picked and total + stats.df[term] > KEYWORD_PICK_DOCS:
+            break
+        picked.append(term)
+        total += stats.df[term]
+    return picked
+
+
 def fingerprint(*parts: object) -> str:
     """A stable hash of a request, to tell a replay from a key reused for something else."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -48,12 +48,13 @@ from .base import (
     append_fingerprint,
     fingerprint,
     key_reused,
+    keyword_terms,
     new_memory_id,
     version_conflict,
 )
 
 MIGRATION_LOCK = 0x6C6C6D657368  # "llmesh"
-COMMON_TERM_SHARE = 0.1
+MIN_HNSW_SHARE = 0.2
 STATEMENT_MARGIN_S = 0.03
 _LIVE = "(expires_at IS NULL OR expires_at > %(now)s)"
 
@@ -493,7 +494,7 @@ class PostgresStore(MemoryStore):
         return len(rows)
 
     async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
-        base: dict[str, Any] = {
+        params: dict[str, Any] = {
             "ns": namespace,
             "now": now,
             "n": query.limit,
@@ -502,48 +503,46 @@ class PostgresStore(MemoryStore):
         }
         filt = " AND metadata @> %(filter)s::jsonb" if query.metadata_filter else ""
         async with self._transaction() as conn:
-            stats = await self._stats(conn, namespace, query.terms)
-            wanted: dict[str, None] = {}
+            stats, table_rows = await self._stats(conn, namespace, query.terms)
+            parts: list[str] = []
+            settings = ["SET LOCAL enable_seqscan = off"]  # GIN / HNSW, never a full scan
             if query.vector is not None and stats.docs:
-                if stats.docs <= self.exact_search_max_rows or query.metadata_filter:
-                    sql = (
-                        "WITH c AS MATERIALIZED (SELECT id, embedding <=> %(q)s AS d "
+                ef = self._hnsw_ef(stats.docs, table_rows, bool(query.metadata_filter))
+                if ef is None:  # small namespace (or filtered): exact, over its rows only
+                    parts.append(
+                        "(WITH c AS MATERIALIZED (SELECT id, embedding <=> %(q)s AS d "
                         "FROM memories WHERE namespace = %(ns)s AND embedding IS NOT NULL AND "
                         + _LIVE
                         + filt
-                        + ") SELECT id FROM c ORDER BY d LIMIT %(n)s"
+                        + ") SELECT id FROM c ORDER BY d LIMIT %(n)s)"
                     )
                 else:
-                    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}")
-                    sql = (
-                        "SELECT id FROM memories WHERE namespace = %(ns)s AND "
+                    settings.append(f"SET LOCAL hnsw.ef_search = {ef}")
+                    parts.append(
+                        "(SELECT id FROM memories WHERE namespace = %(ns)s AND "
                         + _LIVE
-                        + " ORDER BY embedding <=> %(q)s LIMIT %(n)s"
+                        + " ORDER BY embedding <=> %(q)s LIMIT %(n)s)"
                     )
-                cur = await conn.execute(sql, base)
-                wanted.update((r[0], None) for r in await cur.fetchall())
-            # Candidates come from the rarer query terms; with a vector, the vector candidates
-            # get keyword scores too, so very common terms need not walk their long postings.
-            cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
-            picking = [t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)]
+            picking = keyword_terms(query, stats)
             if picking:
-                cur = await conn.execute(
-                    "SELECT id FROM memories WHERE namespace = %(ns)s AND tsv @@ %(tsq)s::tsquery "
-                    "AND "
+                params["tsq"] = tsquery(picking)
+                parts.append(
+                    "(SELECT id FROM memories WHERE namespace = %(ns)s "
+                    "AND tsv @@ %(tsq)s::tsquery AND "
                     + _LIVE
                     + filt
-                    + " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC LIMIT %(n)s",
-                    base | {"tsq": tsquery(picking)},
+                    + " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC LIMIT %(n)s)"
                 )
-                wanted.update((r[0], None) for r in await cur.fetchall())
             candidates: list[Candidate] = []
-            if wanted:
+            if parts:
+                await conn.execute("; ".join(settings))
+                # One statement: both candidate lists, then their rows with exact cosine.
                 cur = await conn.execute(
                     "SELECT id, text, metadata, created_at, expires_at, embedding IS NOT NULL, "
                     "terms, CASE WHEN embedding IS NULL OR %(q)s::vector IS NULL THEN NULL "
                     "ELSE 1 - (embedding <=> %(q)s) END FROM memories "
-                    "WHERE namespace = %(ns)s AND id = ANY(%(ids)s) AND " + _LIVE + filt,
-                    base | {"ids": list(wanted)},
+                    "WHERE namespace = %(ns)s AND id IN (" + " UNION ".join(parts) + ")",
+                    params,
                 )
                 for row in await cur.fetchall():
                     record = MemoryRecord(
@@ -554,28 +553,45 @@ class PostgresStore(MemoryStore):
                         expires_at=row[4],
                         embedded=bool(row[5]),
                     )
-                    candidates.append(
-                        Candidate(record, None if row[7] is None else float(row[7]), row[6])
-                    )
+                    semantic = None if row[7] is None else float(row[7])
+                    candidates.append(Candidate(record, semantic, row[6]))
         return SearchResult(candidates, stats)
+
+    def _hnsw_ef(self, docs: int, table_rows: float, filtered: bool) -> int | None:
+        """``ef_search`` for an HNSW search of a namespace, or None to search it exactly.
+
+        HNSW filters by namespace *after* the graph search, so it is used only when the
+        namespace is large and holds a good share of all rows; ``ef_search`` grows as
+        the share shrinks, so enough of the graph's candidates survive the filter.
+        """
+        if filtered or docs <= self.exact_search_max_rows:
+            return None
+        share = docs / max(table_rows, float(docs))
+        if share < MIN_HNSW_SHARE:
+            return None
+        return min(1000, int(self.ef_search / share))
 
     @staticmethod
     async def _stats(
         conn: AsyncConnection[Any], namespace: str, terms: Sequence[str]
-    ) -> CorpusStats:
+    ) -> tuple[CorpusStats, float]:
+        """The namespace's term statistics and the table's estimated row count."""
         cur = await conn.execute(
-            "SELECT docs, total_terms FROM namespace_stats WHERE namespace = %s", (namespace,)
+            "SELECT (SELECT docs FROM namespace_stats WHERE namespace = %(ns)s), "
+            "(SELECT total_terms FROM namespace_stats WHERE namespace = %(ns)s), "
+            "(SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'memories'::regclass), "
+            "(SELECT array_agg(term ORDER BY term) FROM term_stats "
+            " WHERE namespace = %(ns)s AND term = ANY(%(terms)s)), "
+            "(SELECT array_agg(df ORDER BY term) FROM term_stats "
+            " WHERE namespace = %(ns)s AND term = ANY(%(terms)s))",
+            {"ns": namespace, "terms": list(terms)},
         )
         row = await cur.fetchone()
-        docs, total = (0, 0) if row is None else (int(row[0]), int(row[1]))
-        df: dict[str, int] = {}
-        if terms:
-            cur = await conn.execute(
-                "SELECT term, df FROM term_stats WHERE namespace = %s AND term = ANY(%s)",
-                (namespace, list(terms)),
-            )
-            df = {r[0]: int(r[1]) for r in await cur.fetchall()}
-        return CorpusStats(docs=docs, total_terms=total, df=df)
+        assert row is not None
+        docs, total, rows, names, counts = row
+        df = {str(t): int(c) for t, c in zip(names or (), counts or (), strict=True)}
+        stats = CorpusStats(docs=int(docs or 0), total_terms=int(total or 0), df=df)
+        return stats, float(rows or 0)
 
     async def forget(
         self,

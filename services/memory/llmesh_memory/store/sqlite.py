@@ -45,16 +45,13 @@ from .base import (
     append_fingerprint,
     fingerprint,
     key_reused,
+    keyword_terms,
     new_memory_id,
     version_conflict,
 )
 from .vectors import VectorIndex, top_k
 
 T = TypeVar("T")
-
-# Query terms found in more than this share of a namespace's documents do not pick
-# keyword candidates (their IDF is near zero); they still count in the score.
-COMMON_TERM_SHARE = 0.1
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -487,10 +484,7 @@ class SqliteStore(MemoryStore):
                 rowids, matrix = rowids[mask], matrix[mask]
             for rowid, similarity in top_k(rowids, matrix, query.vector, query.limit):
                 wanted[rowid] = similarity
-        # Candidates come from the rarer query terms; with a vector, the vector candidates
-        # get keyword scores too, so very common terms need not walk their long postings.
-        cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
-        picking = [t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)]
+        picking = keyword_terms(query, stats)
         if picking and not query.metadata_filter:
             # FTS5 ranks inside its own index (fast); expiry is checked on the fetch below.
             for (rowid,) in conn.execute(

@@ -224,3 +224,46 @@ async def test_sigterm_drains_in_flight_call_and_exits_zero(
     access = [r for r in records if r.get("method") == "/kerneltest.v1.EchoService/Echo"]
     assert access and {"request_id", "trace_id", "span_id"} <= set(access[-1])
     assert any(r.get("code") == "OK" and "duration_ms" in r for r in access)
+
+
+async def test_prometheus_metrics_count_rpcs_by_method_and_code(
+    echo_pb_dir: Path, echo_pb: Any
+) -> None:
+    import urllib.request
+
+    port, metrics_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ECHO_SERVER),
+            "--pb-dir",
+            str(echo_pb_dir),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = echo_pb[1].EchoServiceStub(channel)
+            await stub.Echo(echo_pb[0].EchoRequest(message="a"), timeout=15, wait_for_ready=True)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Echo(echo_pb[0].EchoRequest(fail_field="message"), timeout=5)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    counts = [
+        line
+        for line in text.splitlines()
+        if line.startswith("rpc_server_duration_milliseconds_count")
+        and "/kerneltest.v1.EchoService/Echo" in line
+    ]
+    assert any('status_code="OK"' in line and line.endswith(" 1.0") for line in counts), counts
+    assert any('status_code="INVALID_ARGUMENT"' in line for line in counts), counts

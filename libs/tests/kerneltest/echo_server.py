@@ -90,9 +90,12 @@ def main() -> int:
     parser.add_argument("--pb-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--metrics-port", type=int)
     args = parser.parse_args()
     pb, pb_grpc = load_pb(args.pb_dir)
-    settings = load_settings(EchoSettings, port=args.port, grace_period_s=args.grace)
+    settings = load_settings(
+        EchoSettings, port=args.port, grace_period_s=args.grace, metrics_port=args.metrics_port
+    )
     return run_service(
         settings, service="echo", service_names=[SERVICE], setup=setup_for(pb, pb_grpc)
     )

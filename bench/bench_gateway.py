@@ -391,6 +391,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     """CPU microseconds per request of the gateway's own steps, in-process, no network:
     authentication (cached key), validation, rate-limit admission (two buckets, a stream
     slot, the refund), worker choice and upstream request building."""
+    from llmesh.kernel.channels import call_options
     from llmesh.kernel.context import RequestContext, set_request
     from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, registry_pb2
     from llmesh_gateway import validation
@@ -401,7 +402,6 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     from llmesh_gateway.ratelimit import InProcessBackend, Limits, RateLimiter
     from llmesh_gateway.registry_cache import RegistryCache
     from llmesh_gateway.store import open_store
-    from llmesh_gateway.upstream import hop_options
 
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"sqlite:///{tmp}/gw.db")
@@ -445,7 +445,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
             async with limiter.stream_slot(principal):
                 worker = balancer.choose(request.model)
                 balancer.started(worker.worker_id)
-                hop_options()
+                call_options()
                 inference_pb2.InferenceServiceGenerateRequest(
                     model=request.model,
                     prompt=request.prompt,

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from llmesh.kernel.channels import call_options
 from llmesh.kernel.context import current_request
 from llmesh.kernel.errors import NotFound
 from llmesh.v1 import (
@@ -30,7 +31,7 @@ from llmesh_gateway.store import (
     decode_page_token,
     encode_page_token,
 )
-from llmesh_gateway.upstream import hop_options, translate
+from llmesh_gateway.upstream import translate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _ROLE_NAMES = {gateway_pb2.ROLE_USER: ROLE_USER, gateway_pb2.ROLE_ADMIN: ROLE_ADMIN}
@@ -146,7 +147,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         async def one(worker: common_pb2.WorkerInfo) -> str:
             stub = inference_pb2_grpc.InferenceServiceStub(self._router.pool.get(worker.address))
             try:
-                timeout, metadata = hop_options()
+                timeout, metadata = call_options()
                 await getattr(stub, call)(request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 raise translate(exc, what=f"{what} on worker {worker.worker_id}") from None

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from llmesh.kernel.channels import call_options
 from llmesh.kernel.context import remaining_s
 from llmesh.kernel.errors import DeadlineExceeded, LlmeshError, Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from llmesh_gateway.balancer import Balancer, RetryBudget
-from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool, hop_options, translate
+from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool, translate
 
 log = get_logger(__name__)
 
@@ -126,7 +127,7 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            timeout, metadata = hop_options()
+            timeout, metadata = call_options()
             call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
@@ -184,7 +185,7 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            timeout, metadata = hop_options()
+            timeout, metadata = call_options()
             call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
@@ -226,7 +227,7 @@ class Router:
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
             try:
-                timeout, metadata = hop_options()
+                timeout, metadata = call_options()
                 response = await self._stub(worker).Embed(
                     request, timeout=timeout, metadata=metadata
                 )

@@ -6,13 +6,10 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry import propagate
 
 from llmesh.kernel import errors
-from llmesh.kernel.channels import channel_credentials
+from llmesh.kernel.channels import create_channel
 from llmesh.kernel.config import ClientTlsSettings
-from llmesh.kernel.context import current_request, outbound_timeout
-from llmesh.kernel.interceptors import REQUEST_ID_KEY
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERRORS: dict[grpc.StatusCode, type[errors.LlmeshError]] = {
@@ -103,53 +100,33 @@ def translate(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
     )
 
 
-def hop_options() -> tuple[float | None, list[tuple[str, str]]]:
-    """Timeout and metadata for a call made now on behalf of the current request: the
-    caller's remaining deadline (minus the kernel's margin), its request id and the W3C
-    trace context (``traceparent``) of the current span."""
-    metadata: dict[str, str] = {}
-    propagate.inject(metadata)
-    ctx = current_request()
-    if ctx is not None:
-        metadata[REQUEST_ID_KEY] = ctx.request_id
-    return outbound_timeout(), list(metadata.items())
-
-
 class ChannelPool:
     """One channel per worker address, reused across calls.
 
-    Worker channels carry no client interceptors: on this hot path (one streaming call
-    per generation) grpc.aio's interceptor machinery costs more than the rest of the
-    gateway together, so :func:`hop_options` applies the same deadline, request id and
-    trace context per call instead. Failover is the gateway's job, so there are no
-    channel-level retries either.
+    Worker channels are the kernel's lean channels (no client interceptors): on this hot
+    path (one streaming call per generation) grpc.aio's interceptor machinery costs more
+    than the rest of the gateway together, so callers pass
+    :func:`llmesh.kernel.channels.call_options` (deadline, request id, trace context)
+    with each call. Failover is the gateway's job, so there are no channel retries.
     """
 
     def __init__(
         self, *, tls: ClientTlsSettings | None = None, max_message_bytes: int = 8 << 20
     ) -> None:
         self._tls = tls
-        self._options: list[tuple[str, Any]] = [
-            ("grpc.enable_retries", 0),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-        if tls is not None and tls.server_name_override:
-            self._options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+        self._max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            if self._tls is not None and self._tls.enabled:
-                channel = grpc.aio.secure_channel(
-                    address, channel_credentials(self._tls), options=self._options
-                )
-            else:
-                channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = create_channel(
+                address,
+                tls=self._tls,
+                max_message_bytes=self._max_message_bytes,
+                intercept=False,
+                retries=False,
+            )
             self._channels[address] = channel
         return channel
 

@@ -82,14 +82,31 @@ class _Metrics:
         self.duration.record(elapsed_ms, attrs)
 
 
-class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Request id, deadline defaults/caps, domain-error mapping, RED metrics, access log."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Base for server interceptors that wrap each method's behaviour once.
 
-    def __init__(self, deadlines: DeadlinePolicy) -> None:
-        self.deadlines = deadlines
-        self.metrics = _Metrics()
+    Subclasses implement :meth:`wrap_unary` and :meth:`wrap_stream`; the wrapped
+    handler is built on a method's first call and reused (per-call rebuilding costs
+    time on every RPC). :meth:`passes` lets methods through untouched.
+    """
+
+    def __init__(self) -> None:
         # method -> (handler from the continuation, wrapped handler); bounded by the methods.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def passes(self, method: str) -> bool:
+        """True for methods this interceptor leaves alone."""
+        return False
+
+    def wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str
+    ) -> Callable[..., Awaitable[Any]]:
+        raise NotImplementedError
+
+    def wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str
+    ) -> Callable[..., AsyncIterator[Any]]:
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -97,9 +114,9 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        if handler is None or self.passes(method):
+            return handler
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -110,17 +127,26 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
+                self.wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),  # type: ignore[arg-type]
+                self.wrap_stream(handler.unary_stream, method),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: no llmesh RPC uses them
+
+
+class KernelServerInterceptor(WrappingInterceptor):
+    """Request id, deadline defaults/caps, domain-error mapping, RED metrics, access log."""
+
+    def __init__(self, deadlines: DeadlinePolicy) -> None:
+        super().__init__()
+        self.deadlines = deadlines
+        self.metrics = _Metrics()
 
     def _begin(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -141,7 +167,7 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ctx = RequestContext(request_id=request_id, method=method, deadline=deadline)
         return ctx, set_request(ctx), budget
 
-    def _wrap_unary(
+    def wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -162,7 +188,7 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
-    def _wrap_stream(
+    def wrap_stream(
         self,
         behavior: Callable[..., AsyncIterator[Any]],
         method: str,

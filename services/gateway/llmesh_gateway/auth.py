@@ -15,6 +15,7 @@ import grpc
 
 from llmesh.kernel.context import current_request
 from llmesh.kernel.errors import LlmeshError, PermissionDenied, Unauthenticated, Unavailable
+from llmesh.kernel.interceptors import WrappingInterceptor
 from llmesh.kernel.logging import fingerprint as log_fingerprint
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
@@ -89,13 +90,12 @@ def _outcome(exc: BaseException | None) -> str:
     return "CANCELLED" if type(exc).__name__ == "CancelledError" else "INTERNAL"
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(WrappingInterceptor):
     """Authenticates, authorizes by role, audits and rate-limits cheap calls."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._deps: tuple[Authenticator, AuditLog, RateLimiter] | None = None
-        # method -> (handler from the continuation, wrapped handler); bounded by the methods.
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         m = meter("llmesh.gateway")
         self._rejections = m.create_counter(
             "gateway.auth.rejections", description="Calls refused by authentication or role"
@@ -108,36 +108,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def unbind(self) -> None:
         self._deps = None
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
-            return handler
-        cached = self._handlers.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._handlers[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+    def passes(self, method: str) -> bool:
+        return method.startswith(PUBLIC_PREFIXES)
 
     async def admit(self, method: str, authorization: str | None) -> Principal:
         """Authenticate and authorize one call; installs the principal in the context."""
@@ -182,7 +154,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 principal=principal, action=action, outcome=outcome, detail=detail
             )
 
-    def _unary(
+    def wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         audited = method.startswith(ADMIN_PREFIX)
@@ -206,7 +178,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
-    def _stream(
+    def wrap_stream(
         self, behavior: Callable[..., AsyncIterator[Any]], method: str
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "memory_cmds",
     "up",
     "status",
+    "doctor",
 )
 
 

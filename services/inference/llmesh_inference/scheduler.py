@@ -366,11 +366,7 @@ class Engine:
 
     def _has_work_locked(self) -> bool:
         return bool(
-            self._stopping
-            or self._commands
-            or self._pending
-            or self._running
-            or self._cancel_flag
+            self._stopping or self._commands or self._pending or self._running or self._cancel_flag
         )
 
     def _run_command(self, command: _Command) -> None:

@@ -165,3 +165,53 @@ async def test_errors_are_precise(
     assert fields == ["sampling.temperature", "sampling.top_p"]
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(tokens(ok)) == 2
+
+
+async def test_generation_stops_when_the_context_is_full(
+    start_worker: Any, tiny_model_dir: Any
+) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tiny_model_dir / MODEL / "tokenizer.json"))
+    # The longest repetition that leaves a few tokens of the 1024-token context.
+    prompt = max(
+        ("the mesh " * n for n in range(200, 300)),
+        key=lambda p: len(tok.encode(p).ids) if len(tok.encode(p).ids) <= 1015 else 0,
+    )
+    used = len(tok.encode(prompt).ids)
+    assert 1000 < used <= 1015, used
+    async with start_worker() as w:
+        chunks = await collect(w.stub, request(prompt=prompt, temperature=0, max_tokens=100))
+        with pytest.raises(grpc.aio.AioRpcError) as bad_role:
+            await collect(
+                w.stub,
+                inference_pb2.InferenceServiceGenerateRequest(
+                    messages=[common_pb2.ChatMessage(content="no role")]
+                ),
+            )
+    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_CONTEXT_FULL
+    assert chunks[-1].usage.prompt_tokens == used
+    assert len(tokens(chunks)) == 1024 - used
+    assert bad_role.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_end_of_sequence_finishes_without_text(
+    start_worker: Any, models_copy: Callable[[list[str]], Any]
+) -> None:
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    root = models_copy(["eos-model"])
+    folder = root / "eos-model"
+    weights = load_file(str(folder / "model.safetensors"))
+    eos = json.loads((folder / "config.json").read_text())["eos_token_id"][0]
+    # Residual dimension 0 is a constant positive feature of the tiny models: give the
+    # end-of-sequence row a large positive weight on it, so it is always the argmax.
+    weights["lm_head.weight"][eos, 0] = 1000.0
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "mlx"})
+    async with start_worker(models_dir=root, default_model="eos-model") as w:
+        chunks = await collect(w.stub, request(temperature=0, max_tokens=20))
+    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_EOS
+    assert chunks[-1].usage.completion_tokens == 1
+    assert tokens(chunks) == [] and text(chunks) == ""

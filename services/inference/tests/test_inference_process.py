@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +25,8 @@ MODEL = "tiny-llama-test"
 @pytest.fixture
 def worker_process(
     tiny_model_dir: Path, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
     env["LLMESH_HOME"] = str(tmp_path)
     log = (tmp_path / "worker.log").open("wb")
@@ -43,13 +44,15 @@ def worker_process(
             "--default-model",
             MODEL,
             "--no-embeddings",
+            "--metrics-port",
+            str(metrics_port),
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        yield proc, port
+        yield proc, port, metrics_port
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -70,9 +73,9 @@ def _ready(channel: grpc.Channel) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux-only")
 @pytest.mark.skipif(find_openblas_preload() is None, reason="no optimized OpenBLAS installed")
 def test_serve_inference_runs_on_openblas_and_stops_cleanly(
-    worker_process: tuple[subprocess.Popen[bytes], int],
+    worker_process: tuple[subprocess.Popen[bytes], int, int],
 ) -> None:
-    proc, port = worker_process
+    proc, port, metrics_port = worker_process
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         wait_until(lambda: _ready(channel), timeout_s=60, what="worker readiness")
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -93,5 +96,16 @@ def test_serve_inference_runs_on_openblas_and_stops_cleanly(
     # The process that serves (the same pid: it re-executed itself) maps OpenBLAS.
     maps = Path(f"/proc/{proc.pid}/maps").read_text()
     assert "libopenblas" in maps
+    # Domain metrics on the Prometheus endpoint.
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for name in (
+        "llmesh_inference_time_to_first_token",
+        "llmesh_inference_inter_token_latency",
+        "llmesh_inference_tokens_generated",
+        "llmesh_inference_batch_size",
+        "llmesh_inference_queue_depth",
+    ):
+        assert name in metrics, name
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

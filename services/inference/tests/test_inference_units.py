@@ -12,7 +12,7 @@ import pytest
 
 from llmesh.kernel.errors import InvalidArgument
 from llmesh.v1 import common_pb2
-from llmesh_inference.blas import BlasPreload, detect_blas
+from llmesh_inference.blas import BlasPreload, detect_blas, find_openblas_preload
 from llmesh_inference.sampling import parse_sampling
 from llmesh_inference.textstream import TextStream
 from llmesh_inference.tiny import init_tiny
@@ -123,3 +123,18 @@ def test_blas_preload_environment() -> None:
     assert env["LD_LIBRARY_PATH"] == "/links:/lib1"
     assert env["LLMESH_BLAS_PRELOADED"] == "1"
     assert detect_blas("gpu") == "n/a"
+
+
+def test_doctor_reports_the_worker_blas() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmesh.cli.main", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    report = json.loads(out.stdout)
+    assert report["default"]["device"] in {"cpu", "gpu"}
+    if sys.platform.startswith("linux") and find_openblas_preload() is not None:
+        assert report["worker"]["blas"] == "openblas" and report["ok"] is True
+        assert out.returncode == 0

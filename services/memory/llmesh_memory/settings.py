@@ -27,8 +27,9 @@ class MemorySettings(ServiceSettings):
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=200)
     hnsw_ef_search: int = Field(default=100, ge=10, le=1000)
-    exact_search_max_rows: int = Field(default=20_000, ge=0)
-    """Namespaces up to this size are searched exactly instead of through HNSW."""
+    """HNSW search breadth for a namespace holding all rows (scaled up for smaller ones)."""
+    exact_search_max_rows: int = Field(default=2_000, ge=0)
+    """Namespaces up to this size (or under 20% of all rows) are searched exactly."""
     statement_timeout_s: float = Field(default=10.0, gt=0)
     """SQL statement limit when the caller sent no deadline."""
     redis_url: str | None = None

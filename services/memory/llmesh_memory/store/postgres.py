@@ -10,6 +10,7 @@ under an advisory lock, so several replicas may start at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import struct
 from collections import Counter
@@ -79,9 +80,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def tsquery(terms: Sequence[str]) -> str:
-    """A tsquery matching any of ``terms`` literally (each quoted as one lexeme)."""
-    return " | ".join("'" + t.replace("\\", "\\\\").replace("'", "''") + "'" for t in terms)
+def tsquery(namespace: str, terms: Sequence[str]) -> str:
+    """A tsquery: the namespace's lexeme AND any of ``terms`` (each quoted literally)."""
+    any_term = " | ".join("'" + t.replace("\\", "\\\\").replace("'", "''") + "'" for t in terms)
+    marker = "ns:" + hashlib.md5(namespace.encode(), usedforsecurity=False).hexdigest()
+    return f"'{marker}' & ({any_term})"
 
 
 class _Stats:
@@ -133,7 +136,7 @@ class PostgresStore(MemoryStore):
         min_size: int = 1,
         max_size: int = 10,
         ef_search: int = 100,
-        exact_search_max_rows: int = 20_000,
+        exact_search_max_rows: int = 2_000,
         statement_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
@@ -525,10 +528,11 @@ class PostgresStore(MemoryStore):
                     )
             picking = keyword_terms(query, stats)
             if picking:
-                params["tsq"] = tsquery(picking)
+                params["tsq"] = tsquery(namespace, picking)
+                # The namespace is matched through its lexeme (one GIN lookup); the outer
+                # query checks the namespace column as well.
                 parts.append(
-                    "(SELECT id FROM memories WHERE namespace = %(ns)s "
-                    "AND tsv @@ %(tsq)s::tsquery AND "
+                    "(SELECT id FROM memories WHERE tsv @@ %(tsq)s::tsquery AND "
                     + _LIVE
                     + filt
                     + " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC LIMIT %(n)s)"

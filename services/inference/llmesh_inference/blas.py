@@ -172,7 +172,13 @@ def _mapped_blas() -> str | None:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
-    libs = [line.split()[-1] for line in maps.splitlines() if "blas" in line]
+    # NumPy's bundled libscipy_openblas64_ exports suffixed symbols (cblas_sgemm64_) and
+    # never serves MLX's cblas_sgemm: it must not count as MLX running on OpenBLAS.
+    libs = [
+        line.split()[-1]
+        for line in maps.splitlines()
+        if "blas" in line and "scipy_openblas" not in line
+    ]
     for lib in libs:
         if "openblas" in lib:
             return lib

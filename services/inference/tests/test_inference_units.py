@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,25 @@ def test_doctor_reports_the_worker_blas() -> None:
     if sys.platform.startswith("linux") and find_openblas_preload() is not None:
         assert report["worker"]["blas"] == "openblas" and report["ok"] is True
         assert out.returncode == 0
+
+
+def test_numpy_bundled_openblas_does_not_count_as_mlx_blas() -> None:
+    # Without the preload MLX runs on mlx-cpu's reference BLAS, even though NumPy has
+    # mapped its own (symbol-suffixed) libscipy_openblas64_ into the process.
+    code = (
+        "import numpy, mlx.core as mx\n"
+        "from llmesh_inference.blas import detect_blas\n"
+        "mx.eval(mx.ones((4, 4)) @ mx.ones((4, 4)))\n"
+        "print(detect_blas())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "reference"

@@ -120,6 +120,21 @@ def test_up_starts_mesh_restarts_a_killed_child_and_stops_cleanly(
 
     wait_until(worker_back, timeout_s=60, interval_s=0.5, what="worker registered again")
 
+    # The user's first steps: a key from the local key store works at the mesh's gateway.
+    env = {**os.environ, "LLMESH_HOME": str(home)}
+    created = subprocess.run(
+        llmesh("keys", "create", "--role", "user", "--tenant", "acme", "--json"),
+        check=True, capture_output=True, timeout=60, env=env,
+    )  # fmt: skip
+    env["LLMESH_API_KEY"] = json.loads(created.stdout)["api_key"]
+    gateway = next(s.address for s in state.services if s.name == "gateway")
+    generated = subprocess.run(
+        llmesh("generate", "--target", gateway, "--max-tokens", "4", "Once upon a time"),
+        check=False, capture_output=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr.decode()
+    assert generated.stdout.strip()
+
     # SIGTERM: every child drains, the supervisor exits 0, nothing is left.
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0

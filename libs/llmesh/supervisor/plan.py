@@ -120,7 +120,8 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
             args += ["--data-dir", str(options.home / "memory"), "--embedder", address("inference")]
         elif name == "gateway":
             args += [
-                "--data-dir", str(options.home / "gateway"),
+                # The key store at <home>/gateway.db, where `llmesh keys` looks by default.
+                "--data-dir", str(options.home),
                 "--registry", address("registry"),
                 "--memory", address("memory"),
             ]  # fmt: skip

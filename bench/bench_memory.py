@@ -160,7 +160,8 @@ async def search_only(store: Any, query_texts: Sequence[str], qvecs: np.ndarray)
     for text, vector in zip(query_texts, qvecs, strict=True):
         started = time.perf_counter()
         terms = query_terms(text)
-        result = await store.search(NS, SearchQuery(vector, terms, 100), now=time.time())
+        # 50: the service's default candidate_pool (candidates from each search).
+        result = await store.search(NS, SearchQuery(vector, terms, 50), now=time.time())
         scored = [
             Scored(c.memory.id, c.semantic, keyword_score(terms, c.terms, result.stats))
             for c in result.candidates
@@ -320,7 +321,7 @@ async def run_one(
     exact = exact_top10(vectors, qvecs)
     if backend == "postgres":
         sweep = []
-        for ef in sorted({40, ef_search, 2 * ef_search, 4 * ef_search}):
+        for ef in sorted({40, 100, 200, ef_search, 2 * ef_search}):
             recall, timing = await pg_vector_recall(dsn, qvecs, exact, rows, ef)
             sweep.append({"ef_search": ef, "recall_at_10": round(recall, 4), "top10_sql": timing})
         out["hnsw_sweep"] = sweep
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef-search", type=int, default=100)
+    parser.add_argument("--ef-search", type=int, default=400)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--pad",

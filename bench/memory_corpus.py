@@ -240,9 +240,24 @@ _QUESTIONS = (
 
 
 def queries(n: int, *, seed: int = 11) -> list[str]:
-    """``n`` natural questions over the same vocabulary as :func:`memories`."""
+    """``n`` distinct natural questions over the same vocabulary as :func:`memories`.
+
+    Distinct, because the memory service caches query vectors: a repeated query would
+    skip the embedder and flatter the latency figures.
+    """
     rng = random.Random(seed)
-    return [
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n:
+        text = _question(rng)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def _question(rng: random.Random) -> str:
+    return str(
         rng.choice(_QUESTIONS).format(
             svc=rng.choice(_SERVICES),
             cause=rng.choice(_CAUSES),
@@ -252,8 +267,7 @@ def queries(n: int, *, seed: int = 11) -> list[str]:
             host=_host(rng),
             symptom=rng.choice(_SYMPTOMS),
         )
-        for _ in range(n)
-    ]
+    )
 
 
 Embed = Callable[[Sequence[str]], "npt.NDArray[np.float32]"]

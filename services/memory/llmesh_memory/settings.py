@@ -26,7 +26,7 @@ class MemorySettings(ServiceSettings):
     """File holding the DSN (a mounted Secret)."""
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=200)
-    hnsw_ef_search: int = Field(default=100, ge=10, le=1000)
+    hnsw_ef_search: int = Field(default=400, ge=10, le=1000)
     """HNSW search breadth for a namespace holding all rows (scaled up for smaller ones)."""
     exact_search_max_rows: int = Field(default=2_000, ge=0)
     """Namespaces up to this size (or under 20% of all rows) are searched exactly."""

@@ -250,6 +250,25 @@ async def test_forget_and_dedupe_over_grpc(tmp_path: Path) -> None:
             memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="standup  is at 10")
         )
         assert b.duplicate and b.id == a.id
+        found = await stub.Recall(
+            memory_pb2.MemoryServiceRecallRequest(namespace=NS, query="standup")
+        )
+        assert [h.memory.id for h in found.hits] == [a.id]
+        assert found.hits[0].memory.metadata["src"] == "chat"
+        strict = await stub.Recall(
+            memory_pb2.MemoryServiceRecallRequest(
+                namespace=NS, query="standup", options=common_pb2.RecallOptions(min_score=1.01)
+            )
+        )
+        assert list(strict.hits) == []
+        filtered = await stub.Recall(
+            memory_pb2.MemoryServiceRecallRequest(
+                namespace=NS,
+                query="standup",
+                options=common_pb2.RecallOptions(metadata_filter={"src": "doc"}),
+            )
+        )
+        assert list(filtered.hits) == []
         gone = await stub.Forget(
             memory_pb2.MemoryServiceForgetRequest(namespace=NS, metadata_filter={"src": "chat"})
         )

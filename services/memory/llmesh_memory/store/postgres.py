@@ -56,6 +56,8 @@ from .base import (
 
 MIGRATION_LOCK = 0x6C6C6D657368  # "llmesh"
 MIN_HNSW_SHARE = 0.2
+# Keyword matches are ranked in SQL only when the picked terms match at most this many.
+KEYWORD_RANK_MAX = 500
 STATEMENT_MARGIN_S = 0.03
 _LIVE = "(expires_at IS NULL OR expires_at > %(now)s)"
 
@@ -135,7 +137,7 @@ class PostgresStore(MemoryStore):
         *,
         min_size: int = 1,
         max_size: int = 10,
-        ef_search: int = 100,
+        ef_search: int = 400,
         exact_search_max_rows: int = 2_000,
         statement_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
@@ -529,13 +531,23 @@ class PostgresStore(MemoryStore):
             picking = keyword_terms(query, stats)
             if picking:
                 params["tsq"] = tsquery(namespace, picking)
+                # Ranking every match costs a heap read each; when the picked terms match
+                # many memories (only one common term picked), any of them will do: all
+                # candidates are scored with BM25 below anyway.
+                matched = sum(stats.df[t] for t in picking)
+                order = (
+                    " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC"
+                    if matched <= KEYWORD_RANK_MAX
+                    else ""
+                )
                 # The namespace is matched through its lexeme (one GIN lookup); the outer
                 # query checks the namespace column as well.
                 parts.append(
                     "(SELECT id FROM memories WHERE tsv @@ %(tsq)s::tsquery AND "
                     + _LIVE
                     + filt
-                    + " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC LIMIT %(n)s)"
+                    + order
+                    + " LIMIT %(n)s)"
                 )
             candidates: list[Candidate] = []
             if parts:

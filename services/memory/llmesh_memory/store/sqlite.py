@@ -64,14 +64,21 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 def namespace_token(namespace: str) -> str:
-    """The FTS token that marks a namespace's documents."""
-    return "n" + hashlib.sha256(namespace.encode()).hexdigest()[:24]
+    """The token prefix that marks a namespace's terms in the FTS index."""
+    return "n" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
+
+
+def fts_terms(namespace: str, terms: str) -> str:
+    """Space-joined ``terms`` as indexed: each prefixed with the namespace token, so every
+    posting list (and FTS5's BM25 statistics) belongs to one namespace."""
+    prefix = namespace_token(namespace) + "_"
+    return " ".join(prefix + t for t in terms.split())
 
 
 def fts_query(namespace: str, terms: Iterable[str]) -> str:
-    """An FTS5 query: the namespace's documents matching any of ``terms`` (quoted literally)."""
-    any_term = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-    return f'ns : "{namespace_token(namespace)}" AND terms : ({any_term})'
+    """An FTS5 query for the namespace's documents matching any of ``terms`` (quoted)."""
+    prefix = namespace_token(namespace) + "_"
+    return " OR ".join('"' + (prefix + t).replace('"', '""') + '"' for t in terms)
 
 
 def _vector_blob(vector: Vector | None) -> bytes | None:
@@ -162,6 +169,7 @@ class SqliteStore(MemoryStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def migrate(conn: sqlite3.Connection) -> None:
+            conn.create_function("llmesh_fts_terms", 2, fts_terms, deterministic=True)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -369,8 +377,8 @@ class SqliteStore(MemoryStore):
                 )
                 rowid = int(cur.lastrowid or 0)
                 conn.execute(
-                    "INSERT INTO memory_fts (rowid, terms, ns) VALUES (?, ?, ?)",
-                    (rowid, " ".join(terms), namespace_token(namespace)),
+                    "INSERT INTO memory_fts (rowid, terms, ns) VALUES (?, ?, '')",
+                    (rowid, fts_terms(namespace, " ".join(terms))),
                 )
                 _count_terms(conn, namespace, terms, +1)
                 if memory.vector is not None:
@@ -495,7 +503,7 @@ class SqliteStore(MemoryStore):
         elif picking:
             for (rowid,) in conn.execute(
                 "SELECT m.rowid FROM memory_fts f JOIN memories m ON m.rowid = f.rowid "
-                f"WHERE memory_fts MATCH ? AND m.namespace = ? AND {live} {filter_sql} "
+                f"WHERE memory_fts MATCH ? AND +m.namespace = ? AND {live} {filter_sql} "
                 "ORDER BY f.rank LIMIT ?",
                 (fts_query(namespace, picking), namespace, now, *filter_params, query.limit),
             ):
@@ -507,7 +515,8 @@ class SqliteStore(MemoryStore):
             rows = conn.execute(
                 "SELECT m.rowid, m.id, m.text, m.metadata, m.created_at, m.expires_at, "
                 "m.vector IS NOT NULL, m.terms FROM memories m "
-                f"WHERE m.rowid IN ({marks}) AND m.namespace = ? AND {live} {filter_sql}",
+                # "+m.namespace": look rows up by rowid, never scan the namespace index.
+                f"WHERE m.rowid IN ({marks}) AND +m.namespace = ? AND {live} {filter_sql}",
                 (*wanted, namespace, now, *filter_params),
             ).fetchall()
             unknown = [r[0] for r in rows if r[6] and wanted[r[0]] is None]

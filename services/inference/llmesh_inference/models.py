@@ -25,6 +25,8 @@ from llmesh.kernel.errors import (
 )
 from llmesh.kernel.logging import get_logger
 
+# Models at least this large log their load progress (every quarter of the weights).
+PROGRESS_MIN_BYTES = 64 * 2**20
 log = get_logger(__name__)
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -295,9 +297,9 @@ class ModelStore:
             ) from None
         target = self._target_dtype(info.dtype)
         model.set_dtype(getattr(mx, target))
-        mx.eval(model.parameters())
         params: Any = tree_flatten(model.parameters())
         memory = sum(int(v.nbytes) for _, v in params)
+        self._materialize(name, params, memory)
         count = sum(int(v.size) for _, v in params)
         eos = sorted(int(t) for t in tokenizer.eos_token_ids)
         generator = BatchGenerator(model, stop_tokens=[[t] for t in eos], **self.generator_kwargs)
@@ -317,6 +319,27 @@ class ModelStore:
             vocab_size=vocab,
             has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         )
+
+    @staticmethod
+    def _materialize(name: str, params: Any, total_bytes: int) -> None:
+        """Read the weights into memory, logging progress every quarter for large models."""
+        import mlx.core as mx
+
+        report = total_bytes >= PROGRESS_MIN_BYTES
+        done, next_mark = 0, 0.25
+        for _, value in params:
+            mx.eval(value)
+            done += int(value.nbytes)
+            if report and done >= next_mark * total_bytes:
+                log.info(
+                    "loading model %s: %d%% (%.0f of %.0f MiB)",
+                    name,
+                    round(100 * done / total_bytes),
+                    done / 2**20,
+                    total_bytes / 2**20,
+                    extra={"model": name},
+                )
+                next_mark += 0.25
 
     def unload(self, name: str) -> int:
         """Drop ``name`` from memory; returns the bytes released."""

@@ -161,3 +161,21 @@ def test_numpy_bundled_openblas_does_not_count_as_mlx_blas() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "reference"
+
+
+def test_model_load_logs_progress_by_quarter(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import mlx.core as mx
+
+    from llmesh_inference import models
+
+    monkeypatch.setattr(models, "PROGRESS_MIN_BYTES", 0)
+    params = [(f"w{i}", mx.ones((256, 256))) for i in range(8)]
+    total = sum(int(v.nbytes) for _, v in params)
+    with caplog.at_level(logging.INFO, logger=models.__name__):
+        models.ModelStore._materialize("demo", params, total)
+    lines = [r.getMessage() for r in caplog.records if "loading model demo" in r.getMessage()]
+    assert [line.split(": ")[1].split("%")[0] for line in lines] == ["25", "50", "75", "100"]

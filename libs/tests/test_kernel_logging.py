@@ -37,3 +37,32 @@ def test_json_lines_carry_context_and_redact_secret_fields() -> None:
     assert record["count"] == 3
     assert "plain-secret" not in stream.getvalue()
     assert record["api_key"].startswith("[sha256:")
+
+
+def test_service_processes_log_uncaught_errors_as_json() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from llmesh.kernel.logging import setup_logging\n"
+        "setup_logging('unit', capture_uncaught=True)\n"
+        "class Bad:\n"
+        "    def __del__(self):\n"
+        "        raise RuntimeError('in del')\n"
+        "Bad()\n"
+        "t = threading.Thread(target=lambda: 1 / 0)\n"
+        "t.start(); t.join()\n"
+        "raise ValueError('uncaught')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # nothing but JSON on stderr
+    messages = " | ".join(r["message"] for r in records)
+    assert "exception ignored" in messages
+    assert "uncaught exception in thread" in messages
+    assert "uncaught ValueError" in messages
+    assert all("exception" in r for r in records)

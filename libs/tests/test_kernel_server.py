@@ -219,7 +219,9 @@ async def test_sigterm_drains_in_flight_call_and_exits_zero(
     logs = proc.stderr.read().decode()
     lines = [line for line in logs.splitlines() if line.strip()]
     assert lines, "the server logged nothing"
-    records = [json.loads(line) for line in lines]  # every line is a JSON object
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not not_json, logs  # every line is a JSON object
+    records = [json.loads(line) for line in lines]
     assert secret not in logs
     access = [r for r in records if r.get("method") == "/kerneltest.v1.EchoService/Echo"]
     assert access and {"request_id", "trace_id", "span_id"} <= set(access[-1])

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -89,9 +90,18 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(
-    service: str, *, level: str = "INFO", fmt: str = "json", stream: TextIO | None = None
+    service: str,
+    *,
+    level: str = "INFO",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    capture_uncaught: bool = False,
 ) -> None:
-    """Route the root logger to ``stream`` (stderr) in JSON or text. Idempotent."""
+    """Route the root logger to ``stream`` (stderr) in JSON or text. Idempotent.
+
+    ``capture_uncaught`` (service processes) also turns uncaught, thread and
+    unraisable exceptions into log records, so stderr carries only JSON lines.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
@@ -104,9 +114,42 @@ def setup_logging(
     handler._llmesh = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    if capture_uncaught and fmt == "json":
+        _route_uncaught_errors_to_logging()
     # Quiet chatty libraries at INFO.
     for name in ("grpc", "asyncio", "urllib3", "httpx"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def _route_uncaught_errors_to_logging() -> None:
+    """Uncaught, thread and unraisable exceptions (``__del__``, atexit) become log
+    records, so nothing but JSON lines reaches stderr."""
+    errors = logging.getLogger("llmesh.uncaught")
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        errors.critical("uncaught %s", kind.__name__, exc_info=(kind, value, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        if args.exc_value is not None:
+            errors.error(
+                "uncaught exception in thread %s",
+                name,
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    def unraisable_hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        errors.warning(
+            "exception ignored %s: %r",
+            unraisable.err_msg or "in",
+            unraisable.object,
+            exc_info=(unraisable.exc_type, value, unraisable.exc_traceback) if value else None,
+        )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
 
 
 def get_logger(name: str) -> logging.Logger:

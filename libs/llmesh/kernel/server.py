@@ -158,7 +158,7 @@ def run_service(
     interceptors: Sequence[Interceptor] = (),
 ) -> int:
     """Process entry point for ``llmesh serve <service>``: logs, telemetry, serve, exit 0."""
-    setup_logging(service, level=settings.log_level, fmt=settings.log_format)
+    setup_logging(service, level=settings.log_level, fmt=settings.log_format, capture_uncaught=True)
     setup_telemetry(
         service, otlp_endpoint=settings.otlp_endpoint, metrics_port=settings.metrics_port
     )

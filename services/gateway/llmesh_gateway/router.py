@@ -109,8 +109,11 @@ class Router:
         else:
             breaker.release()
 
-    def _failed(self, exc: grpc.aio.AioRpcError, worker_id: str) -> LlmeshError:
+    def _failed(self, exc: grpc.aio.AioRpcError, worker: common_pb2.WorkerInfo) -> LlmeshError:
         code = exc.code()
+        worker_id = worker.worker_id
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.pool.discard(worker.address)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"worker {worker_id} ran past the deadline")
         return translate(exc, what=f"generation on worker {worker_id}")
@@ -160,7 +163,7 @@ class Router:
                         },
                         retry_after_s=0.5,
                     ) from None
-                last = self._failed(exc, worker.worker_id)
+                last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
                 self._failovers.add(1)
@@ -205,7 +208,7 @@ class Router:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 verdict = False if code in WORKER_FAULTS else None
-                last = self._failed(exc, worker.worker_id)
+                last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
                 self._failovers.add(1)
@@ -236,7 +239,7 @@ class Router:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 verdict = False if code in WORKER_FAULTS else None
-                last = self._failed(exc, worker.worker_id)
+                last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
                 self._failovers.add(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -100,6 +101,10 @@ def translate(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
     )
 
 
+# Seconds calls on a discarded worker channel get to finish before it closes.
+DISCARD_GRACE_S = 30.0
+
+
 class ChannelPool:
     """One channel per worker address, reused across calls.
 
@@ -116,6 +121,7 @@ class ChannelPool:
         self._tls = tls
         self._max_message_bytes = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -130,7 +136,23 @@ class ChannelPool:
             self._channels[address] = channel
         return channel
 
+    def discard(self, address: str) -> None:
+        """Forget the channel to ``address`` after a connection failure.
+
+        A gRPC channel that failed to connect waits out an exponential reconnect
+        backoff (up to minutes) before trying again, even once the registry reports
+        the worker READY again; the next call gets a fresh channel that connects at
+        once. Calls still running on the old channel get a grace period to finish.
+        """
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(channel.close(DISCARD_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()

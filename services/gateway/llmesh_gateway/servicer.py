@@ -25,7 +25,7 @@ from llmesh_gateway.chat import ChatTurns
 from llmesh_gateway.ratelimit import RateLimiter
 from llmesh_gateway.registry_cache import RegistryCache
 from llmesh_gateway.router import Router
-from llmesh_gateway.upstream import translate
+from llmesh_gateway.upstream import relay
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -154,8 +154,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RememberResponse:
         validation.check_remember(request)
         principal = current_principal()
-        try:
-            response = await self._memory.Remember(
+        response = await relay(
+            self._memory.Remember(
                 memory_pb2.MemoryServiceRememberRequest(
                     namespace=principal.tenant,
                     text=request.text,
@@ -163,9 +163,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     ttl_seconds=request.ttl_seconds,
                     idempotency_key=request.idempotency_key,
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="Remember") from None
+            ),
+            what="Remember",
+        )
         return gateway_pb2.RememberResponse(
             id=response.id, duplicate=response.duplicate, embedded=response.embedded
         )
@@ -175,14 +175,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RecallResponse:
         validation.check_recall(request)
         principal = current_principal()
-        try:
-            response = await self._memory.Recall(
+        response = await relay(
+            self._memory.Recall(
                 memory_pb2.MemoryServiceRecallRequest(
                     namespace=principal.tenant, query=request.query, options=request.options
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="Recall") from None
+            ),
+            what="Recall",
+        )
         return gateway_pb2.RecallResponse(
             hits=response.hits,
             degraded=response.degraded,
@@ -194,16 +194,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ForgetResponse:
         validation.check_forget(request)
         principal = current_principal()
-        try:
-            response = await self._memory.Forget(
+        response = await relay(
+            self._memory.Forget(
                 memory_pb2.MemoryServiceForgetRequest(
                     namespace=principal.tenant,
                     ids=request.ids,
                     metadata_filter=request.metadata_filter,
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="Forget") from None
+            ),
+            what="Forget",
+        )
         return gateway_pb2.ForgetResponse(deleted=response.deleted)
 
     async def GetSession(
@@ -212,16 +212,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         validation.check_session_id(request.session_id)
         validation.check_limit(request.limit)
         principal = current_principal()
-        try:
-            response = await self._memory.GetSession(
+        response = await relay(
+            self._memory.GetSession(
                 memory_pb2.MemoryServiceGetSessionRequest(
                     namespace=principal.tenant,
                     session_id=request.session_id,
                     limit=request.limit or 50,
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="GetSession") from None
+            ),
+            what="GetSession",
+        )
         return gateway_pb2.GetSessionResponse(session=response.session, messages=response.messages)
 
     async def ListSessions(
@@ -229,16 +229,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ListSessionsResponse:
         validation.check_page(request.page_size, request.page_token)
         principal = current_principal()
-        try:
-            response = await self._memory.ListSessions(
+        response = await relay(
+            self._memory.ListSessions(
                 memory_pb2.MemoryServiceListSessionsRequest(
                     namespace=principal.tenant,
                     page_size=request.page_size or 50,
                     page_token=request.page_token,
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="ListSessions") from None
+            ),
+            what="ListSessions",
+        )
         return gateway_pb2.ListSessionsResponse(
             sessions=response.sessions, next_page_token=response.next_page_token
         )
@@ -248,14 +248,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.DeleteSessionResponse:
         validation.check_session_id(request.session_id)
         principal = current_principal()
-        try:
-            response = await self._memory.DeleteSession(
+        response = await relay(
+            self._memory.DeleteSession(
                 memory_pb2.MemoryServiceDeleteSessionRequest(
                     namespace=principal.tenant, session_id=request.session_id
                 )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="DeleteSession") from None
+            ),
+            what="DeleteSession",
+        )
         return gateway_pb2.DeleteSessionResponse(deleted_messages=response.deleted_messages)
 
     async def ListModels(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -11,6 +12,8 @@ from google.rpc import error_details_pb2, status_pb2
 from llmesh.kernel import errors
 from llmesh.kernel.channels import create_channel
 from llmesh.kernel.config import ClientTlsSettings
+
+T = TypeVar("T")
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERRORS: dict[grpc.StatusCode, type[errors.LlmeshError]] = {
@@ -99,6 +102,14 @@ def translate(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
         field_violations=fields,
         quota_violations=quotas,
     )
+
+
+async def relay(call: Awaitable[T], *, what: str) -> T:
+    """Await an upstream call, turning its failure into the matching domain error."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise translate(exc, what=what) from None
 
 
 # Seconds calls on a discarded worker channel get to finish before it closes.

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from llmesh.kernel.config import ConfigError, load_settings
+from llmesh.kernel.cli import parse_service_args, service_parser
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost, run_service
@@ -24,22 +24,27 @@ log = get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmesh serve memory",
-        description="Sessions and long-term memory with hybrid search "
+    parser = service_parser(
+        "memory",
+        "Sessions and long-term memory with hybrid search "
         "(settings also from LLMESH_MEMORY_* env).",
     )
-    parser.add_argument("--config", help="YAML/JSON settings file")
-    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="gRPC port (default 50053)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port (e.g. 9463)")
-    parser.add_argument("--data-dir", help="directory of the SQLite file")
     parser.add_argument("--store", choices=["sqlite", "postgres"], help="storage backend")
     parser.add_argument("--sqlite-path", help="SQLite file (default <data-dir>/memory.db)")
     parser.add_argument("--postgres-dsn-file", help="file holding the PostgreSQL DSN")
     parser.add_argument("--redis-url", help="redis://host:port/db session cache")
     parser.add_argument("--embedder", help="host:port of an inference worker (Embed)")
     return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "store": args.store,
+        "sqlite_path": args.sqlite_path,
+        "postgres_dsn_file": args.postgres_dsn_file,
+        "redis_url": args.redis_url,
+        "embedder_target": args.embedder,
+    }
 
 
 def build_store(settings: MemorySettings) -> MemoryStore:
@@ -157,26 +162,9 @@ def limit_blas_threads(threads: int) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``llmesh serve memory [flags]``; returns the exit code."""
+    """``llmesh serve memory [flags]``; returns the exit code (2 for bad settings)."""
     limit_blas_threads(1)
-    args = build_parser().parse_args(list(argv))
-    try:
-        settings = load_settings(
-            MemorySettings,
-            config_file=args.config,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-            data_dir=args.data_dir,
-            store=args.store,
-            sqlite_path=args.sqlite_path,
-            postgres_dsn_file=args.postgres_dsn_file,
-            redis_url=args.redis_url,
-            embedder_target=args.embedder,
-        )
-    except ConfigError as exc:
-        print(f"llmesh serve memory: {exc}")
-        return 2
+    settings, _ = parse_service_args(MemorySettings, build_parser(), argv, extra=_overrides)
 
     @contextlib.asynccontextmanager
     async def setup(host: ServiceHost) -> AsyncIterator[None]:

@@ -1,7 +1,11 @@
 """Generate the Python (with .pyi) and Node stubs from ``protos/``.
 
 Run as ``python -m llmesh.tools.genprotos`` (``make protos``). Output is build
-output: ``libs/llmesh/v1/`` and ``clients/node/gen/`` are not committed.
+output: ``libs/llmesh/v1/``, ``libs/buf/validate/validate_pb2.py*`` and ``clients/node/gen/``
+are not committed.
+``libs/buf/validate/validate_pb2.py`` comes from the vendored schema in
+``third_party/protovalidate``: the ``protovalidate`` package imports it as
+``buf.validate.validate_pb2`` but no wheel ships it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PROTO_ROOT = ROOT / "protos"
 PY_OUT = ROOT / "libs"
 PY_PACKAGE = PY_OUT / "llmesh" / "v1"
+VENDORED = ROOT / "third_party" / "protovalidate"
+VALIDATE_PROTO = "buf/validate/validate.proto"
+VALIDATE_PACKAGE = PY_OUT / "buf"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
@@ -22,7 +29,7 @@ def _protoc(args: list[str]) -> None:
     from grpc_tools import protoc
 
     include = Path(protoc.__file__).parent / "_proto"
-    argv = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", *args]
+    argv = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{VENDORED}", f"-I{include}", *args]
     if protoc.main(argv) != 0:
         raise SystemExit(f"protoc failed: {' '.join(argv)}")
 
@@ -47,7 +54,27 @@ def generate_python() -> list[Path]:
     )
     (PY_PACKAGE / "__init__.py").write_text('"""Generated llmesh.v1 stubs (build output)."""\n')
     (PY_PACKAGE / "py.typed").write_text("")
+    generate_validate()
     return protos
+
+
+def generate_validate() -> None:
+    """Write ``libs/buf/validate/validate_pb2.py`` (+ ``.pyi``) from the vendored schema.
+
+    The ``buf`` and ``buf.validate`` package files are committed (so an install finds
+    the package before the first generation); only the ``validate_pb2`` files are output.
+    """
+    for stale in (VALIDATE_PACKAGE / "validate").glob("validate_pb2.py*"):
+        stale.unlink()
+    plugin_dir = Path(sys.executable).parent
+    _protoc(
+        [
+            f"--python_out={PY_OUT}",
+            f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
+            f"--mypy_out={PY_OUT}",
+            VALIDATE_PROTO,
+        ]
+    )
 
 
 def generate_node() -> None:

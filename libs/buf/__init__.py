@@ -1,0 +1,1 @@
+"""The ``buf.validate`` schema for protovalidate (generated from third_party/protovalidate)."""

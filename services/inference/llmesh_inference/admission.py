@@ -1,0 +1,196 @@
+"""Admission: the asyncio side's queue (bounded, cancellable) and the move into a batch.
+
+``submit``/``cancel``/``call`` run on the event loop and only append under the
+condition's lock; ``_admit``/``_insert`` run on the MLX thread and move queued
+requests into their model's ``BatchGenerator`` while slots are free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from llmesh.kernel.errors import (
+    FieldViolation,
+    InvalidArgument,
+    LlmeshError,
+    ResourceExhausted,
+    Unavailable,
+)
+from llmesh.kernel.logging import get_logger
+from llmesh_inference.engine_core import EngineCore
+from llmesh_inference.events import (
+    ActiveRequest,
+    Command,
+    EngineStats,
+    Failed,
+    GenerationRequest,
+    RequestHandle,
+)
+from llmesh_inference.models import LoadedModel
+from llmesh_inference.sampling import make_sampler
+from llmesh_inference.textstream import TextStream
+
+log = get_logger("llmesh_inference.scheduler")
+
+T = TypeVar("T")
+
+
+class Admission(EngineCore):
+    """Queueing on the asyncio side; admission into a batch on the MLX thread."""
+
+    # ----- asyncio side ---------------------------------------------------------------
+
+    def submit(self, req: GenerationRequest) -> RequestHandle:
+        """Queue a request; raises ``ResourceExhausted`` when the queue is full."""
+        loop = asyncio.get_running_loop()
+        active = ActiveRequest(req=req, loop=loop, queue=asyncio.Queue(), outbox=self._outbox)
+        active.timestamps["admitted"] = active.admitted_at
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("worker is shutting down", retry_after_s=1.0)
+            free = max(0, self.max_batch_size - len(self._running))
+            if len(self._pending) >= self.queue_capacity + free:
+                rate = self._tokens_per_second_locked()
+                retry = max(0.5, min(30.0, (len(self._pending) + 1) * 32 / max(rate, 1.0)))
+                raise ResourceExhausted(
+                    f"inference queue is full ({self.queue_capacity} waiting)",
+                    reason="QUEUE_FULL",
+                    retry_after_s=round(retry, 2),
+                    metadata={"queue_capacity": str(self.queue_capacity)},
+                )
+            self._pending.append(active)
+            self.metrics.queue_depth(len(self._pending))
+            self._cond.notify_all()
+        return RequestHandle(self, active)
+
+    def cancel(self, active: ActiveRequest) -> None:
+        with self._cond:
+            if active.done or active.cancelled:
+                return
+            active.cancelled = True
+            self._cancel_flag = True
+            self._cond.notify_all()
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the MLX thread and await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("worker is shutting down", retry_after_s=1.0)
+            self._commands.append(Command(fn, loop, future))
+            self._cond.notify_all()
+        return await future
+
+    def has_work(self) -> bool:
+        with self._cond:
+            return bool(self._pending or self._running or self._commands)
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            requests = [
+                (a.req.request_id, a.req.model, a.completion_tokens, False)
+                for a in self._running.values()
+            ] + [(a.req.request_id, a.req.model, 0, True) for a in self._pending]
+            return EngineStats(
+                active_requests=len(self._running),
+                queued_requests=len(self._pending),
+                batch_size=self.batch_size,
+                max_batch_size=self.max_batch_size,
+                queue_capacity=self.queue_capacity,
+                tokens_per_second=self._tokens_per_second_locked(),
+                tokens_generated_total=self.tokens_generated_total,
+                decode_steps_total=self.decode_steps_total,
+                requests_completed_total=self.requests_completed_total,
+                requests_cancelled_total=self.requests_cancelled_total,
+                requests=requests,
+                uptime_seconds=time.monotonic() - self._started,
+            )
+
+    # ----- MLX thread -------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Move queued requests into their model's batch while slots are free."""
+        while True:
+            with self._cond:
+                if not self._pending or len(self._running) >= self.max_batch_size:
+                    self.metrics.queue_depth(len(self._pending))
+                    return
+                active = self._pending.popleft()
+            try:
+                self._insert(active)
+            except LlmeshError as exc:
+                with self._cond:
+                    if active.model is not None:
+                        active.model.requests -= 1
+                    active.done = True
+                active.emit(Failed(exc))
+            except Exception as exc:
+                log.exception("admitting request %s failed", active.req.request_id)
+                with self._cond:
+                    if active.model is not None:
+                        active.model.requests -= 1
+                    active.done = True
+                active.emit(Failed(Unavailable(f"request failed on the worker: {exc}")))
+
+    def _insert(self, active: ActiveRequest) -> None:
+        req = active.req
+        model = self._model_for(req.model)
+        model.requests += 1
+        active.model = model
+        tokens = self._tokenize(model, req)
+        active.prompt_tokens = len(tokens)
+        room = model.context_length - len(tokens)
+        if room < 1:
+            field_name = "prompt" if req.prompt is not None else "messages"
+            raise InvalidArgument(
+                f"prompt has {len(tokens)} tokens; model {model.name} holds "
+                f"{model.context_length} (prompt + at least one generated token)",
+                reason="PROMPT_TOO_LONG",
+                field_violations=[
+                    FieldViolation(
+                        field_name,
+                        f"{len(tokens)} tokens; at most {model.context_length - 1} fit",
+                    )
+                ],
+                metadata={"prompt_tokens": str(len(tokens))},
+            )
+        active.max_tokens = min(req.options.max_tokens, room)
+        active.context_limited = active.max_tokens < req.options.max_tokens
+        active.stream = TextStream(model.tokenizer.detokenizer, req.options.stop)
+        sampler = make_sampler(req.options, model.vocab_size)
+        (uid,) = model.generator.insert(
+            [tokens], max_tokens=[active.max_tokens], samplers=[sampler]
+        )
+        now = time.monotonic()
+        active.uid = uid
+        active.inserted_at = now
+        active.timestamps["inserted"] = now
+        with self._cond:
+            if active.cancelled:
+                # Cancelled while being admitted: take it straight out again.
+                model.generator.remove([uid])
+                self._finish(active, "cancelled", cancelled=True)
+                return
+            self._running[(model.name, uid)] = active
+        self.metrics.queue_wait(now - active.admitted_at)
+
+    @staticmethod
+    def _tokenize(model: LoadedModel, req: GenerationRequest) -> list[int]:
+        tokenizer = model.tokenizer
+        if req.messages is not None:
+            if model.has_chat_template:
+                ids = tokenizer.apply_chat_template(
+                    req.messages, add_generation_prompt=True, tokenize=True
+                )
+                if isinstance(ids, dict):  # transformers BatchEncoding
+                    ids = ids["input_ids"]
+                return [int(t) for t in ids]
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in req.messages)
+            text += "assistant: "
+            return [int(t) for t in tokenizer.encode(text)]
+        assert req.prompt is not None
+        return [int(t) for t in tokenizer.encode(req.prompt)]

@@ -1,0 +1,225 @@
+"""The MLX thread: one loop turn runs commands, reaps, admits, steps, and flushes events.
+
+Everything that touches MLX runs on this one thread. Events leave it in one
+batched ``call_soon_threadsafe`` per event loop per turn, and a cancelled or
+expired request is removed before the next step computes a token for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Any
+
+from llmesh.kernel.errors import DeadlineExceeded, Unavailable
+from llmesh.kernel.logging import get_logger
+from llmesh_inference.engine_core import EngineCore
+from llmesh_inference.events import (
+    CONTEXT_FULL,
+    EOS,
+    LENGTH,
+    STOP,
+    ActiveRequest,
+    Chunk,
+    Command,
+    Event,
+    Failed,
+    deliver,
+)
+from llmesh_inference.models import LoadedModel
+
+log = get_logger("llmesh_inference.scheduler")
+
+
+class MlxLoop(EngineCore):
+    """Starts, runs and stops the single MLX thread."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mlx", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail queued work and stop the thread (running requests end as cancelled)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import mlx.core as mx
+
+        log.info("MLX thread started on %s", mx.default_device())
+        while True:
+            with self._cond:
+                if not self._has_work_locked():
+                    self.busy = False
+                    self._cond.wait(timeout=1.0)
+                    self.last_progress = time.monotonic()
+                if self._stopping:
+                    break
+                woke = self._has_work_locked()
+                self.busy = woke
+                commands = list(self._commands)
+                self._commands.clear()
+                self._cancel_flag = False
+            if not woke:
+                self._unload_idle()  # outside the lock: unloading may take a while
+                continue
+            self.last_progress = time.monotonic()
+            for command in commands:
+                self._run_command(command)
+            self._reap()
+            self._admit()
+            self._step()
+            self._flush()
+        self._shutdown()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Deliver this iteration's events: one wake-up per event loop, not one per token."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[ActiveRequest, Event]]] = {}
+        for active, event in self._outbox:
+            by_loop.setdefault(active.loop, []).append((active, event))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(deliver, items)
+            except RuntimeError:  # that event loop is closed: its callers are gone
+                continue
+
+    def _run_command(self, command: Command) -> None:
+        def settle(result: Any = None, error: BaseException | None = None) -> None:
+            if command.future.done():
+                return
+            if error is not None:
+                command.future.set_exception(error)
+            else:
+                command.future.set_result(result)
+
+        try:
+            result = command.fn()
+        except Exception as exc:
+            command.loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            command.loop.call_soon_threadsafe(settle, result)
+        self.last_progress = time.monotonic()
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            pending = list(self._pending) + list(self._running.values())
+            self._pending.clear()
+            self._running.clear()
+            commands = list(self._commands)
+            self._commands.clear()
+        for active in pending:
+            active.done = True
+            active.emit(Failed(Unavailable("worker is shutting down", retry_after_s=1.0)))
+        for command in commands:
+            command.loop.call_soon_threadsafe(
+                command.future.set_exception, Unavailable("worker is shutting down")
+            )
+
+    def _reap(self) -> None:
+        """Remove cancelled and expired requests before the next step runs."""
+        now = time.monotonic()
+
+        def expired(a: ActiveRequest) -> bool:
+            return a.cancelled or (a.req.deadline is not None and now >= a.req.deadline)
+
+        if now >= self._next_idle_check:
+            self._next_idle_check = now + 1.0
+            self._unload_idle()
+        with self._cond:
+            dropped_pending = [a for a in self._pending if expired(a)]
+            if dropped_pending:
+                self._pending = collections.deque(a for a in self._pending if not expired(a))
+            dropped_running = [a for a in self._running.values() if expired(a)]
+        for active in dropped_pending:
+            with self._cond:
+                self._finish(active, "cancelled", cancelled=True)
+            self._tell_expired(active)
+        for active in dropped_running:
+            assert active.model is not None and active.uid is not None
+            active.model.generator.remove([active.uid])
+            with self._cond:
+                self._finish(active, "cancelled", cancelled=True)
+            self._tell_expired(active)
+        if dropped_pending or dropped_running:
+            log.info(
+                "removed %d cancelled or expired requests",
+                len(dropped_pending) + len(dropped_running),
+            )
+
+    @staticmethod
+    def _tell_expired(active: ActiveRequest) -> None:
+        if not active.cancelled:
+            active.emit(
+                Failed(
+                    DeadlineExceeded(
+                        f"deadline passed after {active.completion_tokens} tokens",
+                        metadata={"tokens_delivered": str(active.completion_tokens)},
+                    )
+                )
+            )
+
+    def _step(self) -> None:
+        """One ``next()`` per model with work: a decode step plus a prefill chunk."""
+        models = {a.model.name: a.model for a in self._running.values() if a.model is not None}
+        for model in models.values():
+            started = time.monotonic()
+            _prompt, generated = model.generator.next()
+            now = time.monotonic()
+            self.last_progress = now
+            if not generated:
+                continue
+            with self._cond:
+                self.decode_steps_total += 1
+                self.tokens_generated_total += len(generated)
+                self.batch_size = len(generated)
+                self._rate.append((now, len(generated)))
+            self.metrics.step(len(generated), now - started)
+            for response in generated:
+                self._on_token(model, response, now)
+
+    def _on_token(self, model: LoadedModel, response: Any, now: float) -> None:
+        active = self._running.get((model.name, response.uid))
+        if active is None or active.done:
+            return
+        assert active.stream is not None
+        if not active.first_token_at:
+            active.first_token_at = now
+            active.timestamps["first_token"] = now
+            self.metrics.first_token(now - active.admitted_at)
+        else:
+            self.metrics.inter_token(now - active.last_token_at)
+        active.last_token_at = now
+        reason = response.finish_reason
+        token = int(response.token)
+        active.completion_tokens += 1
+        if reason == "stop":  # an end-of-sequence token: not part of the text
+            text = active.stream.finish()
+            ids: list[int] = []
+        else:
+            text = active.stream.add(token)
+            ids = [token]
+        if active.stream.stopped:
+            if reason is None:
+                model.generator.remove([response.uid])
+            with self._cond:
+                self._finish(active, STOP, text=text, token_ids=ids)
+            return
+        if reason is not None:
+            if reason != "stop":
+                text += active.stream.finish()
+            final = (
+                EOS if reason == "stop" else (CONTEXT_FULL if active.context_limited else LENGTH)
+            )
+            with self._cond:
+                self._finish(active, final, text=text, token_ids=ids)
+            return
+        active.emit(Chunk(text, ids))

@@ -176,8 +176,8 @@ async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict
     from llmesh.kernel.config import load_settings
     from llmesh.kernel.server import ServiceHost
     from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
-    from llmesh_memory.app import SERVICE_NAME, memory_service
     from llmesh_memory.settings import MemorySettings
+    from llmesh_memory.wiring import SERVICE_NAMES, wire
 
     fusion = {
         "semantic": common_pb2.FUSION_MODE_SEMANTIC,
@@ -195,8 +195,8 @@ async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict
             embedder_target=embedder_target,
             embed_timeout_s=120.0,
         )
-        host = ServiceHost(settings, service_names=[SERVICE_NAME])
-        async with memory_service(host, settings):
+        host = ServiceHost(settings, service_names=SERVICE_NAMES)
+        async with wire(host, settings):
             port = await host.start()
             try:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

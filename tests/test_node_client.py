@@ -40,13 +40,13 @@ async def test_node_client_calls_a_real_registry_over_grpc() -> None:
 
     from llmesh.kernel.server import ServiceHost
     from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-    from llmesh_registry.service import registry_service
     from llmesh_registry.servicer import SERVICE_NAME
     from llmesh_registry.settings import RegistrySettings
+    from llmesh_registry.wiring import wire
 
     settings = RegistrySettings(port=0)
     host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with registry_service(host, settings):
+    async with wire(host, settings):
         port = await host.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -12,13 +12,14 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-# service name -> module with ``main(argv) -> int``
+# service name -> "module:function" of its entry ``(argv) -> exit code``. Each service
+# package has ``app.py`` (flags, settings, run) and ``wiring.py`` (its parts on a host).
 SERVICES: dict[str, str] = {
-    "gateway": "llmesh_gateway.app",
-    "registry": "llmesh_registry.app",
-    "registrar": "llmesh_registry.registrar_app",
-    "inference": "llmesh_inference.app",
-    "memory": "llmesh_memory.app",
+    "gateway": "llmesh_gateway.app:main",
+    "registry": "llmesh_registry.app:main",
+    "registrar": "llmesh_registry.app:registrar_main",
+    "inference": "llmesh_inference.app:main",
+    "memory": "llmesh_memory.app:main",
 }
 
 # Modules under ``llmesh.cli`` that expose ``register(subparsers) -> None``.
@@ -35,8 +36,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def _serve(args: argparse.Namespace) -> int:
-    module = importlib.import_module(SERVICES[args.service])
-    entry: Callable[[Sequence[str]], int] = module.main
+    module_name, _, function = SERVICES[args.service].partition(":")
+    entry: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), function)
     return entry(args.service_args)
 
 

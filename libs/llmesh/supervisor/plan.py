@@ -27,7 +27,7 @@ DEFAULT_METRICS_PORTS: dict[str, int] = {
 APP_MODULES: dict[str, str] = {
     "gateway": "llmesh_gateway.app",
     "registry": "llmesh_registry.app",
-    "registrar": "llmesh_registry.registrar_app",
+    "registrar": "llmesh_registry.app",
     "inference": "llmesh_inference.app",
     "memory": "llmesh_memory.app",
 }

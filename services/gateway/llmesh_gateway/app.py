@@ -37,13 +37,13 @@ def main(argv: Sequence[str]) -> int:
     settings, _ = parse_service_args(GatewaySettings, build_parser(), argv, extra=_overrides)
 
     from llmesh_gateway.auth import AuthInterceptor
-    from llmesh_gateway.service import SERVICE_NAMES, gateway_service
+    from llmesh_gateway.wiring import SERVICE_NAMES, wire
 
     auth = AuthInterceptor()
 
     @contextlib.asynccontextmanager
     async def setup(host: ServiceHost) -> AsyncIterator[None]:
-        async with gateway_service(host, settings, auth):
+        async with wire(host, settings, auth):
             yield
 
     return run_service(

@@ -1,4 +1,7 @@
-"""Wiring: the gateway's components on a ``ServiceHost`` (used by the CLI and tests)."""
+"""Wiring: the gateway's components on a ``ServiceHost`` (used by ``app.py`` and tests).
+
+Every service package has a ``wiring.py`` with ``SERVICE_NAMES`` and ``wire(host, settings)``.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ def rate_limiter(settings: GatewaySettings) -> RateLimiter:
 
 
 @contextlib.asynccontextmanager
-async def gateway_service(
+async def wire(
     host: ServiceHost, settings: GatewaySettings, auth: AuthInterceptor
 ) -> AsyncIterator[Gateway]:
     """Open the store, start the registry watch and register both servicers."""

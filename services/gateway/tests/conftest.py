@@ -29,8 +29,8 @@ from llmesh.v1 import (
     registry_pb2_grpc,
 )
 from llmesh_gateway.auth import AuthInterceptor
-from llmesh_gateway.service import SERVICE_NAMES, Gateway, gateway_service
 from llmesh_gateway.settings import GatewaySettings
+from llmesh_gateway.wiring import SERVICE_NAMES, Gateway, wire
 
 
 class FakeWorker(inference_pb2_grpc.InferenceServiceServicer):
@@ -297,13 +297,13 @@ def _adder(fake: FakeWorker) -> Callable[[grpc.aio.Server], None]:
 
 @contextlib.asynccontextmanager
 async def start_mesh(tmp_path: Path, *, workers: int = 2, **settings: Any) -> AsyncIterator[Mesh]:
-    from llmesh_registry.service import registry_service
+    from llmesh_registry import wiring as registry_wiring
     from llmesh_registry.settings import RegistrySettings
 
     registry_settings = RegistrySettings(port=0, lease_ttl_ms=600_000, evict_after_ms=600_000)
     registry_host = ServiceHost(registry_settings, service_names=["llmesh.v1.RegistryService"])
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(registry_service(registry_host, registry_settings))
+        await stack.enter_async_context(registry_wiring.wire(registry_host, registry_settings))
         registry_port = await registry_host.start()
         stack.push_async_callback(registry_host.stop, 0)
         registry_address = f"127.0.0.1:{registry_port}"
@@ -336,7 +336,7 @@ async def start_mesh(tmp_path: Path, *, workers: int = 2, **settings: Any) -> As
         )
         auth = AuthInterceptor()
         host = ServiceHost(gw_settings, service_names=SERVICE_NAMES, interceptors=[auth])
-        gateway = await stack.enter_async_context(gateway_service(host, gw_settings, auth))
+        gateway = await stack.enter_async_context(wire(host, gw_settings, auth))
         port = await host.start()
         stack.push_async_callback(host.stop, 0)
         deadline = time.monotonic() + 10

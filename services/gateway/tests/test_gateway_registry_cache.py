@@ -18,12 +18,12 @@ from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
 
 @contextlib.asynccontextmanager
 async def registry(port: int) -> AsyncIterator[str]:
-    from llmesh_registry.service import registry_service
     from llmesh_registry.settings import RegistrySettings
+    from llmesh_registry.wiring import wire
 
     settings = RegistrySettings(port=port, lease_ttl_ms=600_000, evict_after_ms=600_000)
     host = ServiceHost(settings, service_names=["llmesh.v1.RegistryService"])
-    async with registry_service(host, settings):
+    async with wire(host, settings):
         await host.start()
         try:
             yield f"127.0.0.1:{port}"

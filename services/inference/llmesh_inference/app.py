@@ -1,4 +1,5 @@
-"""``llmesh serve inference``: parse flags, arrange the BLAS, run the server.
+"""``llmesh serve inference``: parse flags, arrange the BLAS, run the server (the parts
+are wired in :mod:`llmesh_inference.wiring`).
 
 Settings are parsed and validated before anything heavy is imported. On Linux the
 process then re-executes itself once with an optimized OpenBLAS preloaded (see
@@ -84,11 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         reexec_with_openblas(args_list, threads=settings.blas_threads)
 
     from llmesh.kernel.server import run_service
-    from llmesh_inference.worker import SERVICE_NAME, inference_setup
+    from llmesh_inference.wiring import SERVICE_NAMES, wire
 
     return run_service(
         settings,
         service="inference",
-        service_names=[SERVICE_NAME],
-        setup=lambda host: inference_setup(host, settings),
+        service_names=list(SERVICE_NAMES),
+        setup=lambda host: wire(host, settings),
     )

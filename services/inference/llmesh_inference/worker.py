@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from llmesh.kernel.errors import FailedPrecondition, NotFound
@@ -23,12 +21,10 @@ from llmesh_inference.scheduler import Engine
 from llmesh_inference.settings import InferenceSettings
 
 if TYPE_CHECKING:
-    from llmesh.kernel.server import ServiceHost
     from llmesh_inference.embeddings import MiniLMEmbedder
 
 log = get_logger(__name__)
 
-SERVICE_NAME = "llmesh.v1.InferenceService"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 
@@ -199,22 +195,3 @@ class InferenceWorker:
                 continue
             await self.refresh_health()
             return released
-
-
-@asynccontextmanager
-async def inference_setup(
-    host: ServiceHost, settings: InferenceSettings
-) -> AsyncIterator[InferenceWorker]:
-    """Register the servicer on ``host`` and own the worker for the server's life."""
-    from llmesh.v1 import inference_pb2_grpc
-    from llmesh_inference.servicer import InferenceServicer
-
-    worker = InferenceWorker(settings, health=host.health)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-        InferenceServicer(worker), host.server
-    )
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()

@@ -19,7 +19,8 @@ from llmesh.kernel.server import ServiceHost
 from llmesh.testing.polling import await_until
 from llmesh.v1 import inference_pb2, inference_pb2_grpc
 from llmesh_inference.settings import InferenceSettings
-from llmesh_inference.worker import SERVICE_NAME, InferenceWorker, inference_setup
+from llmesh_inference.wiring import SERVICE_NAMES, wire
+from llmesh_inference.worker import InferenceWorker
 
 MODEL = "tiny-llama-test"
 
@@ -66,8 +67,8 @@ def start_worker(tiny_model_dir: Path) -> StartWorker:
         }
         values.update(overrides)
         settings = InferenceSettings(**values)
-        host = ServiceHost(settings, service_names=[SERVICE_NAME])
-        async with inference_setup(host, settings) as worker:
+        host = ServiceHost(settings, service_names=SERVICE_NAMES)
+        async with wire(host, settings) as worker:
             port = await host.start()
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             running = Running(

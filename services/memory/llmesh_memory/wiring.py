@@ -1,50 +1,26 @@
-"""Entry point of ``llmesh serve memory`` and the wiring of its parts."""
+"""Wiring: the memory service's parts on a ``ServiceHost`` (used by ``app.py`` and tests).
+
+Every service package has a ``wiring.py`` with ``SERVICE_NAMES`` and ``wire(host, settings)``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from llmesh.kernel.cli import parse_service_args, service_parser
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
-from llmesh.kernel.server import ServiceHost, run_service
+from llmesh.kernel.server import ServiceHost
 
 from .settings import MemorySettings
 
 if TYPE_CHECKING:
     from .store.base import MemoryStore
 
-SERVICE_NAME = "llmesh.v1.MemoryService"
+SERVICE_NAMES = ("llmesh.v1.MemoryService",)
 log = get_logger(__name__)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = service_parser(
-        "memory",
-        "Sessions and long-term memory with hybrid search "
-        "(settings also from LLMESH_MEMORY_* env).",
-    )
-    parser.add_argument("--store", choices=["sqlite", "postgres"], help="storage backend")
-    parser.add_argument("--sqlite-path", help="SQLite file (default <data-dir>/memory.db)")
-    parser.add_argument("--postgres-dsn-file", help="file holding the PostgreSQL DSN")
-    parser.add_argument("--redis-url", help="redis://host:port/db session cache")
-    parser.add_argument("--embedder", help="host:port of an inference worker (Embed)")
-    return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "store": args.store,
-        "sqlite_path": args.sqlite_path,
-        "postgres_dsn_file": args.postgres_dsn_file,
-        "redis_url": args.redis_url,
-        "embedder_target": args.embedder,
-    }
 
 
 def build_store(settings: MemorySettings) -> MemoryStore:
@@ -92,7 +68,7 @@ async def _watch_readiness(
 
 
 @contextlib.asynccontextmanager
-async def memory_service(host: ServiceHost, settings: MemorySettings) -> AsyncIterator[None]:
+async def wire(host: ServiceHost, settings: MemorySettings) -> AsyncIterator[None]:
     """Register the servicer on ``host``; own the store, embedder and background tasks."""
     from llmesh.v1 import memory_pb2_grpc
 
@@ -148,27 +124,3 @@ async def memory_service(host: ServiceHost, settings: MemorySettings) -> AsyncIt
         await asyncio.gather(*tasks, return_exceptions=True)
         await embedder.close()
         await store.close()
-
-
-def limit_blas_threads(threads: int) -> None:
-    """Cap NumPy's OpenBLAS threads (vector search) before NumPy is first imported.
-
-    A matrix-vector product over a namespace's vectors gains nothing from extra
-    threads, and on a busy host they spin waiting for a core (10k x 384: ~1 ms with one
-    thread, ~8 ms with two on a loaded 2-core box).
-    """
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(name, str(threads))
-
-
-def main(argv: Sequence[str]) -> int:
-    """``llmesh serve memory [flags]``; returns the exit code (2 for bad settings)."""
-    limit_blas_threads(1)
-    settings, _ = parse_service_args(MemorySettings, build_parser(), argv, extra=_overrides)
-
-    @contextlib.asynccontextmanager
-    async def setup(host: ServiceHost) -> AsyncIterator[None]:
-        async with memory_service(host, settings):
-            yield
-
-    return run_service(settings, service="memory", service_names=[SERVICE_NAME], setup=setup)

@@ -13,21 +13,21 @@ import pytest
 from llmesh.cli.main import main as cli
 from llmesh.kernel.server import ServiceHost
 from llmesh.testing.servers import free_port
-from llmesh_memory.app import memory_service
+from llmesh_memory import wiring as memory_wiring
 from llmesh_memory.settings import MemorySettings
 
 
 @contextlib.asynccontextmanager
 async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
     """Memory (SQLite, keyword-only) behind a real gateway; yields target and two keys."""
+    from llmesh_gateway import wiring as gateway_wiring
     from llmesh_gateway.auth import AuthInterceptor
-    from llmesh_gateway.service import SERVICE_NAMES, gateway_service
     from llmesh_gateway.settings import GatewaySettings
 
     async with contextlib.AsyncExitStack() as stack:
         mem_settings = MemorySettings(port=0, sqlite_path=tmp_path / "m.db", embedder_target="")
         mem_host = ServiceHost(mem_settings, service_names=["llmesh.v1.MemoryService"])
-        await stack.enter_async_context(memory_service(mem_host, mem_settings))
+        await stack.enter_async_context(memory_wiring.wire(mem_host, mem_settings))
         mem_port = await mem_host.start()
         stack.push_async_callback(mem_host.stop, 0)
         gw_settings = GatewaySettings(
@@ -37,8 +37,10 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
             memory_address=f"127.0.0.1:{mem_port}",
         )
         auth = AuthInterceptor()
-        gw_host = ServiceHost(gw_settings, service_names=SERVICE_NAMES, interceptors=[auth])
-        gateway = await stack.enter_async_context(gateway_service(gw_host, gw_settings, auth))
+        gw_host = ServiceHost(
+            gw_settings, service_names=gateway_wiring.SERVICE_NAMES, interceptors=[auth]
+        )
+        gateway = await stack.enter_async_context(gateway_wiring.wire(gw_host, gw_settings, auth))
         gw_port = await gw_host.start()
         stack.push_async_callback(gw_host.stop, 0)
         alice = await gateway.keys.create(name="alice", role="user", tenant="acme")

@@ -16,8 +16,8 @@ from llmesh.kernel.server import ServiceHost
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
-from llmesh_memory.app import memory_service
 from llmesh_memory.settings import MemorySettings
+from llmesh_memory.wiring import wire
 
 NS = "acme"
 
@@ -26,7 +26,7 @@ NS = "acme"
 async def memory_server(**overrides: Any) -> AsyncIterator[tuple[Any, grpc.aio.Channel]]:
     settings = MemorySettings(port=0, **overrides)
     host = ServiceHost(settings, service_names=["llmesh.v1.MemoryService"])
-    async with memory_service(host, settings):
+    async with wire(host, settings):
         port = await host.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         try:

@@ -1,4 +1,9 @@
-"""Entry point of ``llmesh serve registry``."""
+"""Entry points of ``llmesh serve registry`` and ``llmesh serve registrar``.
+
+Flags and settings here; the parts are wired in :mod:`llmesh_registry.wiring`.
+The registrar serves only ``grpc.health.v1`` (readiness: the worker is registered) on
+its own port, so Kubernetes can probe the sidecar too.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,7 @@ from typing import Any
 
 from llmesh.kernel.cli import parse_service_args, service_parser
 from llmesh.kernel.server import ServiceHost, run_service
-from llmesh_registry.settings import RegistrySettings
-
-SERVICE_NAME = "llmesh.v1.RegistryService"
+from llmesh_registry.settings import RegistrarSettings, RegistrySettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +41,62 @@ def main(argv: Sequence[str]) -> int:
 
     @contextlib.asynccontextmanager
     async def setup(host: ServiceHost) -> AsyncIterator[None]:
-        from llmesh_registry.service import registry_service
+        from llmesh_registry.wiring import wire
 
-        async with registry_service(host, settings):
+        async with wire(host, settings):
             yield
 
-    return run_service(settings, service="registry", service_names=[SERVICE_NAME], setup=setup)
+    from llmesh_registry.wiring import SERVICE_NAMES
+
+    return run_service(settings, service="registry", service_names=list(SERVICE_NAMES), setup=setup)
+
+
+def build_registrar_parser() -> argparse.ArgumentParser:
+    parser = service_parser(
+        "registrar",
+        "Sidecar that registers an inference worker and heartbeats its health and load.",
+    )
+    parser.add_argument("--worker", help="host:port of the inference worker (default :50054)")
+    parser.add_argument("--registry", help="host:port of the registry (default :50052)")
+    parser.add_argument("--worker-id", help="id in the registry (default <hostname>-<port>)")
+    parser.add_argument(
+        "--advertise", dest="advertise_address", help="address others use to reach the worker"
+    )
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="worker label"
+    )
+    parser.add_argument("--probe-timeout-s", type=float, help="deadline of each probe")
+    parser.add_argument(
+        "--heartbeat-interval-s", type=float, help="fixed period (default: a third of the TTL)"
+    )
+    return parser
+
+
+def _registrar_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    labels: dict[str, str] | None = None
+    if args.label:
+        labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    return {
+        "worker": args.worker,
+        "registry": args.registry,
+        "worker_id": args.worker_id,
+        "advertise_address": args.advertise_address,
+        "labels": labels,
+        "probe_timeout_s": args.probe_timeout_s,
+        "heartbeat_interval_s": args.heartbeat_interval_s,
+    }
+
+
+def registrar_main(argv: Sequence[str]) -> int:
+    """``llmesh serve registrar [flags]``; returns the exit code."""
+    settings, _ = parse_service_args(
+        RegistrarSettings, build_registrar_parser(), argv, extra=_registrar_overrides
+    )
+    from llmesh_registry.wiring import REGISTRAR_SERVICE_NAMES, wire_registrar
+
+    return run_service(
+        settings,
+        service="registrar",
+        service_names=list(REGISTRAR_SERVICE_NAMES),
+        setup=lambda host: wire_registrar(host, settings),
+    )

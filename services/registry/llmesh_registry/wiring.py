@@ -1,22 +1,35 @@
-"""Wires a registry replica: backend, sweeper, readiness and the servicer on a host."""
+"""Wiring of the registry package's two processes on a ``ServiceHost``.
+
+``wire``: a registry replica (backend, sweeper, readiness, the servicer).
+``wire_registrar``: the registrar sidecar beside an inference worker.
+Every service package has a ``wiring.py`` with ``SERVICE_NAMES`` and ``wire(host, settings)``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
+from llmesh.kernel.channels import create_channel
+from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost
 from llmesh.v1 import registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.memory_backend import MemoryBackend
 from llmesh_registry.metrics import WorkerGauge
 from llmesh_registry.model import LeasePolicy
+from llmesh_registry.probe import WorkerProbe
 from llmesh_registry.redis_backend import RedisBackend
+from llmesh_registry.registrar import Registrar, WorkerIdentity
 from llmesh_registry.servicer import RegistryServicer
-from llmesh_registry.settings import RegistrySettings
+from llmesh_registry.settings import RegistrarSettings, RegistrySettings
 from llmesh_registry.sweeper import sweep_forever, watch_readiness
 from llmesh_registry.watch import WatchHub
+
+SERVICE_NAMES = ("llmesh.v1.RegistryService",)
+REGISTRAR_SERVICE_NAMES: tuple[str, ...] = ()  # the sidecar serves only grpc.health.v1
 
 
 def build_backend(settings: RegistrySettings) -> RegistryBackend:
@@ -36,7 +49,7 @@ def build_backend(settings: RegistrySettings) -> RegistryBackend:
 
 
 @contextlib.asynccontextmanager
-async def registry_service(
+async def wire(
     host: ServiceHost, settings: RegistrySettings, backend: RegistryBackend | None = None
 ) -> AsyncIterator[RegistryBackend]:
     """Start the backend and background tasks, add the servicer to ``host``."""
@@ -65,3 +78,46 @@ async def registry_service(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await backend.close()
+
+
+def default_worker_id(worker_address: str) -> str:
+    """``<hostname>-<port>``: stable across restarts, unique per host and port."""
+    port = worker_address.rpartition(":")[2]
+    return f"{socket.gethostname()}-{port}"
+
+
+@contextlib.asynccontextmanager
+async def wire_registrar(host: ServiceHost, settings: RegistrarSettings) -> AsyncIterator[None]:
+    """Run the registrar beside ``host``; on exit mark DRAINING and deregister."""
+    log = get_logger("llmesh_registry.registrar")
+    worker_channel = create_channel(settings.worker, tls=settings.client_tls)
+    registry_channel = create_channel(settings.registry, tls=settings.client_tls)
+    identity = WorkerIdentity(
+        worker_id=settings.worker_id or default_worker_id(settings.worker),
+        address=settings.advertise_address or settings.worker,
+        labels=dict(settings.labels),
+    )
+    registrar = Registrar(
+        identity,
+        WorkerProbe(worker_channel, timeout_s=settings.probe_timeout_s),
+        registry_pb2_grpc.RegistryServiceStub(registry_channel),
+        registry_timeout_s=settings.registry_timeout_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+
+    async def run() -> None:
+        task = asyncio.create_task(registrar.run(), name="registrar")
+        await registrar.registered.wait()
+        await host.health.set_ready(True)
+        await task
+
+    runner = asyncio.create_task(run(), name="registrar-runner")
+    try:
+        yield
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        log.info("shutting down: marking %s DRAINING", identity.worker_id)
+        await registrar.drain(timeout_s=settings.drain_timeout_s)
+        await worker_channel.close(None)
+        await registry_channel.close(None)

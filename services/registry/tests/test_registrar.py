@@ -19,9 +19,9 @@ from llmesh.kernel.server import ServiceHost
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port, wait_for_port
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_registry.service import registry_service
 from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
+from llmesh_registry.wiring import wire
 
 READY = common_pb2.WORKER_STATE_READY
 UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
@@ -69,7 +69,7 @@ def inference_worker(tiny_model_dir: Path) -> Iterator[tuple[subprocess.Popen[by
 async def registry() -> AsyncIterator[tuple[registry_pb2_grpc.RegistryServiceAsyncStub, str]]:
     settings = RegistrySettings(port=0, lease_ttl_ms=TTL_MS, evict_after_ms=60_000)
     host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with registry_service(host, settings):
+    async with wire(host, settings):
         port = await host.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub: registry_pb2_grpc.RegistryServiceAsyncStub = registry_pb2_grpc.RegistryServiceStub(

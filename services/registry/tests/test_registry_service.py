@@ -17,9 +17,9 @@ from llmesh.kernel.server import ServiceHost
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import RedisServer, start_redis
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_registry.service import registry_service
 from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
+from llmesh_registry.wiring import wire
 
 READY = common_pb2.WORKER_STATE_READY
 UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
@@ -32,7 +32,7 @@ async def registry(
 ) -> AsyncIterator[tuple[registry_pb2_grpc.RegistryServiceAsyncStub, grpc.aio.Channel]]:
     settings = RegistrySettings(port=0, readiness_interval_s=0.05, **overrides)
     host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with registry_service(host, settings):
+    async with wire(host, settings):
         port = await host.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         try:

@@ -10,6 +10,7 @@ import pytest
 from grpc_tools import protoc
 
 HERE = Path(__file__).parent / "kerneltest"
+VENDORED = Path(__file__).resolve().parents[2] / "third_party" / "protovalidate"
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # makes the kerneltest package importable
 
@@ -22,6 +23,7 @@ def echo_pb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             "protoc",
             f"-I{HERE}",
+            f"-I{VENDORED}",
             f"-I{include}",
             f"--python_out={out}",
             f"--grpc_python_out={out}",

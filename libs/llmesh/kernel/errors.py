@@ -19,10 +19,15 @@ DOMAIN = "llmesh.dev"
 
 @dataclass(frozen=True)
 class FieldViolation:
-    """One bad request field: its path (``sampling.top_p``) and what to fix."""
+    """One bad request field: its path (``sampling.top_p``), what to fix, and the rule id.
+
+    ``reason`` is the broken ``buf.validate`` rule's id (``string.max_len``) when the
+    contract validator found it; it goes into ``BadRequest.FieldViolation.reason``.
+    """
 
     field: str
     description: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class LlmeshError(Exception):
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=v.field, description=v.description, reason=v.reason
                         )
                         for v in self.field_violations
                     ]

@@ -1,8 +1,12 @@
-"""The kernel's server interceptor: request id, deadlines, error mapping, access log.
+"""The kernel's server interceptor: request id, deadlines, decoding, validation,
+error mapping, access log.
 
 This is the one place where domain errors become status codes. Order on every
 server: OpenTelemetry (outermost, so a span is active) -> this -> service
-interceptors (e.g. the gateway's auth), which may raise domain errors.
+interceptors (e.g. the gateway's auth), which may raise domain errors. This
+interceptor parses each request itself (grpc hands it the raw bytes) and checks the
+``buf.validate`` rules, so malformed or invalid requests are refused, logged and
+counted before authentication (``kernel.validation``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from llmesh.kernel.context import RequestContext, reset_request, set_request
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
+from llmesh.kernel.validation import Deserializer, RequestValidator, decode
 
 log = get_logger("llmesh.access")
 
@@ -124,29 +129,56 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._handlers[method] = (handler, wrapped)
         return wrapped
 
+    def deserializer(self, handler: grpc.RpcMethodHandler) -> Deserializer | None:
+        """The deserializer grpc runs before the wrapped behaviour (default: the handler's)."""
+        return handler.request_deserializer  # type: ignore[no-any-return]
+
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self.wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(handler.unary_stream, method),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: no llmesh RPC uses them
 
 
 class KernelServerInterceptor(WrappingInterceptor):
-    """Request id, deadline defaults/caps, domain-error mapping, RED metrics, access log."""
+    """Request id, deadline defaults/caps, request decoding and contract validation,
+    domain-error mapping, RED metrics, access log."""
 
     def __init__(self, deadlines: DeadlinePolicy) -> None:
         super().__init__()
         self.deadlines = deadlines
         self.metrics = _Metrics()
+        self.validator = RequestValidator()
+        # method -> the deserializer grpc would have run; this interceptor runs it.
+        self._decoders: dict[str, Deserializer] = {}
+
+    def deserializer(self, handler: grpc.RpcMethodHandler) -> Deserializer | None:
+        # grpc passes the raw bytes through (None); ``_request`` parses them inside the
+        # wrapped behaviour, where a failure goes through the error mapping below.
+        return None
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is not None:
+            self._decoders[method] = handler.request_deserializer
+        return super()._wrap(handler, method)
+
+    def _request(self, method: str, request: Any) -> Any:
+        """The parsed, validated request (raw bytes in, ``InvalidArgument`` on bad input)."""
+        decoder = self._decoders.get(method)
+        if decoder is not None and isinstance(request, bytes):
+            request = decode(decoder, request, method=method)
+        if not method.startswith(QUIET_PREFIXES):
+            self.validator.check(request)
+        return request
 
     def _begin(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -176,7 +208,7 @@ class KernelServerInterceptor(WrappingInterceptor):
             code = grpc.StatusCode.OK
             try:
                 async with asyncio.timeout(budget):
-                    return await behavior(request, context)
+                    return await behavior(self._request(method, request), context)
             except BaseException as exc:
                 code, status = self._classify(exc, ctx)
                 if status is not None:
@@ -197,9 +229,10 @@ class KernelServerInterceptor(WrappingInterceptor):
             ctx, token, _budget = self._begin(method, context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            result: Any = behavior(request, context)
-            stream = None if inspect.isawaitable(result) else result.__aiter__()
+            stream = None
             try:
+                result: Any = behavior(self._request(method, request), context)
+                stream = None if inspect.isawaitable(result) else result.__aiter__()
                 if stream is None:  # a handler that writes with context.write()
                     async with asyncio.timeout(ctx.remaining_s()):
                         await result

@@ -26,7 +26,7 @@ class HealthReporter:
         self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.service_names = tuple(service_names)
         self._ready = False
-        self._live = True
+        self._down: set[str] = set()  # parts of the process that cannot make progress
         self._shutting_down = False
 
     @property
@@ -35,14 +35,23 @@ class HealthReporter:
 
     @property
     def live(self) -> bool:
-        return self._live
+        """True while no part of the process has reported itself unable to progress."""
+        return not self._down
+
+    @property
+    def down(self) -> tuple[str, ...]:
+        """The parts whose failure holds liveness NOT_SERVING, sorted."""
+        return tuple(sorted(self._down))
+
+    def part_live(self, part: str) -> bool:
+        return part not in self._down
 
     async def publish(self) -> None:
         """Push the current statuses to the servicer (watchers are notified)."""
         if self._shutting_down:
             return
         ready = SERVING if self._ready else NOT_SERVING
-        await self.servicer.set(LIVENESS, SERVING if self._live else NOT_SERVING)
+        await self.servicer.set(LIVENESS, SERVING if self.live else NOT_SERVING)
         await self.servicer.set(READINESS, ready)
         await self.servicer.set("", ready)
         for name in self.service_names:
@@ -53,9 +62,16 @@ class HealthReporter:
         self._ready = ready
         await self.publish()
 
-    async def set_live(self, live: bool) -> None:
-        """Liveness SERVING or NOT_SERVING."""
-        self._live = live
+    async def set_live(self, live: bool, *, part: str = "process") -> None:
+        """Report whether ``part`` can make progress.
+
+        Liveness is SERVING only while every part is live, so a background loop
+        that gave up and a stalled engine each hold it down on their own.
+        """
+        if live:
+            self._down.discard(part)
+        else:
+            self._down.add(part)
         await self.publish()
 
     async def shutdown(self) -> None:

@@ -227,7 +227,7 @@ async def pg_vector_recall(
     import psycopg
     from psycopg.types import TypeInfo
 
-    from llmesh_memory.store.postgres import _VectorDumper
+    from llmesh_memory.store.postgres import VectorDumper as _VectorDumper
 
     hits = 0
     times = []

@@ -1,0 +1,151 @@
+"""PostgreSQL search: pgvector (HNSW or exact) and tsvector GIN candidates in one statement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from ...scoring import CorpusStats
+from ..base import Candidate, MemoryRecord, SearchQuery, SearchResult, keyword_terms
+from .sessions import LIVE
+
+MIN_HNSW_SHARE = 0.2
+# Keyword matches are ranked in SQL only when the picked terms match at most this many.
+KEYWORD_RANK_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class VectorPlan:
+    """How vector candidates are searched: ``ef_search`` and when to search exactly."""
+
+    ef_search: int = 400
+    exact_search_max_rows: int = 2_000
+
+    def hnsw_ef(self, docs: int, table_rows: float, filtered: bool) -> int | None:
+        """``ef_search`` for an HNSW search of a namespace, or None to search it exactly.
+
+        HNSW filters by namespace *after* the graph search, so it is used only when the
+        namespace is large and holds a good share of all rows; ``ef_search`` grows as
+        the share shrinks, so enough of the graph's candidates survive the filter.
+        """
+        if filtered or docs <= self.exact_search_max_rows:
+            return None
+        share = docs / max(table_rows, float(docs))
+        if share < MIN_HNSW_SHARE:
+            return None
+        return min(1000, int(self.ef_search / share))
+
+
+def tsquery(namespace: str, terms: Sequence[str]) -> str:
+    """A tsquery: the namespace's lexeme AND any of ``terms`` (each quoted literally)."""
+    any_term = " | ".join("'" + t.replace("\\", "\\\\").replace("'", "''") + "'" for t in terms)
+    marker = "ns:" + hashlib.md5(namespace.encode(), usedforsecurity=False).hexdigest()
+    return f"'{marker}' & ({any_term})"
+
+
+async def search(
+    conn: AsyncConnection[Any],
+    namespace: str,
+    query: SearchQuery,
+    *,
+    now: float,
+    plan: VectorPlan,
+) -> SearchResult:
+    """Vector and keyword candidates (their union, exact cosine for each) and term stats."""
+    params: dict[str, Any] = {
+        "ns": namespace,
+        "now": now,
+        "n": query.limit,
+        "q": query.vector,
+        "filter": json.dumps(dict(query.metadata_filter)),
+    }
+    filt = " AND metadata @> %(filter)s::jsonb" if query.metadata_filter else ""
+    stats, table_rows = await corpus_stats(conn, namespace, query.terms)
+    parts: list[str] = []
+    settings = ["SET LOCAL enable_seqscan = off"]  # GIN / HNSW, never a full scan
+    if query.vector is not None and stats.docs:
+        ef = plan.hnsw_ef(stats.docs, table_rows, bool(query.metadata_filter))
+        if ef is None:  # small namespace (or filtered): exact, over its rows only
+            parts.append(
+                "(WITH c AS MATERIALIZED (SELECT id, embedding <=> %(q)s AS d "
+                "FROM memories WHERE namespace = %(ns)s AND embedding IS NOT NULL AND "
+                + LIVE
+                + filt
+                + ") SELECT id FROM c ORDER BY d LIMIT %(n)s)"
+            )
+        else:
+            settings.append(f"SET LOCAL hnsw.ef_search = {ef}")
+            parts.append(
+                "(SELECT id FROM memories WHERE namespace = %(ns)s AND "
+                + LIVE
+                + " ORDER BY embedding <=> %(q)s LIMIT %(n)s)"
+            )
+    picking = keyword_terms(query, stats)
+    if picking:
+        params["tsq"] = tsquery(namespace, picking)
+        # Ranking every match costs a heap read each; when the picked terms match
+        # many memories (only one common term picked), any of them will do: all
+        # candidates are scored with BM25 below anyway.
+        matched = sum(stats.df[t] for t in picking)
+        order = (
+            " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC" if matched <= KEYWORD_RANK_MAX else ""
+        )
+        # The namespace is matched through its lexeme (one GIN lookup); the outer
+        # query checks the namespace column as well.
+        parts.append(
+            "(SELECT id FROM memories WHERE tsv @@ %(tsq)s::tsquery AND "
+            + LIVE
+            + filt
+            + order
+            + " LIMIT %(n)s)"
+        )
+    candidates: list[Candidate] = []
+    if parts:
+        await conn.execute("; ".join(settings))
+        # One statement: both candidate lists, then their rows with exact cosine.
+        cur = await conn.execute(
+            "SELECT id, text, metadata, created_at, expires_at, embedding IS NOT NULL, "
+            "terms, CASE WHEN embedding IS NULL OR %(q)s::vector IS NULL THEN NULL "
+            "ELSE 1 - (embedding <=> %(q)s) END FROM memories "
+            "WHERE namespace = %(ns)s AND id IN (" + " UNION ".join(parts) + ")",
+            params,
+        )
+        for row in await cur.fetchall():
+            record = MemoryRecord(
+                id=row[0],
+                text=row[1],
+                metadata=row[2],
+                created_at=row[3],
+                expires_at=row[4],
+                embedded=bool(row[5]),
+            )
+            semantic = None if row[7] is None else float(row[7])
+            candidates.append(Candidate(record, semantic, row[6]))
+    return SearchResult(candidates, stats)
+
+
+async def corpus_stats(
+    conn: AsyncConnection[Any], namespace: str, terms: Sequence[str]
+) -> tuple[CorpusStats, float]:
+    """The namespace's term statistics and the table's estimated row count."""
+    cur = await conn.execute(
+        "SELECT (SELECT docs FROM namespace_stats WHERE namespace = %(ns)s), "
+        "(SELECT total_terms FROM namespace_stats WHERE namespace = %(ns)s), "
+        "(SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'memories'::regclass), "
+        "(SELECT array_agg(term ORDER BY term) FROM term_stats "
+        " WHERE namespace = %(ns)s AND term = ANY(%(terms)s)), "
+        "(SELECT array_agg(df ORDER BY term) FROM term_stats "
+        " WHERE namespace = %(ns)s AND term = ANY(%(terms)s))",
+        {"ns": namespace, "terms": list(terms)},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    docs, total, rows, names, counts = row
+    df = {str(t): int(c) for t, c in zip(names or (), counts or (), strict=True)}
+    stats = CorpusStats(docs=int(docs or 0), total_terms=int(total or 0), df=df)
+    return stats, float(rows or 0)

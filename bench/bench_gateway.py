@@ -391,7 +391,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     """CPU microseconds per request of the gateway's own steps, in-process, no network:
     authentication (cached key), validation, rate-limit admission (two buckets, a stream
     slot, the refund), worker choice and upstream request building."""
-    from llmesh.kernel.channels import call_options
+    from llmesh.kernel.upstream import OutboundCall
     from llmesh.kernel.context import RequestContext, set_request
     from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, registry_pb2
     from llmesh_gateway import validation
@@ -445,14 +445,11 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
             async with limiter.stream_slot(principal):
                 worker = balancer.choose(request.model)
                 balancer.started(worker.worker_id)
-                call_options()
+                outbound = OutboundCall("llmesh.v1.InferenceService/Generate")
                 inference_pb2.InferenceServiceGenerateRequest(
-                    model=request.model,
-                    prompt=request.prompt,
-                    messages=request.messages,
-                    sampling=request.sampling,
-                    request_id="r",
+                    model=request.model, prompt=request.prompt, sampling=request.sampling
                 )
+                outbound.finish()
                 balancer.finished(worker.worker_id)
             await limiter.settle_tokens(principal, charged, 1)
         per_request = (time.process_time() - started) / iterations * 1e6

@@ -1,9 +1,10 @@
 """Channels for calls between services.
 
-Every call made through :func:`create_channel` carries the caller's remaining
-deadline (minus a margin), its request id and W3C trace context, retries
-``UNAVAILABLE`` on idempotent methods per the service config, and keeps the
-connection alive. TLS (mTLS with a client certificate) when configured.
+A channel from :func:`create_channel` retries ``UNAVAILABLE`` on idempotent methods
+per the service config, keeps the connection alive, and speaks TLS (mTLS with a
+client certificate) when configured. It has no client interceptors: calls go
+through :mod:`llmesh.kernel.upstream`, which passes the remaining deadline, request
+id and trace context per call and translates the peer's errors.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import propagate
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from llmesh.kernel.config import ClientTlsSettings
-from llmesh.kernel.context import current_request, outbound_timeout
-from llmesh.kernel.interceptors import REQUEST_ID_KEY
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -40,46 +37,6 @@ def service_config(*, non_idempotent: Sequence[tuple[str, str]] = (), max_attemp
     return json.dumps({"methodConfig": configs})
 
 
-def call_options() -> tuple[float | None, list[tuple[str, str]]]:
-    """Timeout and metadata for a call made now on a lean channel (``intercept=False``).
-
-    The caller's remaining deadline (minus the kernel's margin), its request id and
-    the W3C trace context of the current span: what the interceptors of a full
-    channel add, for hot paths that pass them per call instead.
-    """
-    metadata: dict[str, str] = {}
-    propagate.inject(metadata)
-    ctx = current_request()
-    if ctx is not None:
-        metadata[REQUEST_ID_KEY] = ctx.request_id
-    return outbound_timeout(), list(metadata.items())
-
-
-def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    timeout = outbound_timeout(details.timeout)
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    ctx = current_request()
-    if ctx is not None and REQUEST_ID_KEY not in metadata:
-        metadata.add(REQUEST_ID_KEY, ctx.request_id)
-    return grpc.aio.ClientCallDetails(
-        method=details.method,
-        timeout=timeout,
-        metadata=metadata,
-        credentials=details.credentials,
-        wait_for_ready=details.wait_for_ready,
-    )
-
-
-class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc,type-arg]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_context(details), request)
-
-
-class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc,type-arg]
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_context(details), request)
-
-
 def channel_credentials(tls: ClientTlsSettings) -> grpc.ChannelCredentials:
     """Credentials trusting ``tls.ca_file``, presenting a client certificate if set."""
     root = tls.ca_file.read_bytes() if tls.ca_file else None
@@ -97,14 +54,11 @@ def create_channel(
     non_idempotent: Sequence[tuple[str, str]] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     keepalive_time_s: float = 30.0,
-    intercept: bool = True,
     retries: bool = True,
 ) -> grpc.aio.Channel:
-    """An aio channel to ``target`` (host:port) for calls made while serving a request.
+    """An aio channel to ``target`` (host:port); call it through :mod:`llmesh.kernel.upstream`.
 
-    ``intercept=False`` gives a lean channel without client interceptors (grpc.aio's
-    interceptor machinery costs ~0.2 ms per streamed call): pass :func:`call_options`
-    with every call on it. ``retries=False`` for callers that fail over themselves.
+    ``retries=False`` for callers that fail over themselves.
     """
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -120,12 +74,6 @@ def create_channel(
         options.append(("grpc.enable_retries", 0))
     if tls is not None and tls.server_name_override:
         options.append(("grpc.ssl_target_name_override", tls.server_name_override))
-    interceptors: list[Any] = []
-    if intercept:
-        tracing = aio_client_interceptors()  # type: ignore[no-untyped-call]
-        interceptors = [_UnaryUnary(), _UnaryStream(), *tracing]
     if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(
-            target, channel_credentials(tls), options=options, interceptors=interceptors or None
-        )
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
+        return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+    return grpc.aio.insecure_channel(target, options=options)

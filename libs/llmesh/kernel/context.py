@@ -56,14 +56,18 @@ def remaining_s() -> float | None:
     return None if ctx is None else ctx.remaining_s()
 
 
-def outbound_timeout(default_s: float | None = None) -> float | None:
+def outbound_timeout(default_s: float | None = None, *, share: float | None = None) -> float | None:
     """Timeout for a call made now on behalf of the current request.
 
-    The caller's remaining time minus a small margin; ``default_s`` when there is
-    no caller deadline; the smaller of the two when both exist.
+    The one place deadlines are divided: the caller's remaining time minus a small
+    margin, times ``share`` when the call is one branch of a fan-out that must leave
+    time for the rest; ``default_s`` (a cap) when there is no caller deadline; the
+    smaller of the two when both exist.
     """
     left = remaining_s()
     if left is None:
         return default_s
     budget = max(0.001, left - OUTBOUND_MARGIN_S)
+    if share is not None:
+        budget = max(0.001, budget * share)
     return budget if default_s is None else min(budget, default_s)

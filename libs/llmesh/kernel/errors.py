@@ -14,6 +14,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from llmesh.kernel.reasons import ErrorReason
+
 DOMAIN = "llmesh.dev"
 
 
@@ -42,7 +44,7 @@ class LlmeshError(Exception):
     """Base of every domain error. Subclasses fix the status code."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    default_reason: str = "INTERNAL"
+    default_reason: str = ErrorReason.INTERNAL
 
     def __init__(
         self,
@@ -116,77 +118,84 @@ class InvalidArgument(LlmeshError):
     """The request is malformed; ``field_violations`` name each bad field."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = ErrorReason.INVALID_ARGUMENT
 
 
 class NotFound(LlmeshError):
     """The named thing does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    default_reason = ErrorReason.NOT_FOUND
 
 
 class AlreadyExists(LlmeshError):
     """The thing to create exists already."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
+    default_reason = ErrorReason.ALREADY_EXISTS
 
 
 class FailedPrecondition(LlmeshError):
     """The system is not in a state that allows the operation."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
+    default_reason = ErrorReason.FAILED_PRECONDITION
 
 
 class Aborted(LlmeshError):
     """A concurrency conflict (e.g. a stale ``expected_version``)."""
 
     code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
+    default_reason = ErrorReason.ABORTED
 
 
 class ResourceExhausted(LlmeshError):
     """A queue, quota or budget is full; set ``retry_after_s``."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
+    default_reason = ErrorReason.RESOURCE_EXHAUSTED
 
 
 class Unavailable(LlmeshError):
     """A dependency is down or the service is shutting down; retryable."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    default_reason = ErrorReason.UNAVAILABLE
 
 
 class DeadlineExceeded(LlmeshError):
     """The caller's deadline passed before the work finished."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    default_reason = ErrorReason.DEADLINE_EXCEEDED
 
 
 class Unauthenticated(LlmeshError):
     """Credentials are missing or invalid."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    default_reason = ErrorReason.UNAUTHENTICATED
 
 
 class PermissionDenied(LlmeshError):
     """The principal lacks the role or tenant for this call."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    default_reason = ErrorReason.PERMISSION_DENIED
 
 
 class Cancelled(LlmeshError):
     """The caller cancelled."""
 
     code = grpc.StatusCode.CANCELLED
-    default_reason = "CANCELLED"
+    default_reason = ErrorReason.CANCELLED
+
+
+class OutOfRange(LlmeshError):
+    """A value is past the end of a valid range (e.g. a page beyond the last)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
 
 
 def invalid(field_name: str, description: str) -> InvalidArgument:

@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import trace
 
 from llmesh.kernel.channels import create_channel
+from llmesh.kernel.upstream import unary
 from llmesh.kernel.config import ServiceSettings, load_settings, service_settings_config
 from llmesh.kernel.context import current_request, remaining_s
 from llmesh.kernel.errors import invalid
@@ -60,8 +61,10 @@ def make_servicer(pb: ModuleType, pb_grpc: ModuleType) -> Any:
             )
             if request.next_hop:
                 async with create_channel(request.next_hop) as channel:
-                    hop = await pb_grpc.EchoServiceStub(channel).Echo(
-                        pb.EchoRequest(message=request.message)
+                    hop = await unary(
+                        pb_grpc.EchoServiceStub(channel).Echo,
+                        pb.EchoRequest(message=request.message),
+                        what="calling the next hop",
                     )
                 response.hop.CopyFrom(hop)
             return response

@@ -1,0 +1,121 @@
+"""The kernel's upstream client against a real echo server: deadlines, the error table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pytest
+
+from llmesh.kernel import errors
+from llmesh.kernel.config import load_settings
+from llmesh.kernel.context import RequestContext, outbound_timeout, reset_request, set_request
+from llmesh.kernel.server import ServiceHost
+from llmesh.kernel.upstream import Share, server_stream, unary
+from llmesh.testing.servers import free_port
+
+
+@pytest.fixture
+async def echo(echo_pb: tuple[ModuleType, ModuleType]) -> AsyncIterator[ServiceHost]:
+    from kerneltest.echo_server import SERVICE, EchoSettings, setup_for
+
+    host = ServiceHost(
+        load_settings(EchoSettings, default_deadline_s=7.0, max_deadline_s=20.0),
+        service_names=[SERVICE],
+    )
+    await setup_for(*echo_pb)(host).__aenter__()
+    await host.start()
+    yield host
+    await host.stop(0)
+
+
+@pytest.fixture
+async def stub(echo_pb: tuple[ModuleType, ModuleType], echo: ServiceHost) -> AsyncIterator[Any]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
+        yield echo_pb[1].EchoServiceStub(channel)
+
+
+def test_deadline_share_is_bounded_by_fraction_and_cap() -> None:
+    import time
+
+    token = set_request(RequestContext("r", "/m", deadline=time.monotonic() + 10.0))
+    try:
+        share = outbound_timeout(1.5, share=0.2)
+        assert share == pytest.approx(1.5, abs=0.01)  # the cap
+        assert outbound_timeout(5.0, share=0.2) == pytest.approx(2.0, abs=0.05)  # 20 %
+        assert outbound_timeout() == pytest.approx(9.98, abs=0.05)  # remaining - margin
+    finally:
+        reset_request(token)
+    assert outbound_timeout(3.0, share=0.2) == 3.0  # no caller deadline: the cap
+
+
+async def test_peer_client_fault_keeps_its_code_and_details_without_retry_info(
+    echo_pb: tuple[ModuleType, ModuleType], stub: Any
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as err:
+        await unary(stub.Echo, echo_pb[0].EchoRequest(fail_field="name"), what="echoing")
+    assert err.value.retry_after_s is None
+    assert [v.field for v in err.value.field_violations] == ["name"]
+
+
+async def test_peer_internal_error_is_unavailable_without_its_text(
+    echo_pb: tuple[ModuleType, ModuleType], stub: Any
+) -> None:
+    with pytest.raises(errors.Unavailable) as err:
+        await unary(stub.Echo, echo_pb[0].EchoRequest(crash=True), what="echoing")
+    assert err.value.reason == "UPSTREAM_ERROR"
+    assert err.value.retry_after_s is not None
+    assert "secret" not in err.value.message and "127.0.0.1" not in err.value.message
+
+
+async def test_unreachable_peer_is_unavailable_with_retry_info_and_no_address(
+    echo_pb: tuple[ModuleType, ModuleType],
+) -> None:
+    port = free_port()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = echo_pb[1].EchoServiceStub(channel)
+        with pytest.raises(errors.Unavailable) as err:
+            await unary(stub.Echo, echo_pb[0].EchoRequest(), what="echoing", timeout_s=2)
+    assert err.value.retry_after_s is not None
+    status = err.value.to_status()
+    assert str(port) not in status.message
+
+
+async def test_share_bounds_a_hung_call_not_the_whole_deadline(
+    echo_pb: tuple[ModuleType, ModuleType], stub: Any
+) -> None:
+    import time
+
+    token = set_request(RequestContext("r", "/m", deadline=time.monotonic() + 10.0))
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.DeadlineExceeded) as err:
+            await unary(
+                stub.Echo,
+                echo_pb[0].EchoRequest(sleep_ms=5000),
+                what="echoing",
+                share=Share(0.2, 0.3),
+            )
+    finally:
+        reset_request(token)
+    assert time.monotonic() - started < 1.0
+    assert err.value.retry_after_s is None
+
+
+async def test_deadline_mid_stream_is_deadline_exceeded_with_tokens_delivered(
+    echo_pb: tuple[ModuleType, ModuleType], stub: Any
+) -> None:
+    received = 0
+    with pytest.raises(errors.DeadlineExceeded) as err:
+        async for _message in server_stream(
+            stub.EchoStream,
+            echo_pb[0].EchoStreamRequest(count=100, interval_ms=20),
+            what="echoing",
+            timeout_s=0.3,
+        ):
+            received += 1
+    assert received > 0
+    assert err.value.metadata["tokens_delivered"] == str(received)
+    assert err.value.retry_after_s is None

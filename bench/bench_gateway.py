@@ -401,7 +401,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     from llmesh_gateway.balancer import Balancer
     from llmesh_gateway.ratelimit import InProcessBackend, Limits, RateLimiter
     from llmesh_gateway.registry_cache import RegistryCache
-    from llmesh_gateway.store import open_store
+    from llmesh_gateway.store_factory import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"sqlite:///{tmp}/gw.db")

@@ -60,7 +60,7 @@ def _when(seconds: float | None) -> str:
 async def _main(args: argparse.Namespace) -> int:
     from llmesh.kernel.errors import LlmeshError
     from llmesh_gateway.apikeys import ApiKeyManager
-    from llmesh_gateway.store import open_store
+    from llmesh_gateway.store_factory import open_store
 
     store = await open_store(_store_url(args))
     keys = ApiKeyManager(store, cache_ttl_s=0)

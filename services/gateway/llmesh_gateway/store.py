@@ -93,17 +93,3 @@ def decode_page_token(kind: str, token: str) -> int | None:
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise invalid("page_token", "not a token returned by this method") from exc
-
-
-async def open_store(url: str) -> GatewayStore:
-    """Open the store named by ``url``: ``sqlite:///path`` or ``postgresql://...``."""
-    if url.startswith("sqlite:///") or url == "sqlite://:memory:":
-        from llmesh_gateway.store_sqlite import SqliteStore
-
-        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
-        return SqliteStore.open(path)
-    if url.startswith(("postgresql://", "postgres://")):
-        from llmesh_gateway.store_postgres import PostgresStore
-
-        return await PostgresStore.open(url)
-    raise ValueError(f"store url must start with sqlite:/// or postgresql://, got {url[:16]!r}")

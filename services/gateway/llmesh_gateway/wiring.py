@@ -29,7 +29,7 @@ from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
 from llmesh_gateway.router import Router
 from llmesh_gateway.servicer import GatewayServicer
 from llmesh_gateway.settings import GatewaySettings
-from llmesh_gateway.store import open_store
+from llmesh_gateway.store_factory import open_store
 from llmesh_gateway.upstream import ChannelPool
 
 SERVICE_NAMES = ("llmesh.v1.GatewayService", "llmesh.v1.AdminService")

@@ -14,8 +14,8 @@ from llmesh_gateway.store import (
     GatewayStore,
     decode_page_token,
     encode_page_token,
-    open_store,
 )
+from llmesh_gateway.store_factory import open_store
 
 
 class Clock:

@@ -29,8 +29,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from llmesh.supervisor.mesh import LocalMesh, mesh_options
+from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
-from llmesh.testing.servers import free_port, wait_for_port
 from llmesh.v1 import (
     common_pb2,
     gateway_pb2,
@@ -71,27 +72,24 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 @dataclass
 class Proc:
+    """One child of the mesh, as the tests below handle it."""
+
+    mesh: LocalMesh
     name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.mesh.port(self.name)
+
+    @property
+    def log(self) -> Path:
+        return self.mesh.log(self.name)
 
     def start(self) -> None:
-        handle = self.log.open("ab")
-        self.process = subprocess.Popen(
-            self.args, env=self.env, stdout=handle, stderr=subprocess.STDOUT
-        )
+        self.mesh.spawn(self.name)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.mesh.stop(self.name, sig=sig)
 
 
 @dataclass
@@ -113,19 +111,6 @@ class Mesh:
         return total
 
 
-def _env(tmp: Path, service: str, otlp: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "LLMESH_HOME": str(tmp),
-            f"LLMESH_{service.upper()}_OTLP_ENDPOINT": otlp,
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
 def _register(registry: str, worker_id: str, port: int) -> None:
     with grpc.insecure_channel(registry) as channel:
         registry_pb2_grpc.RegistryServiceStub(channel).Register(
@@ -143,28 +128,16 @@ def _register(registry: str, worker_id: str, port: int) -> None:
         )
 
 
-def _wait_ready(address: str, timeout_s: float = 90.0) -> None:
-    def ready() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="readiness"), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    wait_until(ready, timeout_s=timeout_s, interval_s=0.1, what=f"{address} ready")
-
-
-def _create_key(tmp: Path, role: str, tenant: str) -> str:
-    out = subprocess.run(
-        [*LLMESH, "keys", "--data-dir", str(tmp), "create", "--role", role, "--tenant", tenant],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "LLMESH_HOME": str(tmp)},
-    )
-    return out.stdout.decode().strip()
+def _gateway_env(tmp: Path) -> dict[str, str]:
+    return {
+        "LLMESH_GATEWAY_JWT__HS256_SECRET_FILE": str(tmp / "jwt.secret"),
+        "LLMESH_GATEWAY_JWT__AUDIENCE": "llmesh",
+        "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
+        "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "120",
+        "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
+        "LLMESH_GATEWAY_ROUTING__BREAKER_THRESHOLD": "3",
+        "LLMESH_GATEWAY_ROUTING__BREAKER_COOLDOWN_S": "3.0",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -177,118 +150,44 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
     otlp_server.start()
     (tmp / "jwt.secret").write_bytes(JWT_SECRET)
 
-    ports = {n: free_port() for n in ("registry", "memory", "w0", "w1", "gateway", "metrics")}
-    procs: list[Proc] = []
-    registry = Proc(
-        "registry",
-        [
-            *LLMESH,
-            "serve",
-            "registry",
-            "--port",
-            str(ports["registry"]),
-            "--lease-ttl-ms",
-            "600000",
-            "--evict-after-ms",
-            "600000",
-        ],
-        _env(tmp, "registry", otlp),
-        tmp / "registry.log",
-        ports["registry"],
+    # The plan of `llmesh up`, two workers and no registrar: workers are registered below
+    # with a long lease, so a killed worker stays READY in the registry.
+    workers = {"w0": "inference", "w1": "inference-1"}
+    options = mesh_options(
+        tmp,
+        models_dir=tiny_model_dir,
+        default_model=MODEL,
+        services=("registry", "inference", "memory", "gateway"),
+        workers=2,
+        metrics=("gateway",),
+        args={
+            "registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"],
+            **{
+                name: ["--max-batch-size", "4", "--data-dir", str(tmp / wid)]
+                for wid, name in workers.items()
+            },
+        },
+        env={"gateway": _gateway_env(tmp)},
     )
-    workers = {
-        wid: Proc(
-            wid,
-            [
-                *LLMESH,
-                "serve",
-                "inference",
-                "--port",
-                str(ports[wid]),
-                "--models-dir",
-                str(tiny_model_dir),
-                "--default-model",
-                MODEL,
-                "--data-dir",
-                str(tmp / wid),
-                "--max-batch-size",
-                "4",
-            ],
-            _env(tmp, "inference", otlp),
-            tmp / f"{wid}.log",
-            ports[wid],
-        )
-        for wid in ("w0", "w1")
-    }
-    memory = Proc(
-        "memory",
-        [
-            *LLMESH,
-            "serve",
-            "memory",
-            "--port",
-            str(ports["memory"]),
-            "--data-dir",
-            str(tmp / "memory"),
-            "--embedder",
-            f"127.0.0.1:{ports['w0']}",
-        ],
-        _env(tmp, "memory", otlp),
-        tmp / "memory.log",
-        ports["memory"],
-    )
-    gateway_env = _env(tmp, "gateway", otlp)
-    gateway_env.update(
-        {
-            "LLMESH_GATEWAY_JWT__HS256_SECRET_FILE": str(tmp / "jwt.secret"),
-            "LLMESH_GATEWAY_JWT__AUDIENCE": "llmesh",
-            "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
-            "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "120",
-            "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
-            "LLMESH_GATEWAY_ROUTING__BREAKER_THRESHOLD": "3",
-            "LLMESH_GATEWAY_ROUTING__BREAKER_COOLDOWN_S": "3.0",
-        }
-    )
-    gateway = Proc(
-        "gateway",
-        [
-            *LLMESH,
-            "serve",
-            "gateway",
-            "--port",
-            str(ports["gateway"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--data-dir",
-            str(tmp),
-            "--registry",
-            f"127.0.0.1:{ports['registry']}",
-            "--memory",
-            f"127.0.0.1:{ports['memory']}",
-        ],
-        gateway_env,
-        tmp / "gateway.log",
-        ports["gateway"],
-    )
-    procs = [registry, *workers.values(), memory, gateway]
-    try:
-        for proc in procs:
-            proc.start()
-        for wid, proc in workers.items():
-            _wait_ready(f"127.0.0.1:{proc.port}")
-            _register(f"127.0.0.1:{ports['registry']}", wid, proc.port)
-        _wait_ready(f"127.0.0.1:{ports['gateway']}", timeout_s=30)
-        wait_for_port(ports["memory"])
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+        local.start(wait=False)
+        for wid, name in workers.items():
+            local.wait_ready(name)
+            _register(local.address("registry"), wid, local.port(name))
+        for name in ("registry", "memory", "gateway"):
+            local.wait_ready(name)
         mesh = Mesh(
-            gateway=f"127.0.0.1:{ports['gateway']}",
-            registry=f"127.0.0.1:{ports['registry']}",
-            workers=workers,
-            procs=procs,
-            metrics_port=ports["metrics"],
+            gateway=local.address("gateway"),
+            registry=local.address("registry"),
+            workers={wid: Proc(local, name) for wid, name in workers.items()},
+            procs=[Proc(local, name) for name in local.specs],
+            metrics_port=options.metrics_ports["gateway"] if options.metrics_ports else 0,
             collector=collector,
         )
         # Bootstrap: the first admin key straight into the store, the rest over the API.
-        mesh.keys = {"admin": _create_key(tmp, "admin", "ops")}
+        mesh.keys = {"admin": local.create_key(role="admin", tenant="ops")}
         with grpc.insecure_channel(mesh.gateway) as channel:
             admin = gateway_pb2_grpc.AdminServiceStub(channel)
             for name, tenant in (
@@ -304,11 +203,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
                     metadata=_meta(mesh.keys["admin"]),
                     timeout=10,
                 ).api_key
-        yield mesh
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        otlp_server.stop(0)
+        try:
+            yield mesh
+        finally:
+            otlp_server.stop(0)
 
 
 def _meta(key: str) -> tuple[tuple[str, str], ...]:
@@ -672,7 +570,7 @@ async def test_failover_and_breaker_when_a_worker_dies(mesh: Mesh) -> None:
 
         # The worker comes back on the same address; after the cooldown a probe closes it.
         mesh.workers["w0"].start()
-        _wait_ready(f"127.0.0.1:{mesh.workers['w0'].port}")
+        mesh.workers["w0"].mesh.wait_ready("inference")
 
         async def served_by_w0() -> bool:
             reply = await stub.Generate(

@@ -1,10 +1,15 @@
-"""What ``llmesh up`` runs: one :class:`ServiceSpec` per child, on loopback."""
+"""What a local mesh runs: one :class:`ServiceSpec` per child, on loopback.
+
+The single description of a local mesh (which services, their ports, flags and
+environment), used by ``llmesh up`` (supervised, restarts) and by tests and benchmarks
+(:mod:`llmesh.supervisor.mesh`, no restarts) alike.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +49,8 @@ class ServiceSpec:
     # How long it may take to become ready (inference loads a model).
     start_timeout_s: float = 120.0
     env: dict[str, str] = field(default_factory=dict)
+    # Which service it runs (``inference`` for the workers ``inference``, ``inference-1`` ...).
+    kind: str = ""
 
     @property
     def address(self) -> str:
@@ -64,6 +71,13 @@ class PlanOptions:
     )
     embeddings: bool = True
     log_level: str = "INFO"
+    # Inference workers: ``inference``, then ``inference-1``, ``inference-2`` ... each with
+    # its registrar (``registrar``, ``registrar-1`` ...) when registrars are in ``services``.
+    workers: int = 1
+    # Extra flags per child name, after the plan's own (a repeated flag overrides it).
+    args: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Extra environment per child name.
+    env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def installed(service: str) -> bool:
@@ -83,48 +97,73 @@ def llmesh_command(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "llmesh.cli.main", *args)
 
 
+def worker_name(index: int, kind: str = "inference") -> str:
+    """``inference`` / ``registrar`` for the first worker, ``inference-<i>`` ... after."""
+    return kind if index == 0 else f"{kind}-{index}"
+
+
+def child_names(services: Sequence[str], workers: int = 1) -> list[str]:
+    """The children of a plan, in start order."""
+    names: list[str] = []
+    for kind in ALL_SERVICES:
+        if kind not in services:
+            continue
+        if kind in ("inference", "registrar"):
+            names += [worker_name(i, kind) for i in range(workers)]
+        else:
+            names.append(kind)
+    return names
+
+
 def build_plan(options: PlanOptions) -> list[ServiceSpec]:
     """The children to start, in start order."""
-    wanted = [name for name in ALL_SERVICES if name in options.services]
     ports = options.ports
     logs = options.home / "logs"
-
-    def common(name: str) -> list[str]:
-        args = ["--port", str(ports[name])]
-        if options.metrics_ports is not None:
-            args += ["--metrics-port", str(options.metrics_ports[name])]
-        return args
+    names = child_names(options.services, options.workers)
 
     def address(name: str) -> str:
         return f"127.0.0.1:{ports[name]}"
 
-    specs: list[ServiceSpec] = []
-    for name in wanted:
-        args: list[str] = ["serve", name, *common(name)]
-        timeout = 60.0
-        if name == "inference":
-            args += [
+    def flags(name: str, kind: str) -> tuple[list[str], float]:
+        """The service's own flags and its start timeout."""
+        if kind == "inference":
+            args = [
                 "--models-dir", str(options.models_dir),
                 "--default-model", options.default_model,
             ]  # fmt: skip
             if not options.embeddings:
                 args.append("--no-embeddings")
-            timeout = 300.0
-        elif name == "registrar":
-            args += [
-                "--worker", address("inference"),
+            return args, 300.0
+        if kind == "registrar":
+            worker = name.replace("registrar", "inference", 1)
+            return [
+                "--worker", address(worker),
                 "--registry", address("registry"),
-                "--worker-id", f"local-{ports['inference']}",
-            ]  # fmt: skip
-        elif name == "memory":
-            args += ["--data-dir", str(options.home / "memory"), "--embedder", address("inference")]
-        elif name == "gateway":
-            args += [
-                # The key store at <home>/gateway.db, where `llmesh keys` looks by default.
-                "--data-dir", str(options.home),
-                "--registry", address("registry"),
-                "--memory", address("memory"),
-            ]  # fmt: skip
+                "--worker-id", f"local-{ports[worker]}",
+            ], 60.0  # fmt: skip
+        if kind == "memory":
+            args = ["--data-dir", str(options.home / "memory")]
+            if "inference" in names:
+                args += ["--embedder", address("inference")]
+            return args, 60.0
+        if kind == "gateway":
+            # The key store at <home>/gateway.db, where `llmesh keys` looks by default.
+            args = ["--data-dir", str(options.home)]
+            if "registry" in names:
+                args += ["--registry", address("registry")]
+            if "memory" in names:
+                args += ["--memory", address("memory")]
+            return args, 60.0
+        return [], 60.0
+
+    specs: list[ServiceSpec] = []
+    for name in names:
+        kind = name.split("-", 1)[0]
+        args = ["serve", kind, "--port", str(ports[name])]
+        if options.metrics_ports is not None and name in options.metrics_ports:
+            args += ["--metrics-port", str(options.metrics_ports[name])]
+        own, timeout = flags(name, kind)
+        args += [*own, *options.args.get(name, ())]
         specs.append(
             ServiceSpec(
                 name=name,
@@ -133,7 +172,11 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
                 log_file=logs / f"{name}.log",
                 start_timeout_s=timeout,
                 # Settings every service reads from its environment.
-                env={f"LLMESH_{name.upper()}_LOG_LEVEL": options.log_level},
+                env={
+                    f"LLMESH_{kind.upper()}_LOG_LEVEL": options.log_level,
+                    **options.env.get(name, {}),
+                },
+                kind=kind,
             )
         )
     return specs

@@ -4,10 +4,6 @@ gone, and comes back with it. Processes: registry, inference, registrar, gateway
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,151 +11,55 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from llmesh.supervisor.mesh import LocalMesh, mesh_options, readiness
+from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
-from llmesh.testing.servers import free_port
 from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 MODEL = "tiny-llama-test"
-LLMESH = [sys.executable, "-m", "llmesh.cli.main"]
 
 
 @dataclass
 class Running:
     gateway: str
     key: str
-    worker_args: list[str]
-    env: dict[str, str]
-    log: Path
-    procs: dict[str, subprocess.Popen[bytes]]
-
-    def spawn(self, name: str, args: list[str]) -> None:
-        out = self.log.with_name(f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=out)
+    mesh: LocalMesh
 
 
 def _status(address: str, service: str = "readiness") -> int:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1
-            )
-        except grpc.RpcError:
-            return -1
-        return int(reply.status)
+    return readiness(address, service=service)
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("e2e-registrar")
-    ports = {n: free_port() for n in ("registry", "worker", "registrar", "gateway")}
-    env = {**os.environ, "LLMESH_HOME": str(tmp), "PYTHONUNBUFFERED": "1"}
-    worker_args = [
-        *LLMESH,
-        "serve",
-        "inference",
-        "--port",
-        str(ports["worker"]),
-        "--models-dir",
-        str(tiny_model_dir),
-        "--default-model",
-        MODEL,
-        "--data-dir",
-        str(tmp / "worker"),
-    ]
-    state = Running(
-        gateway=f"127.0.0.1:{ports['gateway']}",
-        key="",
-        worker_args=worker_args,
-        env=env,
-        log=tmp / "x.log",
-        procs={},
+    options = mesh_options(
+        tmp,
+        models_dir=tiny_model_dir,
+        default_model=MODEL,
+        services=("registry", "inference", "registrar", "gateway"),
+        args={
+            "registry": ["--lease-ttl-ms", "1500", "--evict-after-ms", "60000"],
+            "inference": ["--data-dir", str(tmp / "worker")],
+            "registrar": ["--worker-id", "w-real", "--probe-timeout-s", "0.5"],
+        },
     )
-    try:
-        state.spawn(
-            "registry",
-            [
-                *LLMESH,
-                "serve",
-                "registry",
-                "--port",
-                str(ports["registry"]),
-                "--lease-ttl-ms",
-                "1500",
-                "--evict-after-ms",
-                "60000",
-            ],
-        )
-        state.spawn("worker", worker_args)
-        state.spawn(
-            "gateway",
-            [
-                *LLMESH,
-                "serve",
-                "gateway",
-                "--port",
-                str(ports["gateway"]),
-                "--data-dir",
-                str(tmp),
-                "--registry",
-                f"127.0.0.1:{ports['registry']}",
-            ],
-        )
-        state.key = (
-            subprocess.run(
-                [
-                    *LLMESH,
-                    "keys",
-                    "--data-dir",
-                    str(tmp),
-                    "create",
-                    "--role",
-                    "user",
-                    "--tenant",
-                    "t",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            .stdout.decode()
-            .strip()
+    with LocalMesh(build_plan(options), home=tmp) as mesh:
+        mesh.start("registry", "inference", "gateway", wait=False)
+        state = Running(
+            gateway=mesh.address("gateway"),
+            key=mesh.create_key(role="user", tenant="t"),
+            mesh=mesh,
         )
         # No worker is registered yet: the gateway is up but not ready.
         wait_until(lambda: _status(state.gateway, "liveness") == 1, timeout_s=60, what="live")
         assert _status(state.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
-        state.spawn(
-            "registrar",
-            [
-                *LLMESH,
-                "serve",
-                "registrar",
-                "--port",
-                str(ports["registrar"]),
-                "--worker",
-                f"127.0.0.1:{ports['worker']}",
-                "--registry",
-                f"127.0.0.1:{ports['registry']}",
-                "--worker-id",
-                "w-real",
-                "--probe-timeout-s",
-                "0.5",
-            ],
-        )
+        mesh.spawn("registrar")
         yield state
-    finally:
-        for proc in reversed(list(state.procs.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in state.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _generate(running: Running) -> Any:
@@ -179,8 +79,7 @@ def test_readiness_and_routing_follow_the_registrar(running: Running) -> None:
     assert _generate(running).worker_id == "w-real"
 
     # The worker dies: its registrar reports it, the gateway stops routing to it.
-    running.procs["worker"].send_signal(signal.SIGKILL)
-    running.procs["worker"].wait()
+    running.mesh.kill("inference")
 
     def refused() -> bool:
         try:
@@ -193,7 +92,7 @@ def test_readiness_and_routing_follow_the_registrar(running: Running) -> None:
     wait_until(lambda: _status(running.gateway) != serving, timeout_s=20, what="not ready")
 
     # It comes back: ready again and serving.
-    running.spawn("worker", running.worker_args)
+    running.mesh.spawn("inference")
     wait_until(lambda: _status(running.gateway) == serving, timeout_s=90, what="ready again")
 
     def served() -> bool:

@@ -19,6 +19,7 @@ from buf.validate import validate_pb2
 from google.protobuf import message as pb_message
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
+from llmesh.kernel.rulecheck import RuleChecker
 
 MALFORMED_REQUEST = "MALFORMED_REQUEST"
 Deserializer = Callable[[bytes], Any]
@@ -67,10 +68,16 @@ def field_path(path: validate_pb2.FieldPath) -> str:
 
 
 class RequestValidator:
-    """Checks requests against their ``buf.validate`` rules (rules compiled once per type)."""
+    """Checks requests against their ``buf.validate`` rules (rules compiled once per type).
+
+    A valid request costs a plain-Python pass of the standard rules
+    (``kernel.rulecheck``); ``protovalidate`` runs only to describe what is wrong, and
+    for message types with custom CEL rules.
+    """
 
     def __init__(self) -> None:
         self._validator = protovalidate.Validator()  # type: ignore[no-untyped-call]
+        self._fast = RuleChecker(lambda message: not self._validator.collect_violations(message))
 
     def violations(self, request: pb_message.Message) -> list[FieldViolation]:
         """Every rule ``request`` breaks, as field violations (empty: valid)."""
@@ -89,7 +96,7 @@ class RequestValidator:
 
     def check(self, request: Any) -> None:
         """Raise ``InvalidArgument`` (with ``BadRequest``) when ``request`` breaks a rule."""
-        if not isinstance(request, pb_message.Message):
+        if not isinstance(request, pb_message.Message) or self._fast.valid(request):
             return
         violations = self.violations(request)
         if not violations:

@@ -31,7 +31,6 @@ from typing import Any
 import grpc
 
 MODEL = "tiny-llama-test"
-LLMESH = [sys.executable, "-m", "llmesh.cli.main"]
 RESULTS = Path(__file__).parent / "results" / "gateway.json"
 GENERATE = "/llmesh.v1.InferenceService/Generate"
 
@@ -71,36 +70,6 @@ async def run_proxy(port: int, upstream: str) -> None:
 # --- the mesh ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    from llmesh.testing.servers import free_port as pick
-
-    return pick()
-
-
-def wait_serving(address: str, timeout_s: float = 120.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="readiness"), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{address} never became ready")
-
-
-def wait_port(port: int) -> None:
-    from llmesh.testing.servers import wait_for_port
-
-    wait_for_port(port, timeout_s=60)
-
-
 class Otlp:
     """A trace collector so the gateway's spans are really exported (and counted)."""
 
@@ -126,60 +95,46 @@ class Otlp:
         self.server.start()
 
 
-def start_mesh(tmp: Path, otlp_port: int) -> tuple[list[subprocess.Popen[bytes]], dict[str, Any]]:
+def start_mesh(tmp: Path, otlp_port: int) -> tuple[Any, dict[str, Any]]:
+    """Registry, one worker (registered with a long lease) and the gateway, from the plan
+    of ``llmesh up``; then the bare proxy in front of the same worker."""
+    from llmesh.supervisor.mesh import LocalMesh, free_port, mesh_options
+    from llmesh.supervisor.plan import build_plan
+    from llmesh.testing.servers import wait_for_port
     from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
     from llmesh_inference.tiny import init_tiny
 
     models = tmp / "models"
     init_tiny(models / MODEL, size="test")
-    ports = {n: free_port() for n in ("registry", "worker", "gateway", "proxy", "metrics")}
-    env = {**os.environ, "LLMESH_HOME": str(tmp), "PYTHONUNBUFFERED": "1"}
-    logs = tmp / "logs"
-    logs.mkdir()
-
-    def spawn(name: str, args: list[str], extra: dict[str, str] | None = None) -> Any:
-        out = (logs / f"{name}.log").open("wb")
-        return subprocess.Popen(args, env={**env, **(extra or {})}, stdout=out, stderr=out)
-
-    procs = [
-        spawn(
-            "registry",
-            [
-                *LLMESH,
-                "serve",
-                "registry",
-                "--port",
-                str(ports["registry"]),
-                "--lease-ttl-ms",
-                "3600000",
-                "--evict-after-ms",
-                "3600000",
-            ],
-        ),
-        spawn(
-            "worker",
-            [
-                *LLMESH,
-                "serve",
-                "inference",
-                "--port",
-                str(ports["worker"]),
-                "--models-dir",
-                str(models),
-                "--default-model",
-                MODEL,
-                "--log-level",
-                "WARNING",
-            ],
-        ),
-    ]
-    wait_serving(f"127.0.0.1:{ports['worker']}")
-    with grpc.insecure_channel(f"127.0.0.1:{ports['registry']}") as channel:
+    options = mesh_options(
+        tmp,
+        models_dir=models,
+        default_model=MODEL,
+        services=("registry", "inference", "gateway"),
+        metrics=("gateway",),
+        embeddings=False,
+        args={
+            "registry": ["--lease-ttl-ms", "3600000", "--evict-after-ms", "3600000"],
+            "inference": ["--log-level", "WARNING"],
+        },
+        env={
+            "gateway": {
+                "LLMESH_GATEWAY_OTLP_ENDPOINT": f"127.0.0.1:{otlp_port}",
+                # Limits on, but far above what the benchmark asks for.
+                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000000",
+                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "600000000",
+                "LLMESH_GATEWAY_RATE_LIMIT__CONCURRENT_STREAMS": "1024",
+            }
+        },
+    )
+    mesh = LocalMesh(build_plan(options), home=tmp)
+    mesh.start("registry", "inference")
+    with grpc.insecure_channel(mesh.address("registry")) as channel:
         registry_pb2_grpc.RegistryServiceStub(channel).Register(
             registry_pb2.RegisterRequest(
                 worker=common_pb2.WorkerInfo(
                     worker_id="bench-worker",
-                    address=f"127.0.0.1:{ports['worker']}",
+                    address=mesh.address("inference"),
                     models_loaded=[MODEL],
                     state=common_pb2.WORKER_STATE_READY,
                     capacity=16,
@@ -187,57 +142,24 @@ def start_mesh(tmp: Path, otlp_port: int) -> tuple[list[subprocess.Popen[bytes]]
             ),
             timeout=10,
         )
-    key = (
-        subprocess.run(
-            [*LLMESH, "keys", "--data-dir", str(tmp), "create", "--role", "user", "--tenant", "b"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        .stdout.decode()
-        .strip()
+    key = mesh.create_key(role="user", tenant="b")
+    mesh.start("gateway")
+    proxy_port = free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_gateway",
+            "--serve-proxy",
+            str(proxy_port),
+            mesh.address("inference"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    procs.append(
-        spawn(
-            "gateway",
-            [
-                *LLMESH,
-                "serve",
-                "gateway",
-                "--port",
-                str(ports["gateway"]),
-                "--metrics-port",
-                str(ports["metrics"]),
-                "--data-dir",
-                str(tmp),
-                "--registry",
-                f"127.0.0.1:{ports['registry']}",
-            ],
-            {
-                "LLMESH_GATEWAY_OTLP_ENDPOINT": f"127.0.0.1:{otlp_port}",
-                # Limits on, but far above what the benchmark asks for.
-                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000000",
-                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "600000000",
-                "LLMESH_GATEWAY_RATE_LIMIT__CONCURRENT_STREAMS": "1024",
-            },
-        )
-    )
-    procs.append(
-        spawn(
-            "proxy",
-            [
-                sys.executable,
-                "-m",
-                "bench.bench_gateway",
-                "--serve-proxy",
-                str(ports["proxy"]),
-                f"127.0.0.1:{ports['worker']}",
-            ],
-        )
-    )
-    wait_serving(f"127.0.0.1:{ports['gateway']}")
-    wait_port(ports["proxy"])
-    return procs, {"ports": ports, "key": key, "logs": logs}
+    wait_for_port(proxy_port, timeout_s=60)
+    ports = {"gateway": mesh.port("gateway"), "proxy": proxy_port}
+    return (mesh, proxy), {"ports": ports, "key": key, "log": mesh.log("gateway")}
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -391,8 +313,8 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     """CPU microseconds per request of the gateway's own steps, in-process, no network:
     authentication (cached key), validation, rate-limit admission (two buckets, a stream
     slot, the refund), worker choice and upstream request building."""
-    from llmesh.kernel.upstream import OutboundCall
     from llmesh.kernel.context import RequestContext, set_request
+    from llmesh.kernel.upstream import OutboundCall
     from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, registry_pb2
     from llmesh_gateway import validation
     from llmesh_gateway.apikeys import ApiKeyManager
@@ -473,21 +395,15 @@ def main(argv: list[str] | None = None) -> int:
     otlp = Otlp()
     with tempfile.TemporaryDirectory(prefix="llmesh-bench-gw-") as name:
         tmp = Path(name)
-        procs, info = start_mesh(tmp, otlp.port)
+        (mesh, proxy), info = start_mesh(tmp, otlp.port)
         try:
-            pids = {"gateway": procs[2].pid, "proxy": procs[3].pid}
+            pids = {"gateway": mesh.pid("gateway"), "proxy": proxy.pid}
             summary = asyncio.run(measure(args, info["ports"], info["key"], pids))
-            access_lines = sum(
-                1 for line in (info["logs"] / "gateway.log").open() if '"llmesh.access"' in line
-            )
+            access_lines = sum(1 for line in info["log"].open() if '"llmesh.access"' in line)
         finally:
-            for proc in reversed(procs):
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            proxy.send_signal(signal.SIGTERM)
+            proxy.wait(timeout=15)
+            mesh.close()
         otlp.server.stop(0)
     result = {
         "benchmark": "gateway",

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 from llmesh.kernel.context import outbound_timeout
 from llmesh.kernel.errors import FailedPrecondition, NotFound, Unavailable
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.tasks import SupervisedTask, Supervisor
 from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2
 from llmesh_registry.backend import RegistryBackend
@@ -136,6 +137,7 @@ class RedisBackend(RegistryBackend):
         history: int = 10_000,
         op_timeout_s: float = 2.0,
         sweep_batch: int = 500,
+        supervisor: Supervisor | None = None,
     ) -> None:
         super().__init__(policy, hub)
         self._url = url
@@ -149,7 +151,9 @@ class RedisBackend(RegistryBackend):
         self._redis: aioredis.Redis | None = None
         self._tail_redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._tail_task: asyncio.Task[None] | None = None
+        self._supervisor = supervisor or Supervisor()
+        self._tail_task: SupervisedTask | None = None
+        self._tail_last = 0  # last event revision published (a restarted tail resumes here)
         self._batcher: ScriptBatcher | None = None
         self._stopping = False
         self._block_ms = 250
@@ -179,7 +183,8 @@ class RedisBackend(RegistryBackend):
             start_rev = await self._current_revision()
         except RedisError as exc:
             log.warning("redis unavailable at start (%s); will keep trying", exc)
-        self._tail_task = asyncio.create_task(self._tail(start_rev), name="registry-redis-tail")
+        self._tail_last = start_rev
+        self._tail_task = self._supervisor.spawn("registry-redis-tail", self._tail)
 
     async def close(self) -> None:
         self._stopping = True
@@ -187,10 +192,10 @@ class RedisBackend(RegistryBackend):
         if task is not None:
             # The tail loop checks ``_stopping`` after every short blocking read;
             # cancelling a blocking XREAD can leave redis-py waiting on the socket.
-            await asyncio.wait({task}, timeout=self._block_ms / 1000 + self._op_timeout_s)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
+            await asyncio.wait({task.task}, timeout=self._block_ms / 1000 + self._op_timeout_s)
+            if not task.task.done():
+                task.task.cancel()
+                await asyncio.wait({task.task}, timeout=1.0)
         if self._batcher is not None:
             await self._batcher.close()
         for client in (self._redis, self._tail_redis):
@@ -352,10 +357,16 @@ class RedisBackend(RegistryBackend):
         )
         return int(result)
 
-    async def _tail(self, last_revision: int) -> None:
-        """Read the event stream and publish to this replica's watchers."""
+    async def _tail(self) -> None:
+        """Read the event stream and publish to this replica's watchers.
+
+        Runs supervised: after a crash it restarts from the last revision it
+        published, and watchers resync (events may have been skipped).
+        """
         assert self._tail_redis is not None
-        last = last_revision
+        last = self._tail_last
+        if self._tail_task is not None and self._tail_task.crashes:
+            self.hub.resync()
         backoff = 0.1
         while not self._stopping:
             try:
@@ -370,7 +381,7 @@ class RedisBackend(RegistryBackend):
                     # Redis restarted or was flushed: start over from its counter.
                     current = await self._current_revision()
                     if current < last:
-                        last = current
+                        last = self._tail_last = current
                         self.hub.resync()
                     continue
                 for entry_id, data in reply[0][1]:
@@ -380,6 +391,7 @@ class RedisBackend(RegistryBackend):
                     last = event.revision
                     if event.type != UNSPECIFIED:
                         self.hub.publish(event)
+                self._tail_last = last
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

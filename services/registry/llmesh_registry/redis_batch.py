@@ -15,6 +15,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from llmesh.kernel.logging import get_logger
+
+log = get_logger(__name__)
 
 _Pending = tuple[AsyncScript, Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
@@ -36,29 +41,38 @@ class ScriptBatcher:
         return await future
 
     async def _flush(self) -> None:
+        """Send pending calls until none are left (started on demand, so not supervised).
+
+        Whatever goes wrong with a batch fails exactly that batch's callers, and
+        the flusher goes on with the next one: no caller waits out its deadline.
+        """
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             batch = [item for item in batch if not item[3].done()]
             if not batch:
                 continue
-            pipe = self._client.pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                await script(keys=keys, args=args, client=pipe)  # queued, not sent
             try:
-                results = await pipe.execute(raise_on_error=False)
+                await self._send(batch)
             except Exception as exc:
+                if not isinstance(exc, RedisError | OSError | TimeoutError):
+                    log.error("redis script batch failed", exc_info=exc)
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            await script(keys=keys, args=args, client=pipe)  # queued, not sent
+        results = await pipe.execute(raise_on_error=False)
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
                 continue
-            for (*_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -144,8 +144,12 @@ class Registrar:
         self._state = reply.state
 
     async def run(self) -> None:
-        """Wait for the worker, register, then heartbeat forever (cancel to stop)."""
-        first = await self.wait_for_worker()
+        """Wait for the worker, register, then heartbeat forever (cancel to stop).
+
+        Runs supervised: restarted after a crash, it goes straight back to heartbeating.
+        """
+        if not self.registered.is_set():
+            first = await self.wait_for_worker()
         while not self.registered.is_set():
             try:
                 await self.register(first)

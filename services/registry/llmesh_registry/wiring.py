@@ -7,7 +7,6 @@ Every service package has a ``wiring.py`` with ``SERVICE_NAMES`` and ``wire(host
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from collections.abc import AsyncIterator
 from llmesh.kernel.channels import create_channel
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost
+from llmesh.kernel.tasks import Supervisor
 from llmesh.v1 import registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.memory_backend import MemoryBackend
@@ -32,8 +32,10 @@ SERVICE_NAMES = ("llmesh.v1.RegistryService",)
 REGISTRAR_SERVICE_NAMES: tuple[str, ...] = ()  # the sidecar serves only grpc.health.v1
 
 
-def build_backend(settings: RegistrySettings) -> RegistryBackend:
-    """The backend named by ``settings.backend``."""
+def build_backend(
+    settings: RegistrySettings, *, supervisor: Supervisor | None = None
+) -> RegistryBackend:
+    """The backend named by ``settings.backend`` (its background readers under ``supervisor``)."""
     policy = LeasePolicy(ttl_ms=settings.lease_ttl_ms, evict_after_ms=settings.evict_after_ms)
     hub = WatchHub(max_queue=settings.watch_queue)
     if settings.backend == "redis":
@@ -44,39 +46,40 @@ def build_backend(settings: RegistrySettings) -> RegistryBackend:
             hub=hub,
             history=settings.history,
             op_timeout_s=settings.redis_timeout_s,
+            supervisor=supervisor,
         )
     return MemoryBackend(policy, hub=hub, history=settings.history)
 
 
 @contextlib.asynccontextmanager
 async def wire(
-    host: ServiceHost, settings: RegistrySettings, backend: RegistryBackend | None = None
+    host: ServiceHost,
+    settings: RegistrySettings,
+    backend: RegistryBackend | None = None,
+    *,
+    supervisor: Supervisor | None = None,
 ) -> AsyncIterator[RegistryBackend]:
-    """Start the backend and background tasks, add the servicer to ``host``."""
-    backend = backend or build_backend(settings)
+    """Start the backend and the supervised loops, add the servicer to ``host``."""
+    supervisor = supervisor or Supervisor(health=host.health)
+    backend = backend or build_backend(settings, supervisor=supervisor)
     await backend.start()
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(backend), host.server)
-    tasks = [
-        asyncio.create_task(
-            sweep_forever(backend, interval_s=settings.effective_sweep_interval_s),
-            name="registry-sweeper",
+    supervisor.spawn(
+        "registry-sweeper",
+        lambda: sweep_forever(backend, interval_s=settings.effective_sweep_interval_s),
+    )
+    supervisor.spawn(
+        "registry-readiness",
+        lambda: watch_readiness(
+            backend, host.health.set_ready, interval_s=settings.readiness_interval_s
         ),
-        asyncio.create_task(
-            watch_readiness(
-                backend, host.health.set_ready, interval_s=settings.readiness_interval_s
-            ),
-            name="registry-readiness",
-        ),
-        asyncio.create_task(
-            WorkerGauge().refresh_forever(backend, interval_s=5.0), name="registry-gauge"
-        ),
-    ]
+    )
+    gauge = WorkerGauge()
+    supervisor.spawn("registry-gauge", lambda: gauge.refresh_forever(backend, interval_s=5.0))
     try:
         yield backend
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.stop()
         await backend.close()
 
 
@@ -105,18 +108,17 @@ async def wire_registrar(host: ServiceHost, settings: RegistrarSettings) -> Asyn
         heartbeat_interval_s=settings.heartbeat_interval_s,
     )
 
-    async def run() -> None:
-        task = asyncio.create_task(registrar.run(), name="registrar")
+    async def announce_ready() -> None:
         await registrar.registered.wait()
         await host.health.set_ready(True)
-        await task
 
-    runner = asyncio.create_task(run(), name="registrar-runner")
+    supervisor = Supervisor(health=host.health)
+    supervisor.spawn("registrar", registrar.run)
+    supervisor.spawn("registrar-ready", announce_ready)
     try:
         yield
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await supervisor.stop()
         log.info("shutting down: marking %s DRAINING", identity.worker_id)
         await registrar.drain(timeout_s=settings.drain_timeout_s)
         await worker_channel.close(None)

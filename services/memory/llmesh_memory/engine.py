@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter, tracer
+from llmesh.kernel.timestamps import expiry
 
 from .embedder import Embedder, EmbedderUnavailable
 from .scoring import (
@@ -161,7 +162,12 @@ class MemoryEngine:
         ttl_s: float = 0.0,
         idempotency_key: str = "",
     ) -> RememberResult:
-        """Store a memory; its vector now if the embedder answers, else later."""
+        """Store a memory; its vector now if the embedder answers, else later.
+
+        ``InvalidArgument`` (field ``ttl``) before anything else when the memory would
+        expire after year 9999.
+        """
+        expiry(self.clock(), ttl_s)
         vector = None
         try:
             with self._tracer.start_as_current_span("memory.embed"):
@@ -175,7 +181,7 @@ class MemoryEngine:
             metadata=dict(metadata or {}),
             terms=index_terms(text),
             vector=vector,
-            expires_at=now + ttl_s if ttl_s > 0 else None,
+            expires_at=expiry(now, ttl_s),
             idempotency_key=idempotency_key,
         )
         with self._tracer.start_as_current_span("memory.store.insert"):

@@ -2,9 +2,12 @@
 
 Times are Unix seconds (``float``). Every method is namespace-scoped: nothing a
 method returns ever belongs to another namespace. Backends raise
-``llmesh.kernel.errors`` classes: ``Unavailable`` (store down, nothing written),
-``DeadlineExceeded`` (the caller's deadline cut a statement off), ``Aborted``
-(version conflict), ``NotFound``, ``InvalidArgument``.
+``llmesh.kernel.errors`` classes, each classified in one place per backend
+(``sqlite/errors.py``, ``postgres/errors.py``): ``Unavailable`` (store busy or down,
+nothing written; retryable), ``DeadlineExceeded`` (the caller's deadline cut a
+statement off), ``Aborted`` (version conflict), ``NotFound``, ``AlreadyExists``,
+``InvalidArgument`` (a value the store cannot hold: NUL in text, a number out of
+range, too many ids, an expiry past year 9999; never retried).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from llmesh.kernel.errors import Aborted, InvalidArgument
+from llmesh.kernel.timestamps import stored_expiry
 
 from ..scoring import CorpusStats
 
@@ -260,6 +265,29 @@ def fingerprint(*parts: object) -> str:
 def append_fingerprint(session_id: str, messages: Sequence[MessageIn]) -> str:
     """The fingerprint of an append (its session and messages, not its version)."""
     return fingerprint("append", session_id, [(m.role, m.content) for m in messages])
+
+
+MAX_IDS_PER_STATEMENT = 500
+"""Ids bound to one statement at most (SQLite allows 32,766 variables per statement)."""
+
+
+def chunked(items: Sequence[str], size: int = MAX_IDS_PER_STATEMENT) -> list[Sequence[str]]:
+    """``items`` in slices of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def session_record(row: Sequence[Any]) -> SessionRecord:
+    """A session row ``(session_id, version, message_count, created_at, updated_at,
+    expires_at)`` as a record; an out-of-range stored expiry reads as never."""
+    session_id, version, message_count, created_at, updated_at, expires_at = row
+    return SessionRecord(
+        session_id,
+        version,
+        message_count,
+        created_at,
+        updated_at,
+        stored_expiry(expires_at, what=f"session {session_id!r}"),
+    )
 
 
 def key_reused() -> InvalidArgument:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from psycopg import AsyncConnection
 
+from llmesh.kernel.timestamps import check_expiry
+
 from ..base import (
     IDEMPOTENCY_TTL_S,
     NewMemory,
@@ -68,6 +70,8 @@ async def insert(
     conn: AsyncConnection[Any], namespace: str, memories: Sequence[NewMemory], *, now: float
 ) -> list[RememberResult]:
     """Store memories inside the caller's transaction."""
+    for memory in memories:
+        check_expiry(memory.expires_at)
     results: list[RememberResult | None] = [None] * len(memories)
     keys = [m.idempotency_key for m in memories if m.idempotency_key]
     seen: dict[str, tuple[str, Any]] = {}

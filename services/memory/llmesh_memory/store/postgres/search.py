@@ -10,6 +10,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from llmesh.kernel.timestamps import stored_expiry
+
 from ...scoring import CorpusStats
 from ..base import Candidate, MemoryRecord, SearchQuery, SearchResult, keyword_terms
 from .sessions import LIVE
@@ -121,7 +123,7 @@ async def search(
                 text=row[1],
                 metadata=row[2],
                 created_at=row[3],
-                expires_at=row[4],
+                expires_at=stored_expiry(row[4], what=f"memory {row[0]}"),
                 embedded=bool(row[5]),
             )
             semantic = None if row[7] is None else float(row[7])

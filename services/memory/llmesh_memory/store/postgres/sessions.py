@@ -12,6 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from llmesh.kernel.errors import NotFound
+from llmesh.kernel.timestamps import expiry
 
 from ..base import (
     AppendResult,
@@ -20,6 +21,7 @@ from ..base import (
     StoredMessage,
     append_fingerprint,
     key_reused,
+    session_record,
     version_conflict,
 )
 
@@ -39,6 +41,7 @@ async def append(
 ) -> AppendResult:
     """Append inside the caller's transaction (see ``MemoryStore.append_messages``)."""
     print_ = append_fingerprint(session_id, messages)
+    expires_at = expiry(now, ttl_s)
     # Lock the session row (creating a version-0 row that a rollback removes), so
     # appends to one session serialize; then a replay is recognised even if it
     # raced with the original.
@@ -89,7 +92,7 @@ async def append(
     await conn.execute(
         "UPDATE sessions SET version = version + 1, message_count = %s, "
         "updated_at = %s, expires_at = %s WHERE namespace = %s AND session_id = %s",
-        (count + len(messages), now, None if not ttl_s else now + ttl_s, namespace, session_id),
+        (count + len(messages), now, expires_at, namespace, session_id),
     )
     result = AppendResult(version=int(version) + 1)
     if idempotency_key:
@@ -119,7 +122,7 @@ async def get(
         (namespace, session_id, row[2], limit),
     )
     rows = await cur.fetchall()
-    return SessionRecord(*row), [StoredMessage(*r) for r in reversed(rows)]
+    return session_record(row), [StoredMessage(*r) for r in reversed(rows)]
 
 
 async def list_page(
@@ -141,7 +144,7 @@ async def list_page(
         params |= {"at": after[0], "sid": after[1]}
     sql += " ORDER BY updated_at DESC, session_id DESC LIMIT %(n)s"
     cur = await conn.execute(sql, params)
-    return [SessionRecord(*r) for r in await cur.fetchall()]
+    return [session_record(r) for r in await cur.fetchall()]
 
 
 async def delete(conn: AsyncConnection[Any], namespace: str, session_id: str) -> int:

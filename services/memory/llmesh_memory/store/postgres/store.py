@@ -1,9 +1,11 @@
 """PostgreSQL backend: psycopg 3 async pool, pgvector HNSW, tsvector GIN.
 
 Every operation runs in one transaction whose ``statement_timeout`` is the caller's
-remaining deadline (``DEADLINE_EXCEEDED`` when it fires). Connection failures map
-to ``UNAVAILABLE`` with a retry hint; a write is acknowledged only after COMMIT
-returned. Migrations are applied at start (``schema``).
+remaining deadline (``DEADLINE_EXCEEDED`` when it fires). Failures are classified
+in one place (``errors.classify``): a value the store cannot hold is
+``INVALID_ARGUMENT``, only transient failures are ``UNAVAILABLE`` with a retry
+hint. A write is acknowledged only after COMMIT returned. Migrations are applied
+at start (``schema``).
 
 This module is the plumbing (pool, transactions, error mapping); the SQL lives in
 ``sessions``, ``memories`` and ``search``.
@@ -15,16 +17,16 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
-import psycopg
-import psycopg.errors
 from psycopg import AsyncConnection
 from psycopg.adapt import Dumper
 from psycopg.types import TypeInfo
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from llmesh.kernel.context import remaining_s
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
+from llmesh.kernel.logging import get_logger
 
 from ..base import (
     AppendResult,
@@ -39,8 +41,10 @@ from ..base import (
     StoredMessage,
     Vector,
 )
+from . import errors, schema, search, sessions
 from . import memories as memory_sql
-from . import schema, search, sessions
+
+log = get_logger(__name__)
 
 STATEMENT_MARGIN_S = 0.03
 
@@ -91,16 +95,13 @@ class PostgresStore(MemoryStore):
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except psycopg.errors.QueryCanceled:
-            raise DeadlineExceeded(
-                "query cut off at the caller's deadline", reason="STATEMENT_TIMEOUT"
-            ) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
-            raise Unavailable(
-                f"postgres store unavailable: {type(exc).__name__}",
-                reason="STORE_UNAVAILABLE",
-                retry_after_s=1.0,
-            ) from None
+        except Exception as exc:
+            mapped = errors.classify(exc)
+            if mapped is None:
+                raise
+            if mapped.code is grpc.StatusCode.INTERNAL:
+                log.error("postgres store fault", exc_info=exc)
+            raise mapped from None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from llmesh.kernel.timestamps import check_expiry
+
 from ..base import (
     IDEMPOTENCY_TTL_S,
     NewMemory,
     PendingEmbedding,
     RememberResult,
     Vector,
+    chunked,
     fingerprint,
     key_reused,
     new_memory_id,
@@ -48,6 +51,8 @@ def insert(
 ) -> Inserted:
     """Store memories inside the caller's transaction."""
     out = Inserted()
+    for memory in memories:
+        check_expiry(memory.expires_at)
     for memory in memories:
         out.results.append(_insert_one(conn, namespace, memory, now=now, out=out))
     return out
@@ -122,19 +127,20 @@ def forget(
     metadata_filter: Mapping[str, str],
     created_before: float | None,
 ) -> int:
-    """Delete the namespace's memories matching every given condition."""
-    sql = "SELECT m.rowid FROM memories m WHERE m.namespace = ? "
-    params: list[Any] = [namespace]
-    if ids:
-        sql += f"AND m.id IN ({','.join('?' * len(ids))}) "
-        params += list(ids)
+    """Delete the namespace's memories matching every given condition.
+
+    Ids are matched in slices of ``MAX_IDS_PER_STATEMENT``, so any number of ids works.
+    """
     filter_sql, filter_params = metadata_filter_sql(metadata_filter)
-    sql += filter_sql
-    params += filter_params
+    sql = "SELECT m.rowid FROM memories m WHERE m.namespace = ? " + filter_sql
+    params: list[Any] = [namespace, *filter_params]
     if created_before is not None:
         sql += " AND m.created_at < ?"
         params.append(created_before)
-    rowids = [r[0] for r in conn.execute(sql, params)]
+    rowids: list[int] = []
+    for part in chunked(ids) if ids else [()]:
+        marks = f" AND m.id IN ({','.join('?' * len(part))})" if part else ""
+        rowids += [r[0] for r in conn.execute(sql + marks, [*params, *part])]
     return delete_rowids(conn, namespace, rowids)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from llmesh.kernel.timestamps import stored_expiry
+
 from ...scoring import CorpusStats
 from ..base import (
     Candidate,
@@ -156,7 +158,7 @@ def _candidates(
             text=row[2],
             metadata=json.loads(row[3]),
             created_at=row[4],
-            expires_at=row[5],
+            expires_at=stored_expiry(row[5], what=f"memory {row[1]}"),
             embedded=bool(row[6]),
         )
         semantic = wanted[row[0]] if query.vector is not None else None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmesh.kernel.errors import NotFound
+from llmesh.kernel.timestamps import expiry
 
 from ..base import (
     AppendResult,
@@ -19,6 +20,7 @@ from ..base import (
     StoredMessage,
     append_fingerprint,
     key_reused,
+    session_record,
     version_conflict,
 )
 
@@ -36,6 +38,7 @@ def append(
 ) -> AppendResult:
     """Append inside the caller's transaction (see ``MemoryStore.append_messages``)."""
     print_ = append_fingerprint(session_id, messages)
+    expires = expiry(now, ttl_s)
     if idempotency_key:
         row = conn.execute(
             "SELECT fingerprint, result FROM idempotency "
@@ -57,7 +60,6 @@ def append(
     version, count = (0, 0) if row is None else (row[0], row[1])
     if version != expected_version:
         raise version_conflict(version, expected_version)
-    expires = None if not ttl_s else now + ttl_s
     conn.executemany(
         "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
         [
@@ -105,7 +107,7 @@ def get(
         ).fetchall()
     finally:
         conn.rollback()
-    return SessionRecord(*row), [StoredMessage(*r) for r in reversed(rows)]
+    return session_record(row), [StoredMessage(*r) for r in reversed(rows)]
 
 
 def list_page(
@@ -127,7 +129,7 @@ def list_page(
         params += [after[0], after[0], after[1]]
     sql += "ORDER BY updated_at DESC, session_id DESC LIMIT ?"
     params.append(page_size)
-    return [SessionRecord(*r) for r in conn.execute(sql, params).fetchall()]
+    return [session_record(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def delete(conn: sqlite3.Connection, namespace: str, session_id: str) -> int:

@@ -2,8 +2,10 @@
 
 Writes go through ONE connection on ONE thread (so concurrent writers queue instead
 of failing with "database is locked"); reads use a small pool of threads with their
-own connections (WAL lets them run beside the writer). ``synchronous=FULL``: a write
-is acknowledged only after it reached the disk. The caller's remaining deadline is
+own connections (WAL lets them run beside the writer). Failures are classified in
+one place (``errors.classify``): client faults are ``INVALID_ARGUMENT``, only a busy
+or unreachable file is ``UNAVAILABLE``. ``synchronous=FULL``: a write is
+acknowledged only after it reached the disk. The caller's remaining deadline is
 enforced with a progress handler that interrupts a statement running past it.
 
 This module is the plumbing (threads, connections, transactions, the vector-index
@@ -13,6 +15,7 @@ cache); the SQL lives in ``sessions``, ``memories`` and ``search``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -21,8 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
+
 from llmesh.kernel.context import remaining_s
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
+from llmesh.kernel.logging import get_logger
 
 from ..base import (
     AppendResult,
@@ -38,10 +44,11 @@ from ..base import (
     Vector,
 )
 from ..vectors import VectorIndex
+from . import errors, schema, search, sessions
 from . import memories as memory_sql
-from . import schema, search, sessions
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 
 class SqliteStore(MemoryStore):
@@ -86,18 +93,16 @@ class SqliteStore(MemoryStore):
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeadlineExceeded("deadline passed before the query ran")
                 return fn(conn)
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
                 if conn.in_transaction:
-                    conn.rollback()
-                if "interrupted" in str(exc):
-                    raise DeadlineExceeded("query cut off at the caller's deadline") from None
-                raise Unavailable(
-                    f"sqlite store error: {exc}", reason="STORE_UNAVAILABLE", retry_after_s=1.0
-                ) from None
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.rollback()
+                mapped = errors.classify(exc)
+                if mapped is None:
+                    raise
+                if mapped.code is grpc.StatusCode.INTERNAL:
+                    log.error("sqlite store fault", exc_info=exc)
+                raise mapped from None
             finally:
                 conn.set_progress_handler(None, 0)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmesh.cli.main import main as cli
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.servers import free_port
 from llmesh_memory import wiring as memory_wiring
 from llmesh_memory.settings import MemorySettings
@@ -24,28 +24,28 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
     from llmesh_gateway.auth import AuthInterceptor
     from llmesh_gateway.settings import GatewaySettings
 
-    async with contextlib.AsyncExitStack() as stack:
-        mem_settings = MemorySettings(port=0, sqlite_path=tmp_path / "m.db", embedder_target="")
-        mem_host = ServiceHost(mem_settings, service_names=["llmesh.v1.MemoryService"])
-        await stack.enter_async_context(memory_wiring.wire(mem_host, mem_settings))
-        mem_port = await mem_host.start()
-        stack.push_async_callback(mem_host.stop, 0)
+    mem_settings = MemorySettings(port=0, sqlite_path=tmp_path / "m.db", embedder_target="")
+    async with serving(
+        mem_settings,
+        memory_wiring.SERVICE_NAMES,
+        lambda host: memory_wiring.wire(host, mem_settings),
+    ) as memory:
         gw_settings = GatewaySettings(
             port=0,
             data_dir=tmp_path,
             registry_address=f"127.0.0.1:{free_port()}",
-            memory_address=f"127.0.0.1:{mem_port}",
+            memory_address=memory.address,
         )
         auth = AuthInterceptor()
-        gw_host = ServiceHost(
-            gw_settings, service_names=gateway_wiring.SERVICE_NAMES, interceptors=[auth]
-        )
-        gateway = await stack.enter_async_context(gateway_wiring.wire(gw_host, gw_settings, auth))
-        gw_port = await gw_host.start()
-        stack.push_async_callback(gw_host.stop, 0)
-        alice = await gateway.keys.create(name="alice", role="user", tenant="acme")
-        bob = await gateway.keys.create(name="bob", role="user", tenant="globex")
-        yield f"127.0.0.1:{gw_port}", alice.api_key, bob.api_key
+        async with serving(
+            gw_settings,
+            gateway_wiring.SERVICE_NAMES,
+            lambda host: gateway_wiring.wire(host, gw_settings, auth),
+            interceptors=[auth],
+        ) as gateway:
+            alice = await gateway.parts.keys.create(name="alice", role="user", tenant="acme")
+            bob = await gateway.parts.keys.create(name="bob", role="user", tenant="globex")
+            yield gateway.address, alice.api_key, bob.api_key
 
 
 async def run_cli(args: list[str], key: str, monkeypatch: pytest.MonkeyPatch) -> int:

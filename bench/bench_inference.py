@@ -230,9 +230,9 @@ async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
     first_count = count = 0
     async for chunk in stub.Generate(req, timeout=3600):
         now = time.perf_counter()
-        if chunk.token_ids and not first:
-            first, first_count = now, len(chunk.token_ids)
-        count += len(chunk.token_ids)
+        if chunk.delta.token_ids and not first:
+            first, first_count = now, len(chunk.delta.token_ids)
+        count += len(chunk.delta.token_ids)
         last = now
     return {
         "ttft_s": first - start,

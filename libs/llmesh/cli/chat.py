@@ -34,7 +34,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--session-id", help="session to continue (default: a new one)")
     parser.add_argument("--system", default="", help="system prompt")
-    parser.add_argument("--recall-k", type=int, default=5, help="memories to recall (0: none)")
+    parser.add_argument(
+        "--recall-k", type=int, default=5, help="memories to recall (0: no recall)"
+    )
     parser.add_argument("--history", type=int, default=20, help="recent messages to include")
     parser.add_argument("--remember", action="store_true", help="store each message as memory")
     add_sampling_flags(parser)
@@ -51,12 +53,12 @@ async def _turn(stub: Any, request: Any, metadata: Any, deadline_s: float) -> in
         try:
             version = 0
             async for chunk in stub.Chat(request, metadata=metadata, timeout=deadline_s):
-                if chunk.text:
+                if chunk.delta.text:
                     wrote = True
-                    sys.stdout.write(chunk.text)
+                    sys.stdout.write(chunk.delta.text)
                     sys.stdout.flush()
-                if chunk.session_version:
-                    version = int(chunk.session_version)
+                if chunk.WhichOneof("event") == "done":
+                    version = int(chunk.done.session_version)
             sys.stdout.write("\n")
             return version
         except grpc.aio.AioRpcError as exc:
@@ -110,6 +112,7 @@ async def _chat(args: argparse.Namespace) -> int:
                 message=text,
                 model=args.model,
                 recall=common_pb2.RecallOptions(k=max(0, args.recall_k)),
+                disable_recall=args.recall_k <= 0,
                 sampling=sampling_from(args),
                 system_prompt=args.system,
                 history_limit=args.history,

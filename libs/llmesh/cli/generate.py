@@ -122,10 +122,10 @@ async def _generate(args: argparse.Namespace, prompt: str) -> int:
             async for chunk in stub.GenerateStream(
                 request, metadata=metadata, timeout=args.timeout
             ):
-                sys.stdout.write(chunk.text)
+                sys.stdout.write(chunk.delta.text)
                 sys.stdout.flush()
-                if chunk.finish_reason and args.usage:
-                    usage = chunk.usage
+                if chunk.WhichOneof("event") == "done" and args.usage:
+                    usage = chunk.done.usage
                     print(
                         f"\n[{usage.prompt_tokens} prompt + {usage.completion_tokens} "
                         f"completion tokens, first token {usage.time_to_first_token_ms:.0f} ms]",

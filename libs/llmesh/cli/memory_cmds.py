@@ -91,12 +91,13 @@ async def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
 def _run_remember(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
+    from llmesh.kernel.durations import duration
     from llmesh.v1 import gateway_pb2
 
     request = gateway_pb2.RememberRequest(
         text=_text(args.text),
         metadata=_pairs(args.meta, "--meta"),
-        ttl_seconds=args.ttl,
+        ttl=duration(args.ttl),
         idempotency_key=args.idempotency_key,
     )
     reply = asyncio.run(_call(args, "Remember", request))

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from llmesh.kernel.channels import call_options
 from llmesh.kernel.context import current_request
+from llmesh.kernel.durations import seconds_of
 from llmesh.kernel.errors import NotFound
 from llmesh.v1 import (
     common_pb2,
@@ -194,12 +195,13 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             name=request.name,
             role=_ROLE_NAMES.get(request.role, ""),
             tenant=request.tenant,
-            ttl_seconds=request.ttl_seconds,
+            ttl_seconds=seconds_of(request.ttl),
+            request_id=request.request_id,
         )
         record = created.record
         _audit_detail(
-            f"created key_id={record.key_id} role={record.role} tenant={record.tenant}"
-            f" fingerprint={record.fingerprint}"
+            f"{'replayed' if created.replayed else 'created'} key_id={record.key_id}"
+            f" role={record.role} tenant={record.tenant} fingerprint={record.fingerprint}"
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=created.api_key, info=key_info(record))
 

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmesh.kernel.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
+from llmesh.kernel.durations import MAX_TTL_S
+from llmesh.kernel.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from llmesh_gateway.principal import ROLES, TENANT_PATTERN, Principal
 from llmesh_gateway.store import ApiKeyRecord, GatewayStore
 
@@ -42,13 +49,31 @@ def parse_key(token: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """A new key: the one-time secret and its stored record."""
+    """A new key: the one-time secret and its stored record.
+
+    ``api_key`` is empty when the call replayed an earlier ``request_id``: the
+    secret is never stored, so it cannot be shown twice.
+    """
 
     api_key: str
     record: ApiKeyRecord
 
+    @property
+    def replayed(self) -> bool:
+        """Whether this is the record of a key created by an earlier call."""
+        return not self.api_key
 
-def check_key_fields(*, name: str, role: str, tenant: str, ttl_seconds: int) -> None:
+
+def key_id_for(request_id: str) -> str:
+    """The key id of the key created for an idempotency ``request_id``.
+
+    Derived, so a retry finds the first key by id and two racing calls collide on
+    the store's unique key id; ids are public (the key's prefix), so this leaks nothing.
+    """
+    return hashlib.sha256(f"llmesh-api-key\0{request_id}".encode()).hexdigest()[:16]
+
+
+def check_key_fields(*, name: str, role: str, tenant: str, ttl_seconds: float) -> None:
     """Raise ``InvalidArgument`` naming each bad field of a key request."""
     violations: list[FieldViolation] = []
     if not 1 <= len(name) <= 128:
@@ -57,8 +82,8 @@ def check_key_fields(*, name: str, role: str, tenant: str, ttl_seconds: int) -> 
         violations.append(FieldViolation("role", "must be ROLE_USER or ROLE_ADMIN"))
     if not TENANT_PATTERN.match(tenant):
         violations.append(FieldViolation("tenant", "must be 1..64 characters of [a-z0-9_-]"))
-    if ttl_seconds < 0:
-        violations.append(FieldViolation("ttl_seconds", "must be >= 0 (0 means never)"))
+    if not 0 <= ttl_seconds <= MAX_TTL_S:
+        violations.append(FieldViolation("ttl", "must be 0..10 years (0 means never)"))
     if violations:
         raise InvalidArgument("invalid API key request", field_violations=violations)
 
@@ -88,11 +113,26 @@ class ApiKeyManager:
         return self._store
 
     async def create(
-        self, *, name: str, role: str, tenant: str, ttl_seconds: int = 0
+        self, *, name: str, role: str, tenant: str, ttl_seconds: float = 0, request_id: str = ""
     ) -> CreatedKey:
-        """Create a key; the returned ``api_key`` is the only copy of the secret."""
+        """Create a key; the returned ``api_key`` is the only copy of the secret.
+
+        With a ``request_id``, a retry returns the first call's record (``api_key``
+        empty); the same id with another name, role or tenant is ``INVALID_ARGUMENT``.
+        """
         check_key_fields(name=name, role=role, tenant=tenant, ttl_seconds=ttl_seconds)
-        key_id = secrets.token_hex(8)
+        if request_id:
+            if not 1 <= len(request_id) <= 128:
+                raise InvalidArgument(
+                    "request_id: must be 1..128 characters",
+                    field_violations=[FieldViolation("request_id", "must be 1..128 characters")],
+                )
+            key_id = key_id_for(request_id)
+            earlier = await self._store.get_key(key_id)
+            if earlier is not None:
+                return self._replay(earlier, name=name, role=role, tenant=tenant)
+        else:
+            key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         api_key = f"{KEY_PREFIX}_{key_id}_{secret}"
         salt = secrets.token_bytes(16)
@@ -109,8 +149,26 @@ class ApiKeyManager:
             salt=salt,
             digest=digest(salt, secret),
         )
-        stored = await self._store.create_key(record)
+        try:
+            stored = await self._store.create_key(record)
+        except AlreadyExists:
+            earlier = await self._store.get_key(key_id) if request_id else None
+            if earlier is None:
+                raise
+            return self._replay(earlier, name=name, role=role, tenant=tenant)
         return CreatedKey(api_key=api_key, record=stored)
+
+    @staticmethod
+    def _replay(earlier: ApiKeyRecord, *, name: str, role: str, tenant: str) -> CreatedKey:
+        if (earlier.name, earlier.role, earlier.tenant) != (name, role, tenant):
+            raise InvalidArgument(
+                "request_id was used for another key (different name, role or tenant)",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                field_violations=[
+                    FieldViolation("request_id", "already used for a different key request")
+                ],
+            )
+        return CreatedKey(api_key="", record=earlier)
 
     async def verify(self, token: str) -> Principal:
         """The principal of a presented key; ``Unauthenticated`` when it is not valid."""

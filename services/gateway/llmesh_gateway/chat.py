@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from llmesh.kernel.context import current_request
 from llmesh.kernel.errors import Aborted
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import tracer
@@ -56,6 +55,25 @@ class Context:
     history: list[common_pb2.ChatMessage]
     hits: list[common_pb2.MemoryHit]
     degraded: bool
+    history_degraded: bool = False
+    degraded_reason: str = ""
+
+    def start(self, model: str, worker_id: str) -> gateway_pb2.ChatResponse:
+        """The turn's ``start`` event."""
+        reason = self.degraded_reason
+        if not reason and self.degraded:
+            reason = "recall ran keyword-only or failed"
+        return gateway_pb2.ChatResponse(
+            start=gateway_pb2.ChatStart(
+                model=model,
+                worker_id=worker_id,
+                memory_ids=[hit.memory.id for hit in self.hits],
+                recall_degraded=self.degraded,
+                history_degraded=self.history_degraded,
+                degraded_reason=reason,
+                history_messages=len(self.history),
+            )
+        )
 
 
 def build_messages(
@@ -105,9 +123,9 @@ class ChatTurns:
         return response.session.version, messages
 
     async def _recall(
-        self, namespace: str, query: str, options: common_pb2.RecallOptions
+        self, namespace: str, query: str, options: common_pb2.RecallOptions, *, disabled: bool
     ) -> tuple[list[common_pb2.MemoryHit], bool]:
-        if options.k <= 0:
+        if disabled:  # recall is on by default; k = 0 means the default k, as in Recall
             return [], False
         try:
             response = await self._memory.Recall(
@@ -126,7 +144,12 @@ class ChatTurns:
         with _tracer.start_as_current_span("chat.context"):
             (version, history), (hits, degraded) = await asyncio.gather(
                 self._history(principal.tenant, request.session_id, limit),
-                self._recall(principal.tenant, request.message, request.recall),
+                self._recall(
+                    principal.tenant,
+                    request.message,
+                    request.recall,
+                    disabled=request.disable_recall,
+                ),
             )
         return Context(version=version, history=history, hits=hits, degraded=degraded)
 
@@ -233,43 +256,38 @@ class ChatTurns:
         replay = await self.replayed_turn(principal, request, context, key)
         if replay is not None:
             version, stored = replay
+            yield context.start(request.model, "")
+            yield gateway_pb2.ChatResponse(delta=common_pb2.GenerationDelta(text=stored))
             yield gateway_pb2.ChatResponse(
-                text=stored,
-                memory_ids=[hit.memory.id for hit in context.hits],
-                recall_degraded=context.degraded,
-                finish_reason=common_pb2.FINISH_REASON_EOS,
-                session_version=version,
+                done=gateway_pb2.ChatDone(
+                    finish_reason=common_pb2.FINISH_REASON_EOS,
+                    session_version=version,
+                    replayed=True,
+                )
             )
             return
-        ctx = current_request()
         upstream = inference_pb2.InferenceServiceGenerateRequest(
             model=request.model,
-            messages=build_messages(request, context),
+            messages=common_pb2.ChatMessages(messages=build_messages(request, context)),
             sampling=request.sampling,
-            request_id=ctx.request_id if ctx else "",
         )
         first = True
         texts: list[str] = []
-        final: gateway_pb2.ChatResponse | None = None
+        final = gateway_pb2.ChatDone()
         async for chunk in self._router.stream(upstream, session_id=request.session_id):
             response = chunk.response
-            out = gateway_pb2.ChatResponse(text=response.text, token_ids=response.token_ids)
-            texts.append(response.text)
             if first:
-                out.memory_ids.extend(hit.memory.id for hit in context.hits)
-                out.recall_degraded = context.degraded
-                out.worker_id = chunk.worker_id
+                yield context.start(chunk.model, chunk.worker_id)
                 first = False
-            if response.finish_reason:
-                out.finish_reason = response.finish_reason
-                out.usage.CopyFrom(response.usage)
-                final = out  # held back until the turn is stored
+            if response.WhichOneof("event") == "done":
+                # Held back until the turn is stored.
+                final.finish_reason = response.done.finish_reason
+                final.usage.CopyFrom(response.done.usage)
                 continue
-            yield out
+            texts.append(response.delta.text)
+            yield gateway_pb2.ChatResponse(delta=response.delta)
         reply = "".join(texts)
-        if final is None:
-            final = gateway_pb2.ChatResponse()
         final.session_version = await self.append(principal, request, reply, context.version, key)
         if request.remember_message:
             await self.remember(principal, request.message, key)
-        yield final
+        yield gateway_pb2.ChatResponse(done=final)

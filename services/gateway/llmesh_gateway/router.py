@@ -121,7 +121,9 @@ class Router:
     async def stream(
         self, request: inference_pb2.InferenceServiceGenerateRequest, *, session_id: str = ""
     ) -> AsyncIterator[Chunk]:
-        """Stream a generation; chunks without tokens before the first are folded in."""
+        """Stream a generation's ``delta`` and ``done`` events; the worker's ``start``
+        event and empty deltas before the first token are folded in (its model is on
+        every :class:`Chunk`), so failover stays possible until text flows."""
         self._budget.deposit()
         tried: set[str] = set()
         last: LlmeshError | None = None
@@ -139,13 +141,17 @@ class Router:
             model = ""
             try:
                 async for response in call:  # type: ignore[attr-defined]
-                    model = response.model or model
+                    event = response.WhichOneof("event")
+                    if event == "start":
+                        model = response.start.model or model
+                        continue
                     if not sent:
-                        if not (response.token_ids or response.text or response.finish_reason):
+                        delta = response.delta
+                        if event == "delta" and not (delta.token_ids or delta.text):
                             continue
                         self._ttft.record((time.perf_counter() - started) * 1000)
                     sent = True
-                    delivered += len(response.token_ids)
+                    delivered += len(response.delta.token_ids)
                     yield Chunk(worker.worker_id, model, response)
                 verdict = True
                 return
@@ -196,12 +202,15 @@ class Router:
             texts: list[str] = []
             try:
                 async for response in call:  # type: ignore[attr-defined]
-                    result.model = response.model or result.model
-                    texts.append(response.text)
-                    result.token_ids.extend(response.token_ids)
-                    if response.finish_reason:
-                        result.finish_reason = response.finish_reason
-                        result.usage.CopyFrom(response.usage)
+                    event = response.WhichOneof("event")
+                    if event == "start":
+                        result.model = response.start.model
+                    elif event == "delta":
+                        texts.append(response.delta.text)
+                        result.token_ids.extend(response.delta.token_ids)
+                    elif event == "done":
+                        result.finish_reason = response.done.finish_reason
+                        result.usage.CopyFrom(response.done.usage)
                 verdict = True
                 result.text = "".join(texts)
                 return result

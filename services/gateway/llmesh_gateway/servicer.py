@@ -10,9 +10,7 @@ from typing import Any
 
 import grpc
 
-from llmesh.kernel.context import current_request
 from llmesh.v1 import (
-    common_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     inference_pb2,
@@ -21,6 +19,7 @@ from llmesh.v1 import (
 )
 from llmesh_gateway import validation
 from llmesh_gateway.auth import current_principal
+from llmesh_gateway.catalog import served_models
 from llmesh_gateway.chat import ChatTurns
 from llmesh_gateway.ratelimit import RateLimiter
 from llmesh_gateway.registry_cache import RegistryCache
@@ -28,11 +27,6 @@ from llmesh_gateway.router import Router
 from llmesh_gateway.upstream import relay
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _request_id() -> str:
-    ctx = current_request()
-    return ctx.request_id if ctx else ""
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -56,13 +50,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def _upstream(
         request: gateway_pb2.GenerateRequest | gateway_pb2.GenerateStreamRequest,
     ) -> inference_pb2.InferenceServiceGenerateRequest:
-        return inference_pb2.InferenceServiceGenerateRequest(
-            model=request.model,
-            prompt=request.prompt,
-            messages=request.messages,
-            sampling=request.sampling,
-            request_id=_request_id(),
+        upstream = inference_pb2.InferenceServiceGenerateRequest(
+            model=request.model, sampling=request.sampling
         )
+        if request.WhichOneof("input") == "messages":
+            upstream.messages.CopyFrom(request.messages)
+        else:
+            upstream.prompt = request.prompt
+        return upstream
 
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: Context
@@ -105,19 +100,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 async for chunk in self._router.stream(
                     self._upstream(request), session_id=request.session_id
                 ):
-                    response = chunk.response
-                    used += len(response.token_ids)
-                    out = gateway_pb2.GenerateStreamResponse(
-                        text=response.text,
-                        token_ids=response.token_ids,
-                        finish_reason=response.finish_reason,
-                        usage=response.usage if response.HasField("usage") else None,
-                    )
                     if first:
-                        out.model = chunk.model
-                        out.worker_id = chunk.worker_id
                         first = False
-                    yield out
+                        yield gateway_pb2.GenerateStreamResponse(
+                            start=gateway_pb2.GenerateStreamStart(
+                                model=chunk.model, worker_id=chunk.worker_id
+                            )
+                        )
+                    response = chunk.response
+                    if response.WhichOneof("event") == "done":
+                        yield gateway_pb2.GenerateStreamResponse(done=response.done)
+                    else:
+                        used += len(response.delta.token_ids)
+                        yield gateway_pb2.GenerateStreamResponse(delta=response.delta)
         finally:
             await self._limiter.settle_tokens(principal, charged, used)
 
@@ -133,7 +128,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         try:
             async with self._limiter.stream_slot(principal):
                 async for out in self._chat.run(principal, request):
-                    used += len(out.token_ids)
+                    used += len(out.delta.token_ids)
                     yield out
         finally:
             await self._limiter.settle_tokens(principal, charged, used)
@@ -160,7 +155,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     namespace=principal.tenant,
                     text=request.text,
                     metadata=request.metadata,
-                    ttl_seconds=request.ttl_seconds,
+                    ttl=request.ttl,
                     idempotency_key=request.idempotency_key,
                 )
             ),
@@ -261,17 +256,4 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListModels(
         self, request: gateway_pb2.ListModelsRequest, context: Context
     ) -> gateway_pb2.ListModelsResponse:
-        models: dict[str, gateway_pb2.ServedModel] = {}
-        for worker in self._cache.list():
-            for name in [*worker.models_loaded, *worker.models_available]:
-                served = models.setdefault(
-                    name, gateway_pb2.ServedModel(model=common_pb2.ModelInfo(name=name))
-                )
-                if name in worker.models_loaded:
-                    served.model.loaded = True
-                    if (
-                        worker.state == common_pb2.WORKER_STATE_READY
-                        and worker.worker_id not in served.worker_ids
-                    ):
-                        served.worker_ids.append(worker.worker_id)
-        return gateway_pb2.ListModelsResponse(models=[models[k] for k in sorted(models)])
+        return gateway_pb2.ListModelsResponse(models=served_models(self._cache.list()))

@@ -49,7 +49,8 @@ class GatewayStore(Protocol):
     """Storage of API keys and audit events."""
 
     async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        """Insert a key; returns it with its sequence number."""
+        """Insert a key; returns it with its sequence number. ``AlreadyExists`` when
+        its key id is taken."""
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this id, revoked or not; None when unknown."""

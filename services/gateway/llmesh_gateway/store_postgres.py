@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg.errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from llmesh.kernel.errors import AlreadyExists
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord
 
 SCHEMA = """
@@ -79,23 +81,26 @@ class PostgresStore:
             return rows
 
     async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        row = await self._one(
-            "INSERT INTO llmesh_api_keys (key_id, name, role, tenant, created_at, expires_at,"
-            " revoked_at, fingerprint, salt, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-            f" RETURNING {_KEY_COLUMNS}",
-            (
-                record.key_id,
-                record.name,
-                record.role,
-                record.tenant,
-                record.created_at,
-                record.expires_at,
-                record.revoked_at,
-                record.fingerprint,
-                record.salt,
-                record.digest,
-            ),
-        )
+        try:
+            row = await self._one(
+                "INSERT INTO llmesh_api_keys (key_id, name, role, tenant, created_at, expires_at,"
+                " revoked_at, fingerprint, salt, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                f" RETURNING {_KEY_COLUMNS}",
+                (
+                    record.key_id,
+                    record.name,
+                    record.role,
+                    record.tenant,
+                    record.created_at,
+                    record.expires_at,
+                    record.revoked_at,
+                    record.fingerprint,
+                    record.salt,
+                    record.digest,
+                ),
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            raise AlreadyExists(f"API key {record.key_id} exists") from exc
         assert row is not None
         return _key(row)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from llmesh.kernel.errors import AlreadyExists
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord
 
 SCHEMA = """
@@ -92,22 +93,25 @@ class SqliteStore:
         return cls(connection)
 
     async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        cursor = self._db.execute(
-            "INSERT INTO api_keys (key_id, name, role, tenant, created_at, expires_at,"
-            " revoked_at, fingerprint, salt, digest) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.key_id,
-                record.name,
-                record.role,
-                record.tenant,
-                record.created_at,
-                record.expires_at,
-                record.revoked_at,
-                record.fingerprint,
-                record.salt,
-                record.digest,
-            ),
-        )
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO api_keys (key_id, name, role, tenant, created_at, expires_at,"
+                " revoked_at, fingerprint, salt, digest) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.key_id,
+                    record.name,
+                    record.role,
+                    record.tenant,
+                    record.created_at,
+                    record.expires_at,
+                    record.revoked_at,
+                    record.fingerprint,
+                    record.salt,
+                    record.digest,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"API key {record.key_id} exists") from exc
         seq = cursor.lastrowid or 0
         found = await self.get_key(record.key_id)
         assert found is not None and found.seq == seq

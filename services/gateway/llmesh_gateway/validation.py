@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from llmesh.kernel.durations import MAX_TTL_S, seconds_of
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
 from llmesh.v1 import common_pb2, gateway_pb2
 
@@ -129,10 +130,8 @@ def check_generate(
     """Validate ``Generate``/``GenerateStream``."""
     c = Checker()
     check_model(c, "model", request.model)
-    if request.prompt and request.messages:
-        c.bad("prompt", "give exactly one of prompt or messages, not both")
-    elif request.messages:
-        check_messages(c, "messages", request.messages)
+    if request.WhichOneof("input") == "messages":
+        check_messages(c, "messages.messages", request.messages.messages)
     else:
         c.text("prompt", request.prompt, min_bytes=1, max_bytes=65536, required=True)
     check_sampling(c, "sampling", request.sampling)
@@ -186,8 +185,8 @@ def check_remember(request: gateway_pb2.RememberRequest) -> None:
     c = Checker()
     c.text("text", request.text, min_bytes=1, max_bytes=16384, required=True)
     c.metadata("metadata", request.metadata)
-    if request.ttl_seconds < 0:
-        c.bad("ttl_seconds", "must be >= 0 (0 means never)")
+    if not 0 <= seconds_of(request.ttl) <= MAX_TTL_S:
+        c.bad("ttl", "must be 0..10 years (0 means never)")
     c.text("idempotency_key", request.idempotency_key, max_bytes=128)
     c.done()
 

@@ -48,28 +48,34 @@ class FakeWorker(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
         self.calls += 1
-        rid = request.request_id
+        rid = dict(context.invocation_metadata()).get("x-request-id", "")
         self.active.add(rid)
         try:
             if self.mode == "fail_first":
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "worker broken")
             if self.mode == "full":
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
-            yield inference_pb2.InferenceServiceGenerateResponse(model=request.model or "tiny")
+            yield inference_pb2.InferenceServiceGenerateResponse(
+                start=inference_pb2.InferenceServiceGenerateStart(model=request.model or "tiny")
+            )
             if self.gate is not None:
                 await self.gate.wait()
-            text = "echo:" + (request.prompt or request.messages[-1].content)
+            text = "echo:" + (request.prompt or request.messages.messages[-1].content)
             for i in range(self.tokens):
                 if self.mode == "fail_after" and i == 1:
                     await context.abort(grpc.StatusCode.INTERNAL, "worker crashed")
                 yield inference_pb2.InferenceServiceGenerateResponse(
-                    text=text if i == 0 else f" t{i}", token_ids=[i + 1]
+                    delta=common_pb2.GenerationDelta(
+                        text=text if i == 0 else f" t{i}", token_ids=[i + 1]
+                    )
                 )
                 if self.mode == "hang":
                     await asyncio.Event().wait()
             yield inference_pb2.InferenceServiceGenerateResponse(
-                finish_reason=common_pb2.FINISH_REASON_LENGTH,
-                usage=common_pb2.Usage(prompt_tokens=4, completion_tokens=self.tokens),
+                done=common_pb2.GenerationDone(
+                    finish_reason=common_pb2.FINISH_REASON_LENGTH,
+                    usage=common_pb2.Usage(prompt_tokens=4, completion_tokens=self.tokens),
+                )
             )
         except asyncio.CancelledError:
             self.cancelled += 1
@@ -271,6 +277,14 @@ async def _serve(servicer_adder: Callable[[grpc.aio.Server], None]) -> tuple[grp
     return server, f"127.0.0.1:{port}"
 
 
+# What the fake workers report about their models at registration (ListModels figures).
+FIGURES = [
+    common_pb2.ModelInfo(name="tiny", context_length=2048, parameters=1_000_000, dtype="float32"),
+    common_pb2.ModelInfo(name="big", context_length=4096, parameters=9_000_000, dtype="float16"),
+    common_pb2.ModelInfo(name="fake-embed", context_length=256, dtype="float32", embedding=True),
+]
+
+
 async def register_worker(
     registry_address: str, worker: FakeWorker, address: str, **fields: Any
 ) -> None:
@@ -285,6 +299,7 @@ async def register_worker(
                     models_available=["tiny", "big"],
                     capacity=4,
                     state=common_pb2.WORKER_STATE_READY,
+                    models=FIGURES,
                     **fields,
                 )
             )

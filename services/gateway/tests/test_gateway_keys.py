@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -91,7 +92,40 @@ async def test_create_validates_each_field(sqlite_store: GatewayStore) -> None:
     with pytest.raises(InvalidArgument) as info:
         await keys.create(name="", role="root", tenant="Bad Tenant", ttl_seconds=-1)
     fields = {v.field for v in info.value.field_violations}
-    assert fields == {"name", "role", "tenant", "ttl_seconds"}
+    assert fields == {"name", "role", "tenant", "ttl"}
+    # A lifetime past 10 years is refused before anything is stored.
+    with pytest.raises(InvalidArgument) as info:
+        await keys.create(name="n", role="user", tenant="t", ttl_seconds=10**12)
+    assert {v.field for v in info.value.field_violations} == {"ttl"}
+    assert await keys.list(after_seq=0, limit=10, include_revoked=True) == []
+
+
+async def test_create_with_a_request_id_is_idempotent(sqlite_store: GatewayStore) -> None:
+    keys = ApiKeyManager(sqlite_store)
+    first = await keys.create(name="ci", role="user", tenant="t", request_id="req-1")
+    assert first.api_key and not first.replayed
+    again = await keys.create(name="ci", role="user", tenant="t", request_id="req-1")
+    # The same record, no second key; the secret is never shown twice.
+    assert again.replayed and again.api_key == ""
+    assert again.record.key_id == first.record.key_id
+    assert again.record.fingerprint == first.record.fingerprint
+    await keys.verify(first.api_key)
+    other = await keys.create(name="ci", role="user", tenant="t", request_id="req-2")
+    assert other.record.key_id != first.record.key_id and other.api_key
+    with pytest.raises(InvalidArgument) as info:
+        await keys.create(name="ci", role="admin", tenant="t", request_id="req-1")
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_concurrent_creates_with_one_request_id_make_one_key(
+    sqlite_store: GatewayStore,
+) -> None:
+    keys = ApiKeyManager(sqlite_store)
+    made = await asyncio.gather(
+        *(keys.create(name="x", role="user", tenant="t", request_id="same") for _ in range(5))
+    )
+    assert len({m.record.key_id for m in made}) == 1
+    assert sum(1 for m in made if m.api_key) == 1
 
 
 async def test_list_pages_and_hides_revoked(sqlite_store: GatewayStore) -> None:

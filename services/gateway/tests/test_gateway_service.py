@@ -128,8 +128,8 @@ async def test_stream_fails_over_before_first_token_and_breaker_cycles(
                     gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=meta
                 )
             ]
-            assert chunks[0].worker_id == "w1"
-            assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_LENGTH
+            assert chunks[0].start.worker_id == "w1"
+            assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
         assert w0.calls == 2  # breaker opened after two failures: w0 no longer tried
         breaker = mesh.gateway.balancer.breaker("w0")
         assert breaker.current() == "open"
@@ -183,7 +183,8 @@ async def test_failure_after_first_token_is_stream_interrupted(mesh: Any) -> Non
     error_info = mesh.details(info.value)["error_info"]
     assert error_info.reason == "STREAM_INTERRUPTED"
     assert error_info.metadata["tokens_delivered"] == "1"
-    assert len(received) == 1
+    assert [c.WhichOneof("event") for c in received] == ["start", "delta"]
+    assert received[0].start.model == "tiny" and received[0].start.worker_id
     assert sum(w.calls for w in mesh.workers.values()) == 1  # no retry after a token
 
 
@@ -194,7 +195,7 @@ async def test_client_cancel_cancels_the_worker_stream(mesh: Any) -> None:
         gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
     )
     first = await call.read()
-    busy = mesh.workers[first.worker_id]
+    busy = mesh.workers[first.start.worker_id]
     assert busy.active
     call.cancel()
     await await_until(lambda: _async(not busy.active), timeout_s=5, what="worker cancel")
@@ -235,14 +236,14 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
         system_prompt="be brief",
     )
     chunks = [c async for c in stub.Chat(request, metadata=meta)]
-    assert chunks[0].memory_ids == ["m1"] and chunks[0].worker_id
-    assert chunks[-1].session_version == 1 and chunks[-1].usage.completion_tokens == 3
+    assert chunks[0].start.memory_ids == ["m1"] and chunks[0].start.worker_id
+    assert chunks[-1].done.session_version == 1 and chunks[-1].done.usage.completion_tokens == 3
     # The client retries the same turn: stored once, same version.
     again = [c async for c in stub.Chat(request, metadata=meta)]
-    assert again[-1].session_version == 1
+    assert again[-1].done.session_version == 1
     assert mesh.memory.appends == 1
     # The retry answers with the stored reply instead of generating another one.
-    assert "".join(c.text for c in again) == "".join(c.text for c in chunks)
+    assert "".join(c.delta.text for c in again) == "".join(c.delta.text for c in chunks)
     calls = sum(w.calls for w in mesh.workers.values())
     assert calls == 1
     session = await stub.GetSession(gateway_pb2.GetSessionRequest(session_id="s1"), metadata=meta)
@@ -256,7 +257,7 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
             gateway_pb2.ChatRequest(session_id="s1", message="and coffee?"), metadata=meta
         )
     ]
-    assert second[-1].session_version == 2
+    assert second[-1].done.session_version == 2
 
 
 async def test_chat_retries_a_concurrent_append(mesh: Any) -> None:
@@ -284,7 +285,7 @@ async def test_chat_retries_a_concurrent_append(mesh: Any) -> None:
     )
     gate.set()
     chunks = [c async for c in call]
-    assert chunks[-1].session_version == 2  # conflict at 0, retried at 1
+    assert chunks[-1].done.session_version == 2  # conflict at 0, retried at 1
     assert mesh.memory.sessions[("acme", "s2")].messages[0].content == "other"
 
 
@@ -340,6 +341,13 @@ async def test_admin_workers_drain_and_models(mesh: Any) -> None:
     )
     names = {m.model.name: list(m.worker_ids) for m in models.models}
     assert names["tiny"] == ["w1"]  # w0 is draining
+    # Each model carries the figures its workers reported; the embedding model is listed.
+    by_name = {m.model.name: m.model for m in models.models}
+    tiny = by_name["tiny"]
+    assert (tiny.context_length, tiny.parameters, tiny.dtype) == (2048, 1_000_000, "float32")
+    assert tiny.loaded and not tiny.embedding
+    assert by_name["fake-embed"].embedding and names["fake-embed"] == ["w1"]
+    assert not by_name["big"].loaded and by_name["big"].context_length == 4096
 
 
 async def test_embed_routes_to_a_worker(mesh: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import duration_pb2
 
 from llmesh.kernel.errors import InvalidArgument
 from llmesh.v1 import common_pb2, gateway_pb2
@@ -38,17 +39,16 @@ def test_generate_names_each_bad_field() -> None:
 
 
 def test_generate_prompt_xor_messages_and_message_roles() -> None:
-    both = gateway_pb2.GenerateRequest(
-        prompt="hi",
-        messages=[common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="x")],
+    both = gateway_pb2.GenerateRequest(prompt="hi")
+    both.messages.messages.add(role=common_pb2.CHAT_ROLE_SYSTEM, content="x")
+    assert both.WhichOneof("input") == "messages"  # the contract's oneof keeps the last one
+    validation.check_generate(both)
+    bad_role = gateway_pb2.GenerateRequest(
+        messages=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(content="x")])
     )
     with pytest.raises(InvalidArgument) as info:
-        validation.check_generate(both)
-    assert _fields(info) == {"prompt"}
-    bad_role = gateway_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(content="x")])
-    with pytest.raises(InvalidArgument) as info:
         validation.check_generate(bad_role)
-    assert _fields(info) == {"messages[0].role"}
+    assert _fields(info) == {"messages.messages[0].role"}
     validation.check_generate(gateway_pb2.GenerateRequest(prompt="ok"))
     too_long = gateway_pb2.GenerateRequest(prompt="é" * 40000)  # 80000 bytes
     with pytest.raises(InvalidArgument):
@@ -79,9 +79,11 @@ def test_chat_fields() -> None:
 def test_memory_and_admin_fields() -> None:
     with pytest.raises(InvalidArgument) as info:
         validation.check_remember(
-            gateway_pb2.RememberRequest(text="", metadata={"": "v"}, ttl_seconds=-5)
+            gateway_pb2.RememberRequest(
+                text="", metadata={"": "v"}, ttl=duration_pb2.Duration(seconds=10**11)
+            )
         )
-    assert _fields(info) == {"text", "metadata[]", "ttl_seconds"}
+    assert _fields(info) == {"text", "metadata[]", "ttl"}
     with pytest.raises(InvalidArgument) as info:
         validation.check_forget(gateway_pb2.ForgetRequest())
     assert _fields(info) == {"ids"}

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmesh.kernel.context import remaining_s
+from llmesh.kernel.context import current_request, remaining_s
 from llmesh.kernel.errors import FieldViolation, InvalidArgument, NotFound, invalid
 from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -83,8 +83,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return name
 
     def _request(self, request: inference_pb2.InferenceServiceGenerateRequest) -> GenerationRequest:
-        has_prompt = bool(request.prompt)
-        has_messages = len(request.messages) > 0
+        which = request.WhichOneof("input")
+        has_prompt = which == "prompt" and bool(request.prompt)
+        chat = list(request.messages.messages) if which == "messages" else []
+        has_messages = len(chat) > 0
         if has_prompt == has_messages:
             raise InvalidArgument(
                 "set exactly one of prompt or messages",
@@ -98,12 +100,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if has_messages:
             bad = [
                 FieldViolation(f"messages[{i}].role", "must be SYSTEM, USER or ASSISTANT")
-                for i, m in enumerate(request.messages)
+                for i, m in enumerate(chat)
                 if m.role not in _ROLES
             ]
             if bad:
                 raise InvalidArgument("invalid chat messages", field_violations=bad)
-            messages = [{"role": _ROLES[m.role], "content": m.content} for m in request.messages]
+            messages = [{"role": _ROLES[m.role], "content": m.content} for m in chat]
         options = parse_sampling(
             request.sampling if request.HasField("sampling") else None,
             default_temperature=self.settings.default_temperature,
@@ -111,8 +113,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
         left = remaining_s()
         kwargs: dict[str, Any] = {}
-        if request.request_id:
-            kwargs["request_id"] = request.request_id
+        ctx = current_request()
+        if ctx is not None and ctx.request_id:
+            kwargs["request_id"] = ctx.request_id
         return GenerationRequest(
             model=self._resolve_model(request.model),
             options=options,
@@ -129,7 +132,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         parent = trace.get_current_span()
         handle = self.worker.engine.submit(req)
         finished: Finished | None = None
-        first = True
+        started = False
         try:
             while finished is None:
                 events = [await handle.next_event(), *handle.drain()]
@@ -145,24 +148,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         finished = event
                     elif isinstance(event, Failed):
                         raise event.error
-                response = inference_pb2.InferenceServiceGenerateResponse(
-                    text="".join(text), token_ids=ids
-                )
-                if first:
-                    response.model = req.model
-                    first = False
+                if not started:  # after the first event, so an admission error comes first
+                    started = True
+                    yield inference_pb2.InferenceServiceGenerateResponse(
+                        start=inference_pb2.InferenceServiceGenerateStart(model=req.model)
+                    )
+                joined = "".join(text)
+                if joined or ids:
+                    yield inference_pb2.InferenceServiceGenerateResponse(
+                        delta=common_pb2.GenerationDelta(text=joined, token_ids=ids)
+                    )
                 if finished is not None:
-                    response.finish_reason = _FINISH[finished.reason]
-                    response.usage.CopyFrom(
-                        common_pb2.Usage(
-                            prompt_tokens=finished.prompt_tokens,
-                            completion_tokens=finished.completion_tokens,
-                            time_to_first_token_ms=finished.ttft_ms,
-                            total_time_ms=finished.total_ms,
-                            queue_time_ms=finished.queue_ms,
+                    yield inference_pb2.InferenceServiceGenerateResponse(
+                        done=common_pb2.GenerationDone(
+                            finish_reason=_FINISH[finished.reason],
+                            usage=common_pb2.Usage(
+                                prompt_tokens=finished.prompt_tokens,
+                                completion_tokens=finished.completion_tokens,
+                                time_to_first_token_ms=finished.ttft_ms,
+                                total_time_ms=finished.total_ms,
+                                queue_time_ms=finished.queue_ms,
+                            ),
                         )
                     )
-                yield response
         finally:
             if finished is None:
                 handle.cancel()

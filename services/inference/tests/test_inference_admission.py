@@ -48,7 +48,7 @@ async def test_cancel_removes_the_request_within_one_step(start_worker: Any) -> 
         call = w.stub.Generate(long_request(), timeout=60)
         received = 0
         async for chunk in call:
-            received += len(chunk.token_ids)
+            received += len(chunk.delta.token_ids)
             if received >= 5:
                 break
         running = await w.stats()

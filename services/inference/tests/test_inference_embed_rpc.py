@@ -51,12 +51,12 @@ async def test_generate_records_queue_prefill_and_decode_spans(start_worker: Any
             async for c in w.stub.Generate(
                 inference_pb2.InferenceServiceGenerateRequest(
                     prompt="spans please",
-                    request_id="span-req",
                     sampling=common_pb2.SamplingParams(max_tokens=5),
-                )
+                ),
+                metadata=(("x-request-id", "span-req"),),
             )
         ]
-    assert chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].done.usage.completion_tokens == 5
     spans = {
         s.name: s
         for s in exporter.get_finished_spans()

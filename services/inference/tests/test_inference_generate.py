@@ -30,22 +30,22 @@ async def collect(
 
 
 def tokens(chunks: list[inference_pb2.InferenceServiceGenerateResponse]) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
+    return [t for c in chunks for t in c.delta.token_ids]
 
 
 def text(chunks: list[inference_pb2.InferenceServiceGenerateResponse]) -> str:
-    return "".join(c.text for c in chunks)
+    return "".join(c.delta.text for c in chunks)
 
 
 async def test_streams_chunks_with_every_sampling_option(start_worker: Any) -> None:
     async with start_worker() as w:
         req = request(temperature=0.9, top_p=0.8, top_k=40, max_tokens=12, seed=7)
-        req.request_id = "req-1"
         chunks = await collect(w.stub, req)
-    assert len(chunks) >= 2, "tokens are streamed, not sent at once"
-    assert chunks[0].model == MODEL
-    assert all(c.finish_reason == common_pb2.FINISH_REASON_UNSPECIFIED for c in chunks[:-1])
-    last = chunks[-1]
+    events = [c.WhichOneof("event") for c in chunks]
+    assert events[0] == "start" and events[-1] == "done"
+    assert set(events[1:-1]) == {"delta"} and len(events) >= 4, "tokens are streamed"
+    assert chunks[0].start.model == MODEL
+    last = chunks[-1].done
     assert last.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert len(tokens(chunks)) == 12
     assert last.usage.completion_tokens == 12
@@ -95,7 +95,7 @@ async def test_stop_sequence_ends_generation_before_it(start_worker: Any) -> Non
         stop = visible[6:9]
         cut = full.index(stop)
         chunks = await collect(w.stub, request(temperature=0.0, max_tokens=40, stop=["zzzq", stop]))
-    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_STOP_SEQUENCE
     assert text(chunks) == full[:cut]
     assert stop not in text(chunks)
 
@@ -110,15 +110,17 @@ async def test_chat_messages_are_rendered_with_the_chat_template(
     expected = len(tok.encode(rendered).ids)
     async with start_worker() as w:
         req = inference_pb2.InferenceServiceGenerateRequest(
-            messages=[
-                common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="Be brief."),
-                common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="Hello there"),
-            ],
+            messages=common_pb2.ChatMessages(
+                messages=[
+                    common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="Be brief."),
+                    common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="Hello there"),
+                ]
+            ),
             sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0),
         )
         chunks = await collect(w.stub, req)
-    assert chunks[-1].usage.prompt_tokens == expected
-    assert chunks[-1].usage.completion_tokens == 4
+    assert chunks[-1].done.usage.prompt_tokens == expected
+    assert chunks[-1].done.usage.completion_tokens == 4
 
 
 async def test_concurrent_requests_share_decode_steps(start_worker: Any) -> None:
@@ -186,11 +188,13 @@ async def test_generation_stops_when_the_context_is_full(
             await collect(
                 w.stub,
                 inference_pb2.InferenceServiceGenerateRequest(
-                    messages=[common_pb2.ChatMessage(content="no role")]
+                    messages=common_pb2.ChatMessages(
+                        messages=[common_pb2.ChatMessage(content="no role")]
+                    )
                 ),
             )
-    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_CONTEXT_FULL
-    assert chunks[-1].usage.prompt_tokens == used
+    assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_CONTEXT_FULL
+    assert chunks[-1].done.usage.prompt_tokens == used
     assert len(tokens(chunks)) == 1024 - used
     assert bad_role.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -212,6 +216,6 @@ async def test_end_of_sequence_finishes_without_text(
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "mlx"})
     async with start_worker(models_dir=root, default_model="eos-model") as w:
         chunks = await collect(w.stub, request(temperature=0, max_tokens=20))
-    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_EOS
-    assert chunks[-1].usage.completion_tokens == 1
+    assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_EOS
+    assert chunks[-1].done.usage.completion_tokens == 1
     assert tokens(chunks) == [] and text(chunks) == ""

@@ -54,7 +54,7 @@ async def test_lru_eviction_keeps_the_default_model(
                 )
             )
         ]
-        assert chunks[0].model == "b"
+        assert chunks[0].start.model == "b"
         assert await loaded(w) == ["a", "b"]
         listing = await w.stub.ListModels(inference_pb2.InferenceServiceListModelsRequest())
         assert listing.default_model == "a"

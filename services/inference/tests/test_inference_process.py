@@ -92,7 +92,7 @@ def test_serve_inference_runs_on_openblas_and_stops_cleanly(
     assert stats.device == "cpu"
     assert stats.default_model == MODEL
     assert [m.name for m in stats.loaded_models] == [MODEL]
-    assert chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].done.usage.completion_tokens == 3
     # The process that serves (the same pid: it re-executed itself) maps OpenBLAS.
     maps = Path(f"/proc/{proc.pid}/maps").read_text()
     assert "libopenblas" in maps

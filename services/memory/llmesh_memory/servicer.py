@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from llmesh.kernel.durations import MAX_TTL_S, seconds_of
 from llmesh.kernel.errors import FieldViolation, InvalidArgument, invalid
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
@@ -76,6 +77,11 @@ def _metadata(v: _Violations, field: str, metadata: Mapping[str, str]) -> None:
 def _key(v: _Violations, key: str) -> None:
     if len(key) > MAX_KEY:
         v.add("idempotency_key", f"must be at most {MAX_KEY} characters")
+
+
+def _ttl(v: _Violations, ttl: duration_pb2.Duration) -> None:
+    if not 0 <= seconds_of(ttl) <= MAX_TTL_S:
+        v.add("ttl", "must be 0..10 years (0 means never)")
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -202,8 +208,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if request.expected_version < 0:
             v.add("expected_version", "must be >= 0")
         _key(v, request.idempotency_key)
-        if request.ttl_seconds < 0:
-            v.add("ttl_seconds", "must be >= 0")
+        _ttl(v, request.ttl)
         v.raise_if_any()
         result = await self.engine.append(
             request.namespace,
@@ -211,7 +216,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             [MessageIn(int(m.role), m.content) for m in request.messages],
             expected_version=request.expected_version,
             idempotency_key=request.idempotency_key,
-            ttl_s=float(request.ttl_seconds),
+            ttl_s=seconds_of(request.ttl),
         )
         return memory_pb2.AppendMessagesResponse(version=result.version, replayed=result.replayed)
 
@@ -271,15 +276,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         if not request.text.strip() or len(request.text.encode()) > MAX_TEXT_BYTES:
             v.add("text", f"must be 1..{MAX_TEXT_BYTES} bytes and not blank")
         _metadata(v, "metadata", request.metadata)
-        if request.ttl_seconds < 0:
-            v.add("ttl_seconds", "must be >= 0")
+        _ttl(v, request.ttl)
         _key(v, request.idempotency_key)
         v.raise_if_any()
         result = await self.engine.remember(
             request.namespace,
             request.text,
             metadata=dict(request.metadata),
-            ttl_s=float(request.ttl_seconds),
+            ttl_s=seconds_of(request.ttl),
             idempotency_key=request.idempotency_key,
         )
         return memory_pb2.MemoryServiceRememberResponse(

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -209,13 +210,13 @@ async def test_bad_requests_name_every_field(tmp_path: Path) -> None:
                 memory_pb2.MemoryServiceRememberRequest(
                     namespace="",
                     text="",
-                    ttl_seconds=-1,
+                    ttl=duration_pb2.Duration(seconds=10**11),
                     metadata={f"k{i}": "v" for i in range(40)},
                 )
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         fields = {v.field for v in details(info.value)["BadRequest"].field_violations}
-        assert {"namespace", "text", "ttl_seconds", "metadata"} <= fields
+        assert {"namespace", "text", "ttl", "metadata"} <= fields
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Recall(
                 memory_pb2.MemoryServiceRecallRequest(

@@ -71,6 +71,16 @@ class WorkerProbe:
             return ProbeResult(False, f"Stats failed: {_describe(exc)}")
         return ProbeResult(True, "", stats)
 
+    async def models(self) -> list[common_pb2.ModelInfo]:
+        """The worker's models with their figures (``ListModels``); empty if it fails."""
+        try:
+            reply = await self._inference.ListModels(
+                inference_pb2.InferenceServiceListModelsRequest(), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return []
+        return list(reply.models)
+
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -87,6 +87,7 @@ def _static_record(worker: common_pb2.WorkerInfo) -> bytes:
         labels=dict(worker.labels),
         models_available=list(worker.models_available),
         capacity=worker.capacity,
+        models=list(worker.models),
     )
     return static.SerializeToString(deterministic=True)
 

@@ -96,11 +96,12 @@ class Registrar:
             state=READY if result.healthy else UNHEALTHY,
             state_reason=result.reason,
             load=result.load,
+            models=await self._probe.models(),
         )
         reply = await self._registry.Register(
             registry_pb2.RegisterRequest(worker=worker), timeout=self._registry_timeout_s
         )
-        self._lease_id, self._ttl_ms = reply.lease_id, reply.ttl_ms
+        self._lease_id, self._ttl_ms = reply.lease_id, reply.ttl.ToMilliseconds()
         self._state = worker.state
         # A probe must fail well inside one tick, so a hung worker leaves READY
         # within one TTL: tick (TTL/3) + probe deadline + heartbeat.
@@ -110,7 +111,7 @@ class Registrar:
             "registered worker %s at %s (lease ttl %d ms)",
             self._identity.worker_id,
             self._identity.address,
-            reply.ttl_ms,
+            self._ttl_ms,
             extra={"worker_id": self._identity.worker_id},
         )
 
@@ -133,7 +134,7 @@ class Registrar:
                 await self.register(result)
                 return
             raise
-        self._ttl_ms = reply.ttl_ms
+        self._ttl_ms = reply.ttl.ToMilliseconds()
         if reply.state != self._state:
             log.info(
                 "worker %s is %s%s",

@@ -6,7 +6,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import duration_pb2
 
+from llmesh.kernel.durations import duration
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import registry_pb2, registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
@@ -19,6 +21,10 @@ from llmesh_registry.validation import (
 )
 
 SERVICE_NAME = "llmesh.v1.RegistryService"  # also in app.py (kept import-light)
+
+
+def _millis(ms: int) -> duration_pb2.Duration:
+    return duration(ms / 1000)
 
 
 def to_response(update: Update) -> registry_pb2.WatchWorkersResponse:
@@ -55,7 +61,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         lease = await self._backend.register(worker, uuid.uuid4().hex)
         self._registrations.add(1)
         return registry_pb2.RegisterResponse(
-            lease_id=lease.lease_id, ttl_ms=lease.ttl_ms, revision=lease.revision
+            lease_id=lease.lease_id, ttl=_millis(lease.ttl_ms), revision=lease.revision
         )
 
     async def Heartbeat(
@@ -74,7 +80,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         self._heartbeats.add(1)
         return registry_pb2.HeartbeatResponse(
-            ttl_ms=result.ttl_ms,
+            ttl=_millis(result.ttl_ms),
             revision=result.revision,
             state=result.state,  # type: ignore[arg-type]
         )

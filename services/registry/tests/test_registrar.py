@@ -144,6 +144,10 @@ async def test_registrar_registers_marks_hung_worker_and_deregisters(
             info = listed.workers[0]
             assert info.address == worker_address
             assert MODEL in info.models_loaded and MODEL in info.models_available
+            # The worker's ListModels figures travel with the registration.
+            figures = {m.name: m for m in info.models}
+            assert figures[MODEL].context_length > 0 and figures[MODEL].parameters > 0
+            assert figures[MODEL].dtype and not figures[MODEL].embedding
             assert info.capacity > 0 and info.labels["zone"] == "test"
             assert info.load.free_slots == info.capacity
 

@@ -44,6 +44,10 @@ def worker(worker_id: str = "w1", *, model: str = "tiny", zone: str = "a") -> co
         models_available=[model, "other"],
         capacity=8,
         state=READY,
+        models=[
+            common_pb2.ModelInfo(name=model, context_length=2048, parameters=7, dtype="float32"),
+            common_pb2.ModelInfo(name="minilm", context_length=256, embedding=True),
+        ],
     )
 
 
@@ -133,6 +137,9 @@ async def test_register_appears_ready_in_list_and_watch(factory: BackendFactory)
         assert event.type == UPSERTED and event.revision == lease.revision
         assert watcher.view["w1"].state == READY
         assert list(watcher.view["w1"].models_loaded) == ["tiny"]
+        # The model figures sent with Register are kept (for the gateway's ListModels).
+        for seen in (snap.workers[0], watcher.view["w1"]):
+            assert list(seen.models) == list(worker("w1").models)
         await watcher.stop()
 
 

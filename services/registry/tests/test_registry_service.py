@@ -103,7 +103,7 @@ async def test_register_lists_ready_and_streams_to_watcher() -> None:
         assert first.WhichOneof("update") == "snapshot"
 
         lease = await stub.Register(register_request("w1"), timeout=5)
-        assert lease.lease_id and lease.ttl_ms == 10_000
+        assert lease.lease_id and lease.ttl.ToMilliseconds() == 10_000
         await stub.Register(register_request("w2", model="big", zone="b"), timeout=5)
         listed = await stub.ListWorkers(
             registry_pb2.RegistryServiceListWorkersRequest(state=READY), timeout=5
@@ -133,7 +133,7 @@ async def test_register_lists_ready_and_streams_to_watcher() -> None:
             ),
             timeout=5,
         )
-        assert beat.state == READY and beat.ttl_ms == 10_000
+        assert beat.state == READY and beat.ttl.ToMilliseconds() == 10_000
         drained = await stub.SetWorkerState(
             registry_pb2.SetWorkerStateRequest(worker_id="w1", state=DRAINING, reason="ops"),
             timeout=5,

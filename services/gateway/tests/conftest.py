@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.v1 import (
     common_pb2,
     gateway_pb2_grpc,
@@ -316,12 +316,15 @@ async def start_mesh(tmp_path: Path, *, workers: int = 2, **settings: Any) -> As
     from llmesh_registry.settings import RegistrySettings
 
     registry_settings = RegistrySettings(port=0, lease_ttl_ms=600_000, evict_after_ms=600_000)
-    registry_host = ServiceHost(registry_settings, service_names=["llmesh.v1.RegistryService"])
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(registry_wiring.wire(registry_host, registry_settings))
-        registry_port = await registry_host.start()
-        stack.push_async_callback(registry_host.stop, 0)
-        registry_address = f"127.0.0.1:{registry_port}"
+        registry = await stack.enter_async_context(
+            serving(
+                registry_settings,
+                registry_wiring.SERVICE_NAMES,
+                lambda host: registry_wiring.wire(host, registry_settings),
+            )
+        )
+        registry_address = registry.address
 
         memory = FakeMemory()
         memory_server, memory_address = await _serve(
@@ -350,10 +353,15 @@ async def start_mesh(tmp_path: Path, *, workers: int = 2, **settings: Any) -> As
             **settings,
         )
         auth = AuthInterceptor()
-        host = ServiceHost(gw_settings, service_names=SERVICE_NAMES, interceptors=[auth])
-        gateway = await stack.enter_async_context(wire(host, gw_settings, auth))
-        port = await host.start()
-        stack.push_async_callback(host.stop, 0)
+        served = await stack.enter_async_context(
+            serving(
+                gw_settings,
+                SERVICE_NAMES,
+                lambda host: wire(host, gw_settings, auth),
+                interceptors=[auth],
+            )
+        )
+        gateway, port = served.parts, served.host.port
         deadline = time.monotonic() + 10
         while len(gateway.cache.workers) < workers:
             assert time.monotonic() < deadline, "gateway never saw the workers"

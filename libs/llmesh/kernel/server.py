@@ -13,13 +13,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from llmesh.kernel.config import ConfigError, ServiceSettings
 from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.interceptors import DeadlinePolicy, KernelServerInterceptor
 from llmesh.kernel.logging import get_logger, setup_logging
+from llmesh.kernel.reflection import enable_reflection
 from llmesh.kernel.telemetry import setup_telemetry
 
 log = get_logger(__name__)
@@ -100,7 +100,7 @@ class ServiceHost:
                 *self.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             )
-            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+            enable_reflection(names, self.server)
         address = self.settings.address
         if creds is None:
             port = self.server.add_insecure_port(address)

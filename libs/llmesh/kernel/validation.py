@@ -19,7 +19,7 @@ from buf.validate import validate_pb2
 from google.protobuf import message as pb_message
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
-from llmesh.kernel.rulecheck import RuleChecker
+from llmesh.kernel.rulecheck import RuleChecker, Violation, subscript
 
 MALFORMED_REQUEST = "MALFORMED_REQUEST"
 Deserializer = Callable[[bytes], Any]
@@ -49,54 +49,42 @@ def field_path(path: validate_pb2.FieldPath) -> str:
             out.append(".")
         out.append(element.field_name)
         kind = element.WhichOneof("subscript")
-        if kind is None:
-            continue
-        key = getattr(element, kind)
-        if kind == "string_key":
-            escaped = (
-                key.replace("\\", "\\\\")
-                .replace('"', '\\"')
-                .replace("\r", "\\r")
-                .replace("\n", "\\n")
-            )
-            out.append(f'["{escaped}"]')
-        elif kind == "bool_key":
-            out.append(f"[{'true' if key else 'false'}]")
-        else:
-            out.append(f"[{key}]")
+        if kind is not None:
+            out.append(subscript(getattr(element, kind)))
     return "".join(out)
 
 
 class RequestValidator:
-    """Checks requests against their ``buf.validate`` rules (rules compiled once per type).
+    """Checks requests against their ``buf.validate`` rules (compiled once per type).
 
-    A valid request costs a plain-Python pass of the standard rules
-    (``kernel.rulecheck``); ``protovalidate`` runs only to describe what is wrong, and
-    for message types with custom CEL rules.
+    The standard rules run as plain Python (``kernel.rulecheck``, ~20 us for a chat
+    request); ``protovalidate`` runs only for message types with rules that module
+    does not implement (custom CEL), and the tests hold both to the same answers.
     """
 
     def __init__(self) -> None:
         self._validator = protovalidate.Validator()  # type: ignore[no-untyped-call]
-        self._fast = RuleChecker(lambda message: not self._validator.collect_violations(message))
+        self._rules = RuleChecker(self._protovalidate)
+
+    def _protovalidate(self, message: pb_message.Message) -> list[Violation]:
+        try:
+            found = self._validator.collect_violations(message)
+        except ValueError as exc:  # e.g. a Duration beyond CEL's range
+            return [Violation("", "unrepresentable", f"a value is out of range: {exc}")]
+        return [
+            Violation(field_path(v.proto.field), v.proto.rule_id, v.proto.message) for v in found
+        ]
 
     def violations(self, request: pb_message.Message) -> list[FieldViolation]:
         """Every rule ``request`` breaks, as field violations (empty: valid)."""
-        found = self._validator.collect_violations(request)
-        result = []
-        for violation in found:
-            proto = violation.proto
-            result.append(
-                FieldViolation(
-                    field=field_path(proto.field),
-                    description=proto.message or proto.rule_id,
-                    reason=proto.rule_id,
-                )
-            )
-        return result
+        return [
+            FieldViolation(field=v.field, description=v.message, reason=v.rule_id)
+            for v in self._rules.violations(request)
+        ]
 
     def check(self, request: Any) -> None:
         """Raise ``InvalidArgument`` (with ``BadRequest``) when ``request`` breaks a rule."""
-        if not isinstance(request, pb_message.Message) or self._fast.valid(request):
+        if not isinstance(request, pb_message.Message):
             return
         violations = self.violations(request)
         if not violations:

@@ -3,13 +3,14 @@
 The gateway routes from this cache only. When the registry stream breaks the last
 snapshot is kept (routing goes on) and the watcher reconnects with backoff, resuming
 from the last revision. ``staleness_s`` is 0 while the stream is live, else the time
-since it broke (exported as a metric).
+since it broke (exported as a metric). The watch loop runs under the kernel
+Supervisor: a crash (e.g. in the change callback) is logged, the loop restarts with
+backoff, staleness counts from the crash, and liveness fails if it keeps crashing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,7 @@ import grpc
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.tasks import SupervisedTask, Supervisor
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
@@ -88,7 +90,7 @@ class RegistryWatcher:
         self._on_change = on_change
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
-        self._task: asyncio.Task[None] | None = None
+        self._task: SupervisedTask | None = None
         self.first_snapshot = asyncio.Event()
         m = meter("llmesh.gateway")
         m.create_observable_gauge(
@@ -112,20 +114,28 @@ class RegistryWatcher:
             counts[name] = counts.get(name, 0) + 1
         return [Observation(n, {"state": s}) for s, n in counts.items()]
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="registry-watch")
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Run the watch under ``supervisor`` (the service's, so it can fail liveness)."""
+        self._task = (supervisor or Supervisor()).spawn("registry-watch", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
 
     async def _changed(self) -> None:
         if self._on_change is not None:
             await self._on_change(self.cache)
 
     async def _run(self) -> None:
+        try:
+            await self._watch()
+        finally:
+            # However the loop ends (a crash, a cancel), the cache is no longer live:
+            # staleness must grow from now on, not read 0 for ever.
+            if self.cache.connected:
+                self.cache.mark(connected=False)
+
+    async def _watch(self) -> None:
         backoff = self._min_backoff_s
         while True:
             call = self._stub.WatchWorkers(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llmesh.kernel.channels import create_channel
 from llmesh.kernel.server import ServiceHost
+from llmesh.kernel.tasks import Supervisor
 from llmesh.v1 import gateway_pb2_grpc, memory_pb2_grpc, registry_pb2_grpc
 from llmesh_gateway.admin import AdminServicer
 from llmesh_gateway.apikeys import ApiKeyManager
@@ -135,7 +136,7 @@ async def wire(
         ),
         host.server,
     )
-    watcher.start()
+    watcher.start(Supervisor(health=host.health))
     try:
         yield Gateway(
             cache=cache,

@@ -31,6 +31,29 @@ def test_node_encodes_what_python_decodes() -> None:
     assert request.recall.k == 3
     assert request.recall.HasField("semantic_weight") and request.recall.semantic_weight == 0.5
     assert dict(request.recall.metadata_filter) == {"topic": "ops"}
+    assert request.disable_recall
+
+
+def test_node_and_python_agree_on_the_v1_shapes() -> None:
+    done = gateway_pb2.ChatResponse(done=gateway_pb2.ChatDone(session_version=3, replayed=True))
+    encoded = base64.b64encode(done.SerializeToString()).decode()
+    out = json.loads(
+        subprocess.run(
+            ["node", str(SMOKE), "decode-chat", encoded],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    generate = gateway_pb2.GenerateStreamRequest.FromString(
+        base64.b64decode(out["generate_request_b64"])
+    )
+    assert generate.WhichOneof("input") == "messages"
+    assert [m.content for m in generate.messages.messages] == ["hi"]
+    key = gateway_pb2.CreateApiKeyRequest.FromString(base64.b64decode(out["create_key_b64"]))
+    assert key.ttl.ToSeconds() == 3600 and key.request_id == "req-1"
+    assert out["chat_event"] == {"case": "done", "sessionVersion": 3, "replayed": True}
 
 
 async def test_node_client_calls_a_real_registry_over_grpc() -> None:

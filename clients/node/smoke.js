@@ -1,8 +1,13 @@
 // Encodes a request with the generated stubs and prints it as base64, so a
 // Python test can check both languages agree on the wire format; with
 // `registry HOST:PORT` it also calls a real registry over gRPC.
-import { create, toBinary } from "@bufbuild/protobuf";
-import { ChatRequestSchema } from "./gen/llmesh/v1/gateway_pb.js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  ChatRequestSchema,
+  ChatResponseSchema,
+  CreateApiKeyRequestSchema,
+  GenerateStreamRequestSchema,
+} from "./gen/llmesh/v1/gateway_pb.js";
 import { connect } from "./client.js";
 
 const request = create(ChatRequestSchema, {
@@ -10,8 +15,34 @@ const request = create(ChatRequestSchema, {
   message: "héllo from node",
   historyLimit: 7,
   recall: { k: 3, semanticWeight: 0.5, metadataFilter: { topic: "ops" } },
+  disableRecall: true,
 });
-const out = { chat_request_b64: Buffer.from(toBinary(ChatRequestSchema, request)).toString("base64") };
+const b64 = (schema, message) => Buffer.from(toBinary(schema, message)).toString("base64");
+// The v1 shapes: a oneof input, a Duration and an idempotency request id.
+const generate = create(GenerateStreamRequestSchema, {
+  input: { case: "messages", value: { messages: [{ role: 2, content: "hi" }] } },
+});
+const createKey = create(CreateApiKeyRequestSchema, {
+  name: "ci",
+  role: 1,
+  tenant: "acme",
+  ttl: { seconds: 3600n, nanos: 0 },
+  requestId: "req-1",
+});
+const out = {
+  chat_request_b64: b64(ChatRequestSchema, request),
+  generate_request_b64: b64(GenerateStreamRequestSchema, generate),
+  create_key_b64: b64(CreateApiKeyRequestSchema, createKey),
+};
+// `decode-chat B64`: the event a Python server sent, as Node reads it.
+if (process.argv[2] === "decode-chat") {
+  const event = fromBinary(ChatResponseSchema, Buffer.from(process.argv[3], "base64")).event;
+  out.chat_event = {
+    case: event.case,
+    sessionVersion: Number(event.value.sessionVersion),
+    replayed: event.value.replayed,
+  };
+}
 if (process.argv[2] === "registry") {
   const { registry } = connect(process.argv[3]);
   const reply = await registry.listWorkers({});

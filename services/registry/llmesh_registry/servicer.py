@@ -10,14 +10,16 @@ from google.protobuf import duration_pb2
 
 from llmesh.kernel.durations import duration
 from llmesh.kernel.telemetry import meter
-from llmesh.v1 import registry_pb2, registry_pb2_grpc
+from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
-from llmesh_registry.model import Event, HeartbeatUpdate, Snapshot, Update, WorkerFilter
-from llmesh_registry.validation import (
-    check_heartbeat,
-    check_set_state,
-    check_worker_id,
-    checked_worker,
+from llmesh_registry.model import (
+    STARTING,
+    UNSPECIFIED,
+    Event,
+    HeartbeatUpdate,
+    Snapshot,
+    Update,
+    WorkerFilter,
 )
 
 SERVICE_NAME = "llmesh.v1.RegistryService"  # also in app.py (kept import-light)
@@ -41,8 +43,19 @@ def to_response(update: Update) -> registry_pb2.WatchWorkersResponse:
     )
 
 
+def stored_worker(worker: common_pb2.WorkerInfo) -> common_pb2.WorkerInfo:
+    """The record to store: server timestamps dropped, an unset state as STARTING."""
+    clean = common_pb2.WorkerInfo()
+    clean.CopyFrom(worker)
+    for name in ("registered_at", "last_heartbeat_at", "lease_expires_at"):
+        clean.ClearField(name)  # type: ignore[arg-type]
+    if clean.state == UNSPECIFIED:
+        clean.state = STARTING
+    return clean
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    """Validates requests, calls the backend, shapes responses."""
+    """Calls the backend and shapes responses (the kernel checks the contract's limits)."""
 
     def __init__(self, backend: RegistryBackend) -> None:
         self._backend = backend
@@ -57,7 +70,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Register(
         self, request: registry_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.RegisterResponse:
-        worker = checked_worker(request)
+        worker = stored_worker(request.worker)
         lease = await self._backend.register(worker, uuid.uuid4().hex)
         self._registrations.add(1)
         return registry_pb2.RegisterResponse(
@@ -67,7 +80,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.HeartbeatResponse:
-        check_heartbeat(request)
         result = await self._backend.heartbeat(
             HeartbeatUpdate(
                 worker_id=request.worker_id,
@@ -88,7 +100,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Deregister(
         self, request: registry_pb2.DeregisterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.DeregisterResponse:
-        check_worker_id(request.worker_id)
         revision = await self._backend.deregister(request.worker_id, request.lease_id)
         return registry_pb2.DeregisterResponse(revision=revision)
 
@@ -112,7 +123,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def SetWorkerState(
         self, request: registry_pb2.SetWorkerStateRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.SetWorkerStateResponse:
-        check_set_state(request)
         worker, revision = await self._backend.set_state(
             request.worker_id, request.state, request.reason
         )

@@ -13,13 +13,12 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import RedisServer, start_redis
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
-from llmesh_registry.wiring import wire
+from llmesh_registry.wiring import SERVICE_NAMES, wire
 
 READY = common_pb2.WORKER_STATE_READY
 UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
@@ -31,10 +30,10 @@ async def registry(
     **overrides: Any,
 ) -> AsyncIterator[tuple[registry_pb2_grpc.RegistryServiceAsyncStub, grpc.aio.Channel]]:
     settings = RegistrySettings(port=0, readiness_interval_s=0.05, **overrides)
-    host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with wire(host, settings):
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with serving(
+        settings, SERVICE_NAMES, lambda host: wire(host, settings), grace_s=0.5
+    ) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         try:
             stub: registry_pb2_grpc.RegistryServiceAsyncStub = (
                 registry_pb2_grpc.RegistryServiceStub(
@@ -44,7 +43,6 @@ async def registry(
             yield stub, channel
         finally:
             await channel.close(None)
-            await host.stop(0.5)
 
 
 def register_request(
@@ -171,7 +169,9 @@ async def test_bad_requests_and_unknown_workers() -> None:
                 request = error_details_pb2.BadRequest()
                 any_detail.Unpack(request)
                 fields = {v.field for v in request.field_violations}
+                rules = {v.reason for v in request.field_violations}
         assert fields == {"worker.worker_id", "worker.address"}
+        assert rules == {"string.pattern"}  # the buf.validate rule ids from the contract
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Heartbeat(

@@ -3,7 +3,7 @@
 Every service package has ``wiring.py`` with ``SERVICE_NAMES`` and ``wire(host, settings)``;
 this starts a :class:`~llmesh.kernel.server.ServiceHost` with it (set up, start, and on
 exit stop without a grace period), so in-process tests and their multi-service meshes
-start services one way::
+start services one way (stopping, by default, without a grace period)::
 
     from llmesh_registry import wiring
 
@@ -45,12 +45,14 @@ async def serving(
     wire: Callable[[ServiceHost], AbstractAsyncContextManager[T]],
     *,
     interceptors: Sequence[Interceptor] = (),
+    grace_s: float = 0.0,
 ) -> AsyncIterator[Served[T]]:
-    """Wire, start and (on exit) stop one service on ``settings``' port (0: a free one)."""
+    """Wire, start and (on exit) stop one service on ``settings``' port (0: a free one),
+    letting in-flight calls finish within ``grace_s``."""
     host = ServiceHost(settings, service_names=service_names, interceptors=interceptors)
     async with wire(host) as parts:
         await host.start()
         try:
             yield Served(host=host, parts=parts)
         finally:
-            await host.stop(0)
+            await host.stop(grace_s)

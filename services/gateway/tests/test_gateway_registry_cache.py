@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from llmesh.kernel.channels import create_channel
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
@@ -19,16 +19,11 @@ from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
 @contextlib.asynccontextmanager
 async def registry(port: int) -> AsyncIterator[str]:
     from llmesh_registry.settings import RegistrySettings
-    from llmesh_registry.wiring import wire
+    from llmesh_registry.wiring import SERVICE_NAMES, wire
 
     settings = RegistrySettings(port=port, lease_ttl_ms=600_000, evict_after_ms=600_000)
-    host = ServiceHost(settings, service_names=["llmesh.v1.RegistryService"])
-    async with wire(host, settings):
-        await host.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            await host.stop(0)
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        yield served.address
 
 
 async def register(address: str, worker_id: str, state: int = 2) -> None:

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.v1 import inference_pb2, inference_pb2_grpc
 from llmesh_inference.settings import InferenceSettings
@@ -67,14 +67,14 @@ def start_worker(tiny_model_dir: Path) -> StartWorker:
         }
         values.update(overrides)
         settings = InferenceSettings(**values)
-        host = ServiceHost(settings, service_names=SERVICE_NAMES)
-        async with wire(host, settings) as worker:
-            port = await host.start()
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        async with serving(
+            settings, SERVICE_NAMES, lambda host: wire(host, settings), grace_s=0.5
+        ) as served:
+            channel = grpc.aio.insecure_channel(served.address)
             running = Running(
                 stub=inference_pb2_grpc.InferenceServiceStub(channel),
                 health=health_pb2_grpc.HealthStub(channel),
-                worker=worker,
+                worker=served.parts,
                 channel=channel,
             )
             try:
@@ -87,7 +87,6 @@ def start_worker(tiny_model_dir: Path) -> StartWorker:
                 yield running
             finally:
                 await channel.close(None)
-                await host.stop(0.5)
 
     return start
 

@@ -13,12 +13,12 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from llmesh_memory.settings import MemorySettings
-from llmesh_memory.wiring import wire
+from llmesh_memory.wiring import SERVICE_NAMES, wire
 
 NS = "acme"
 
@@ -26,15 +26,12 @@ NS = "acme"
 @contextlib.asynccontextmanager
 async def memory_server(**overrides: Any) -> AsyncIterator[tuple[Any, grpc.aio.Channel]]:
     settings = MemorySettings(port=0, **overrides)
-    host = ServiceHost(settings, service_names=["llmesh.v1.MemoryService"])
-    async with wire(host, settings):
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         try:
             yield memory_pb2_grpc.MemoryServiceStub(channel), channel
         finally:
             await channel.close(None)
-            await host.stop(0)
 
 
 def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:

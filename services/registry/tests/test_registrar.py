@@ -15,13 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import free_port, wait_for_port
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
-from llmesh_registry.wiring import wire
+from llmesh_registry.wiring import SERVICE_NAMES, wire
 
 READY = common_pb2.WORKER_STATE_READY
 UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
@@ -68,18 +67,17 @@ def inference_worker(tiny_model_dir: Path) -> Iterator[tuple[subprocess.Popen[by
 @contextlib.asynccontextmanager
 async def registry() -> AsyncIterator[tuple[registry_pb2_grpc.RegistryServiceAsyncStub, str]]:
     settings = RegistrySettings(port=0, lease_ttl_ms=TTL_MS, evict_after_ms=60_000)
-    host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with wire(host, settings):
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with serving(
+        settings, SERVICE_NAMES, lambda host: wire(host, settings), grace_s=0.5
+    ) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         stub: registry_pb2_grpc.RegistryServiceAsyncStub = registry_pb2_grpc.RegistryServiceStub(
             channel  # type: ignore[assignment]
         )
         try:
-            yield stub, f"127.0.0.1:{port}"
+            yield stub, served.address
         finally:
             await channel.close(None)
-            await host.stop(0.5)
 
 
 class Timeline:

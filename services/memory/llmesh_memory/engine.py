@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter, tracer
 from llmesh.kernel.timestamps import expiry
@@ -280,7 +281,8 @@ class MemoryEngine:
                 if time.monotonic() - last_purge >= purge_every_s:
                     last_purge = time.monotonic()
                     await self.store.purge_expired(now=self.clock())
-            except Exception as exc:  # keep the loop alive; the store may be down
+            except (LlmeshError, OSError) as exc:  # an outage: keep going, the store may be back
                 log.warning("memory maintenance failed: %s", exc)
+            # Anything else is a bug: the supervisor logs it with its stack and restarts.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backfill_every_s)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost
+from llmesh.kernel.tasks import Supervisor
 
 from .settings import MemorySettings
 
@@ -48,35 +49,55 @@ def build_store(settings: MemorySettings) -> MemoryStore:
     return store
 
 
-async def _watch_readiness(
-    host: ServiceHost, store: MemoryStore, every_s: float, *, started: bool
-) -> None:
-    """Readiness follows the store: SERVING while it answers a ping."""
-    while True:
-        try:
-            if not started:
-                await store.start()
-                started = True
-            await store.ping()
-            ready = True
-        except (LlmeshError, OSError) as exc:
-            log.warning("memory store not ready: %s", exc)
-            ready = False
-        if ready != host.health.ready:
-            await host.health.set_ready(ready)
-        await asyncio.sleep(every_s)
+class StoreReadiness:
+    """Readiness follows the store: SERVING while it answers a ping.
+
+    A store that was down at start is started here once it answers. Outages are
+    expected (readiness NOT_SERVING, a warning); anything else is a crash for the
+    supervisor, and a restarted loop remembers whether the store was started.
+    """
+
+    def __init__(self, host: ServiceHost, store: MemoryStore, every_s: float, *, started: bool):
+        self._host = host
+        self._store = store
+        self._every_s = every_s
+        self.started = started
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if not self.started:
+                    await self._store.start()
+                    self.started = True
+                await self._store.ping()
+                ready = True
+            except (LlmeshError, OSError) as exc:
+                log.warning("memory store not ready: %s", exc)
+                ready = False
+            if ready != self._host.health.ready:
+                await self._host.health.set_ready(ready)
+            await asyncio.sleep(self._every_s)
 
 
 @contextlib.asynccontextmanager
-async def wire(host: ServiceHost, settings: MemorySettings) -> AsyncIterator[None]:
-    """Register the servicer on ``host``; own the store, embedder and background tasks."""
+async def wire(
+    host: ServiceHost,
+    settings: MemorySettings,
+    *,
+    store: MemoryStore | None = None,
+    supervisor: Supervisor | None = None,
+) -> AsyncIterator[None]:
+    """Register the servicer on ``host``; own the store, embedder and supervised loops.
+
+    ``store`` and ``supervisor`` replace the configured ones (tests inject faults).
+    """
     from llmesh.v1 import memory_pb2_grpc
 
     from .embedder import Embedder, GrpcEmbedder, NoEmbedder
     from .engine import MemoryEngine
     from .servicer import MemoryServicer
 
-    store = build_store(settings)
+    store = store or build_store(settings)
     embedder: Embedder = (
         GrpcEmbedder(
             settings.embedder_target,
@@ -103,24 +124,21 @@ async def wire(host: ServiceHost, settings: MemorySettings) -> AsyncIterator[Non
         await host.health.set_ready(True)
     except LlmeshError as exc:
         log.warning("memory store unavailable at start, retrying: %s", exc)
-    tasks = [
-        asyncio.create_task(
-            _watch_readiness(host, store, settings.readiness_interval_s, started=started)
+    supervisor = supervisor or Supervisor(health=host.health)
+    readiness = StoreReadiness(host, store, settings.readiness_interval_s, started=started)
+    supervisor.spawn("memory-readiness", readiness.run)
+    supervisor.spawn(
+        "memory-maintenance",
+        lambda: engine.run_maintenance(
+            stop,
+            backfill_every_s=settings.backfill_interval_s,
+            purge_every_s=settings.purge_interval_s,
         ),
-        asyncio.create_task(
-            engine.run_maintenance(
-                stop,
-                backfill_every_s=settings.backfill_interval_s,
-                purge_every_s=settings.purge_interval_s,
-            )
-        ),
-    ]
+    )
     try:
         yield
     finally:
         stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.stop()
         await embedder.close()
         await store.close()

@@ -48,7 +48,7 @@ def _reasons_in(path: Path) -> list[tuple[int, str]]:
 def test_kernel_list_is_the_contract_list_in_the_same_order() -> None:
     contract = [
         name.removeprefix(PREFIX)
-        for name in common_pb2.ErrorReason.keys()
+        for name in common_pb2.ErrorReason.keys()  # noqa: SIM118 (an enum wrapper)
         if name != f"{PREFIX}UNSPECIFIED"
     ]
     assert [r.value for r in ErrorReason] == contract
@@ -87,3 +87,13 @@ def test_the_wire_carries_the_name_without_prefix() -> None:
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     assert info.reason == "MODEL_NOT_FOUND" and info.domain == "llmesh.dev"
+
+
+def test_api_doc_lists_the_contract_reasons() -> None:
+    from llmesh.tools.reasons_doc import DOC, PROTO, reasons, render
+
+    doc = DOC.read_text()
+    assert render(doc, PROTO.read_text()) == doc, "run python -m llmesh.tools.reasons_doc"
+    rows = reasons(PROTO.read_text())
+    assert [r for r, _, _ in rows] == [r.value for r in ErrorReason]
+    assert all(code and meaning for _, code, meaning in rows)

@@ -1,4 +1,4 @@
-"""Sampling options: validation of the request and per-request seeded samplers.
+"""Sampling options: the request's values over the worker's defaults, and seeded samplers.
 
 Each request samples with its own PRNG key (from its seed, or a random one), split
 once per generated token. Its choices therefore depend only on its own logits and
@@ -8,19 +8,13 @@ process-wide MLX random state.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmesh.kernel.errors import FieldViolation, InvalidArgument
 from llmesh.v1 import common_pb2
 
 Sampler = Callable[..., object]
-
-MAX_STOP_SEQUENCES = 8
-MAX_STOP_BYTES = 64
-MAX_TOKENS_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -46,29 +40,16 @@ def parse_sampling(
     default_max_tokens: int,
     prefix: str = "sampling",
 ) -> SamplingOptions:
-    """Validate ``SamplingParams``; raises ``InvalidArgument`` naming every bad field."""
+    """Resolve ``SamplingParams`` against the worker's defaults.
+
+    The ranges are the contract's (``buf.validate`` rules, checked by the kernel).
+    """
     p = params if params is not None else common_pb2.SamplingParams()
-    bad: list[FieldViolation] = []
     temperature = p.temperature if p.HasField("temperature") else default_temperature
-    if not 0.0 <= temperature <= 2.0 or math.isnan(temperature):
-        bad.append(FieldViolation(f"{prefix}.temperature", "must be in [0, 2]"))
     top_p = p.top_p if p.HasField("top_p") else 1.0
-    if not 0.0 < top_p <= 1.0:
-        bad.append(FieldViolation(f"{prefix}.top_p", "must be in (0, 1]"))
     top_k = p.top_k if p.HasField("top_k") else 0
-    if top_k < 0:
-        bad.append(FieldViolation(f"{prefix}.top_k", "must be >= 0 (0 disables it)"))
     max_tokens = p.max_tokens if p.HasField("max_tokens") else default_max_tokens
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        bad.append(FieldViolation(f"{prefix}.max_tokens", f"must be in 1..{MAX_TOKENS_LIMIT}"))
     stops = tuple(p.stop)
-    if len(stops) > MAX_STOP_SEQUENCES:
-        bad.append(FieldViolation(f"{prefix}.stop", f"at most {MAX_STOP_SEQUENCES} sequences"))
-    for i, stop in enumerate(stops):
-        if not 1 <= len(stop.encode()) <= MAX_STOP_BYTES:
-            bad.append(FieldViolation(f"{prefix}.stop[{i}]", f"must be 1..{MAX_STOP_BYTES} bytes"))
-    if bad:
-        raise InvalidArgument("invalid sampling options", field_violations=bad)
     return SamplingOptions(
         temperature=float(temperature),
         top_p=float(top_p),

@@ -10,7 +10,7 @@ import grpc
 from opentelemetry import trace
 
 from llmesh.kernel.context import current_request, remaining_s
-from llmesh.kernel.errors import FieldViolation, InvalidArgument, NotFound, invalid
+from llmesh.kernel.errors import NotFound, invalid
 from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from llmesh_inference.models import ModelInfoData, validate_name
@@ -40,8 +40,6 @@ _ROLES = {
     common_pb2.CHAT_ROLE_USER: "user",
     common_pb2.CHAT_ROLE_ASSISTANT: "assistant",
 }
-MAX_EMBED_TEXT_BYTES = 8192
-MAX_PROMPT_BYTES = 1 << 20
 
 
 def _model_info(info: ModelInfoData) -> common_pb2.ModelInfo:
@@ -83,28 +81,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return name
 
     def _request(self, request: inference_pb2.InferenceServiceGenerateRequest) -> GenerationRequest:
-        which = request.WhichOneof("input")
-        has_prompt = which == "prompt" and bool(request.prompt)
-        chat = list(request.messages.messages) if which == "messages" else []
-        has_messages = len(chat) > 0
-        if has_prompt == has_messages:
-            raise InvalidArgument(
-                "set exactly one of prompt or messages",
-                field_violations=[
-                    FieldViolation("prompt", "set exactly one of prompt or messages")
-                ],
-            )
-        if len(request.prompt.encode()) > MAX_PROMPT_BYTES:
-            raise invalid("prompt", f"at most {MAX_PROMPT_BYTES} bytes")
+        # The kernel has checked the contract: exactly one of a non-empty prompt or
+        # 1..256 messages with defined roles, sizes, sampling ranges.
         messages = None
-        if has_messages:
-            bad = [
-                FieldViolation(f"messages[{i}].role", "must be SYSTEM, USER or ASSISTANT")
-                for i, m in enumerate(chat)
-                if m.role not in _ROLES
-            ]
-            if bad:
-                raise InvalidArgument("invalid chat messages", field_violations=bad)
+        if request.WhichOneof("input") == "messages":
+            chat = request.messages.messages
             messages = [{"role": _ROLES[m.role], "content": m.content} for m in chat]
         options = parse_sampling(
             request.sampling if request.HasField("sampling") else None,
@@ -119,7 +100,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return GenerationRequest(
             model=self._resolve_model(request.model),
             options=options,
-            prompt=request.prompt if has_prompt else None,
+            prompt=request.prompt if request.WhichOneof("input") == "prompt" else None,
             messages=messages,
             deadline=time.monotonic() + left if left is not None else None,
             **kwargs,
@@ -217,13 +198,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         limit = self.settings.embed_max_texts
         if not 1 <= len(texts) <= limit:
             raise invalid("texts", f"give 1..{limit} texts")
-        bad = [
-            FieldViolation(f"texts[{i}]", f"at most {MAX_EMBED_TEXT_BYTES} bytes")
-            for i, t in enumerate(texts)
-            if len(t.encode()) > MAX_EMBED_TEXT_BYTES
-        ]
-        if bad:
-            raise InvalidArgument("texts too long", field_violations=bad)
         if request.model and request.model != EMBEDDING_MODEL:
             raise NotFound(
                 f"no embedding model {request.model!r} (this worker has {EMBEDDING_MODEL})",

@@ -25,17 +25,20 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.memory_corpus import CACHE_DIR, cached_vectors, memories, queries
+
+if TYPE_CHECKING:
+    from llmesh.supervisor.plan import PlanOptions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 NS = "bench"
@@ -80,52 +83,6 @@ def corpus_vectors(n: int, *, pad: bool = False) -> tuple[np.ndarray, int]:
     noisy = source + rng.normal(0, 0.02, source.shape).astype(np.float32)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
     return np.concatenate([real, noisy]).astype(np.float32), len(real)
-
-
-def _wait_port(port: int, timeout_s: float = 120.0) -> None:
-    from llmesh.testing.servers import wait_for_port
-
-    wait_for_port(port, timeout_s=timeout_s)
-
-
-async def _wait_ready(target: str, timeout_s: float = 120.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service="readiness"), timeout=2
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{target} not ready after {timeout_s}s")
-
-
-def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "llmesh.cli.main", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def load_store(store: Any, texts: Sequence[str], vectors: np.ndarray) -> float:
@@ -267,14 +224,15 @@ async def run_one(
     backend: str,
     n: int,
     *,
-    embed_target: str,
+    mesh: PlanOptions,
     pg: Any,
     workdir: Path,
     nq: int,
     ef_search: int,
     pad: bool = False,
 ) -> dict[str, Any]:
-    from llmesh.testing.servers import free_port
+    from llmesh.supervisor.mesh import LocalMesh
+    from llmesh.supervisor.plan import build_plan
     from llmesh_memory.store.postgres import PostgresStore
     from llmesh_memory.store.sqlite import SqliteStore
 
@@ -333,10 +291,9 @@ async def run_one(
     await search_only(store, query_texts[:10], qvecs[:10])  # warm caches
     out["search"] = _percentiles(await search_only(store, query_texts, qvecs))
     await store.close()
-    # The real service, end to end.
-    port = free_port()
-    env = dict(os.environ, LLMESH_HOME=str(workdir), LLMESH_MEMORY_LOG_LEVEL="WARNING")
-    args = ["serve", "memory", "--port", str(port), "--embedder", embed_target, "--store", backend]
+    # The real service, end to end: the memory child of the mesh plan, on this store.
+    args = ["--store", backend]
+    env = {"LLMESH_MEMORY_LOG_LEVEL": "WARNING"}
     if backend == "postgres":
         dsn_file = workdir / "dsn"
         dsn_file.write_text(dsn)
@@ -344,16 +301,13 @@ async def run_one(
         env["LLMESH_MEMORY_HNSW_EF_SEARCH"] = str(ef_search)
     else:
         args += ["--sqlite-path", str(workdir / f"memory-{n}.db")]
-    server = start_process(args, env, workdir / f"memory-{backend}-{n}.log")
-    try:
-        _wait_port(port)
-        await _wait_ready(f"127.0.0.1:{port}")
+    plan = build_plan(replace(mesh, args={**mesh.args, "memory": args}, env={"memory": env}))
+    with LocalMesh([s for s in plan if s.name == "memory"], home=workdir) as server:
+        server.start()
         out["recall_rpc"] = _percentiles(
-            await recall_rpc(f"127.0.0.1:{port}", query_texts, queries(nq + 20)[nq:])
+            await recall_rpc(server.address("memory"), query_texts, queries(nq + 20)[nq:])
         )
         out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    finally:
-        stop_process(server)
     return out
 
 
@@ -373,20 +327,22 @@ async def _id_rows(store: Any, backend: str, dsn: str, texts: Sequence[str]) -> 
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from llmesh.testing.servers import free_port, start_postgres
+    from llmesh.supervisor.mesh import LocalMesh, mesh_options
+    from llmesh.supervisor.plan import build_plan
+    from llmesh.testing.servers import start_postgres
 
     workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-memory-"))
-    env = dict(os.environ, LLMESH_HOME=str(workdir))
-    port = free_port()
-    inference = start_process(
-        [
-            *("serve", "inference", "--port", str(port), "--models-dir", str(workdir / "models")),
-            # One BLAS thread: on a shared 2-core box extra threads spin (docs: Embeddings).
-            *("--blas-threads", "1"),
-        ],
-        env,
-        workdir / "inference.log",
+    # The plan of `llmesh up`: an inference worker with no text model (embeddings only)
+    # and a memory service embedding through it (started per run by run_one).
+    mesh = mesh_options(
+        workdir,
+        models_dir=workdir / "models",
+        default_model="",
+        services=("inference", "memory"),
+        # One BLAS thread: on a shared 2-core box extra threads spin (docs: Embeddings).
+        args={"inference": ["--blas-threads", "1"]},
     )
+    inference = LocalMesh([s for s in build_plan(mesh) if s.name == "inference"], home=workdir)
     pg = start_postgres() if "postgres" in args.backends else None
     results: dict[str, Any] = {
         "benchmark": "memory",
@@ -396,9 +352,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     try:
-        _wait_port(port)
-        target = f"127.0.0.1:{port}"
-        await _wait_ready(target)
+        inference.start()
+        target = inference.address("inference")
         await embed_rpc(target, queries(20))
         results["embed_rpc"] = _percentiles(await embed_rpc(target, queries(args.queries)))
         for n in args.sizes:
@@ -407,7 +362,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 run = await run_one(
                     backend,
                     n,
-                    embed_target=target,
+                    mesh=mesh,
                     pg=pg,
                     workdir=workdir,
                     nq=args.queries,
@@ -417,7 +372,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps(run), flush=True)
                 results["runs"].append(run)
     finally:
-        stop_process(inference)
+        inference.close()
         if pg is not None:
             pg.stop()
     return results

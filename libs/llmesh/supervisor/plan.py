@@ -127,10 +127,9 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
     def flags(name: str, kind: str) -> tuple[list[str], float]:
         """The service's own flags and its start timeout."""
         if kind == "inference":
-            args = [
-                "--models-dir", str(options.models_dir),
-                "--default-model", options.default_model,
-            ]  # fmt: skip
+            args = ["--models-dir", str(options.models_dir)]
+            if options.default_model:  # none: a worker for embeddings only
+                args += ["--default-model", options.default_model]
             if not options.embeddings:
                 args.append("--no-embeddings")
             return args, 300.0

@@ -315,8 +315,8 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     slot, the refund), worker choice and upstream request building."""
     from llmesh.kernel.context import RequestContext, set_request
     from llmesh.kernel.upstream import OutboundCall
+    from llmesh.kernel.validation import RequestValidator
     from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, registry_pb2
-    from llmesh_gateway import validation
     from llmesh_gateway.apikeys import ApiKeyManager
     from llmesh_gateway.audit import AuditLog
     from llmesh_gateway.auth import Authenticator, AuthInterceptor
@@ -353,6 +353,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
             )
         )
         balancer = Balancer(cache)
+        validator = RequestValidator()
         request = gateway_pb2.GenerateRequest(
             prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0)
         )
@@ -362,7 +363,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
         started = time.process_time()  # CPU time: preemption on a busy box does not count
         for _ in range(iterations):
             principal = await auth.admit(method, header)
-            validation.check_generate(request)
+            validator.check(request)
             charged = await limiter.admit_generation(principal, 1)
             async with limiter.stream_slot(principal):
                 worker = balancer.choose(request.model)

@@ -21,7 +21,6 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from llmesh_gateway import validation
 from llmesh_gateway.apikeys import ApiKeyManager
 from llmesh_gateway.principal import ROLE_ADMIN, ROLE_USER
 from llmesh_gateway.registry_cache import RegistryCache
@@ -98,7 +97,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def ListWorkers(
         self, request: gateway_pb2.ListWorkersRequest, context: Context
     ) -> gateway_pb2.ListWorkersResponse:
-        validation.check_list_workers(request.model, request.state)
         workers = [
             w
             for w in self._cache.list()
@@ -112,7 +110,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def DrainWorker(
         self, request: gateway_pb2.DrainWorkerRequest, context: Context
     ) -> gateway_pb2.DrainWorkerResponse:
-        validation.check_drain(request.worker_id, request.reason)
         _audit_detail(f"worker={request.worker_id} reason={request.reason[:200]}")
         try:
             response = await self._registry.SetWorkerState(
@@ -163,7 +160,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def LoadModel(
         self, request: gateway_pb2.LoadModelRequest, context: Context
     ) -> gateway_pb2.LoadModelResponse:
-        validation.check_worker_model(request.model, request.worker_id, model_required=True)
         _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
         targets = self._targets(request.worker_id, request.model, loaded_only=False)
         done = await self._each(
@@ -177,7 +173,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def UnloadModel(
         self, request: gateway_pb2.UnloadModelRequest, context: Context
     ) -> gateway_pb2.UnloadModelResponse:
-        validation.check_worker_model(request.model, request.worker_id, model_required=True)
         _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
         targets = self._targets(request.worker_id, request.model, loaded_only=True)
         done = await self._each(
@@ -208,7 +203,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def RevokeApiKey(
         self, request: gateway_pb2.RevokeApiKeyRequest, context: Context
     ) -> gateway_pb2.RevokeApiKeyResponse:
-        validation.check_key_id(request.key_id)
         _audit_detail(f"revoked key_id={request.key_id}")
         record = await self._keys.revoke(request.key_id)
         return gateway_pb2.RevokeApiKeyResponse(info=key_info(record))
@@ -216,7 +210,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def ListApiKeys(
         self, request: gateway_pb2.ListApiKeysRequest, context: Context
     ) -> gateway_pb2.ListApiKeysResponse:
-        validation.check_page(request.page_size, request.page_token)
         after = decode_page_token("k", request.page_token) or 0
         size = request.page_size or 100
         records = await self._keys.list(
@@ -231,7 +224,6 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: gateway_pb2.ListAuditEventsRequest, context: Context
     ) -> gateway_pb2.ListAuditEventsResponse:
-        validation.check_page(request.page_size, request.page_token)
         before = decode_page_token("a", request.page_token)
         size = request.page_size or 100
         records = await self._keys.store.list_audit(before_seq=before, limit=size + 1)

@@ -23,7 +23,7 @@ from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, memory
 from llmesh_gateway.principal import Principal
 from llmesh_gateway.router import Router
 from llmesh_gateway.upstream import translate
-from llmesh_gateway.validation import DEFAULT_HISTORY
+from llmesh_gateway.defaults import DEFAULT_HISTORY
 
 log = get_logger(__name__)
 _tracer = tracer("llmesh.gateway.chat")

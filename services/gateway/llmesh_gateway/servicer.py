@@ -1,4 +1,6 @@
-"""``llmesh.v1.GatewayService``: validation, admission, then routing or memory calls.
+"""``llmesh.v1.GatewayService``: admission, then routing or memory calls.
+
+Field limits are checked by the kernel from the protos' buf.validate rules.
 
 The memory namespace of every call is the principal's tenant.
 """
@@ -17,10 +19,10 @@ from llmesh.v1 import (
     memory_pb2,
     memory_pb2_grpc,
 )
-from llmesh_gateway import validation
 from llmesh_gateway.auth import current_principal
 from llmesh_gateway.catalog import served_models
 from llmesh_gateway.chat import ChatTurns
+from llmesh_gateway.defaults import max_tokens_of
 from llmesh_gateway.ratelimit import RateLimiter
 from llmesh_gateway.registry_cache import RegistryCache
 from llmesh_gateway.router import Router
@@ -62,10 +64,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: Context
     ) -> gateway_pb2.GenerateResponse:
-        validation.check_generate(request)
         principal = current_principal()
         charged = await self._limiter.admit_generation(
-            principal, validation.max_tokens_of(request.sampling)
+            principal, max_tokens_of(request.sampling)
         )
         used = 0
         try:
@@ -88,10 +89,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GenerateStream(
         self, request: gateway_pb2.GenerateStreamRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.GenerateStreamResponse]:
-        validation.check_generate(request)
         principal = current_principal()
         charged = await self._limiter.admit_generation(
-            principal, validation.max_tokens_of(request.sampling)
+            principal, max_tokens_of(request.sampling)
         )
         used = 0
         try:
@@ -119,10 +119,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
-        validation.check_chat(request)
         principal = current_principal()
         charged = await self._limiter.admit_generation(
-            principal, validation.max_tokens_of(request.sampling)
+            principal, max_tokens_of(request.sampling)
         )
         used = 0
         try:
@@ -136,7 +135,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Embed(
         self, request: gateway_pb2.EmbedRequest, context: Context
     ) -> gateway_pb2.EmbedResponse:
-        validation.check_embed(request)
         _worker, response = await self._router.embed(
             inference_pb2.InferenceServiceEmbedRequest(texts=request.texts, model=request.model)
         )
@@ -147,7 +145,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Remember(
         self, request: gateway_pb2.RememberRequest, context: Context
     ) -> gateway_pb2.RememberResponse:
-        validation.check_remember(request)
         principal = current_principal()
         response = await relay(
             self._memory.Remember(
@@ -168,7 +165,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Recall(
         self, request: gateway_pb2.RecallRequest, context: Context
     ) -> gateway_pb2.RecallResponse:
-        validation.check_recall(request)
         principal = current_principal()
         response = await relay(
             self._memory.Recall(
@@ -187,7 +183,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Forget(
         self, request: gateway_pb2.ForgetRequest, context: Context
     ) -> gateway_pb2.ForgetResponse:
-        validation.check_forget(request)
         principal = current_principal()
         response = await relay(
             self._memory.Forget(
@@ -204,8 +199,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetSession(
         self, request: gateway_pb2.GetSessionRequest, context: Context
     ) -> gateway_pb2.GetSessionResponse:
-        validation.check_session_id(request.session_id)
-        validation.check_limit(request.limit)
         principal = current_principal()
         response = await relay(
             self._memory.GetSession(
@@ -222,7 +215,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListSessions(
         self, request: gateway_pb2.ListSessionsRequest, context: Context
     ) -> gateway_pb2.ListSessionsResponse:
-        validation.check_page(request.page_size, request.page_token)
         principal = current_principal()
         response = await relay(
             self._memory.ListSessions(
@@ -241,7 +233,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def DeleteSession(
         self, request: gateway_pb2.DeleteSessionRequest, context: Context
     ) -> gateway_pb2.DeleteSessionResponse:
-        validation.check_session_id(request.session_id)
         principal = current_principal()
         response = await relay(
             self._memory.DeleteSession(

@@ -1,100 +1,170 @@
-"""Field validation: every bad field named in one BadRequest."""
+"""The contract's buf.validate rules, enforced by the kernel, through the real gateway."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from llmesh.kernel.errors import InvalidArgument
 from llmesh.v1 import common_pb2, gateway_pb2
-from llmesh_gateway import validation
+
+TEN_YEARS_S = 315_576_000
 
 
-def _fields(exc: pytest.ExceptionInfo[InvalidArgument]) -> set[str]:
-    return {v.field for v in exc.value.field_violations}
+async def _error(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
 
 
-def test_generate_names_each_bad_field() -> None:
+def _violations(mesh: Any, error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """field path -> rule id of every BadRequest violation."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert mesh.details(error)["error_info"].reason == "INVALID_ARGUMENT"
+    return {v.field: v.reason for v in mesh.details(error)["bad_request"].field_violations}
+
+
+async def test_generate_names_each_bad_field_with_its_rule(mesh: Any) -> None:
     request = gateway_pb2.GenerateRequest(
         model="../etc",
         prompt="",
         sampling=common_pb2.SamplingParams(
-            temperature=3.0, top_p=0.0, top_k=-1, max_tokens=0, stop=["", "x" * 65]
+            temperature=3.0, top_p=0.0, top_k=1001, max_tokens=0, stop=["", "x" * 65]
         ),
         session_id="bad id!",
     )
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_generate(request)
-    assert _fields(info) == {
-        "model",
-        "prompt",
-        "sampling.temperature",
-        "sampling.top_p",
-        "sampling.top_k",
-        "sampling.max_tokens",
-        "sampling.stop[0]",
-        "sampling.stop[1]",
-        "session_id",
+    error = await _error(mesh.stub().Generate(request, metadata=mesh.auth(mesh.user_key)))
+    assert _violations(mesh, error) == {
+        "model": "string.pattern",
+        "prompt": "string.min_bytes",
+        "sampling.temperature": "float.gte_lte",
+        "sampling.top_p": "float.gt_lte",
+        "sampling.top_k": "int32.gte_lte",
+        "sampling.max_tokens": "int32.gte_lte",
+        "sampling.stop[0]": "string.min_bytes",
+        "sampling.stop[1]": "string.max_bytes",
+        "session_id": "string.pattern",
     }
-
-
-def test_generate_prompt_xor_messages_and_message_roles() -> None:
-    both = gateway_pb2.GenerateRequest(prompt="hi")
-    both.messages.messages.add(role=common_pb2.CHAT_ROLE_SYSTEM, content="x")
-    assert both.WhichOneof("input") == "messages"  # the contract's oneof keeps the last one
-    validation.check_generate(both)
-    bad_role = gateway_pb2.GenerateRequest(
-        messages=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(content="x")])
+    neither = await _error(
+        mesh.stub().Generate(gateway_pb2.GenerateRequest(), metadata=mesh.auth(mesh.user_key))
     )
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_generate(bad_role)
-    assert _fields(info) == {"messages.messages[0].role"}
-    validation.check_generate(gateway_pb2.GenerateRequest(prompt="ok"))
-    too_long = gateway_pb2.GenerateRequest(prompt="é" * 40000)  # 80000 bytes
-    with pytest.raises(InvalidArgument):
-        validation.check_generate(too_long)
+    assert _violations(mesh, neither) == {"input": "required"}
+    assert all(w.calls == 0 for w in mesh.workers.values())
 
 
-def test_chat_fields() -> None:
-    request = gateway_pb2.ChatRequest(
+async def test_chat_and_messages_rules(mesh: Any) -> None:
+    chat = gateway_pb2.ChatRequest(
         session_id="",
-        message="",
+        message="   ",
         recall=common_pb2.RecallOptions(k=101, semantic_weight=1.5),
         history_limit=201,
         idempotency_key="k" * 129,
     )
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_chat(request)
-    assert _fields(info) == {
-        "session_id",
-        "message",
-        "recall.k",
-        "recall.semantic_weight",
-        "history_limit",
-        "idempotency_key",
+    error = await _error(mesh.stub().Chat(chat, metadata=mesh.auth(mesh.user_key)).read())
+    assert _violations(mesh, error) == {
+        "session_id": "string.pattern",
+        "message": "string.pattern",  # blank
+        "recall.k": "int32.gte_lte",
+        "recall.semantic_weight": "float.gte_lte",
+        "history_limit": "int32.gte_lte",
+        "idempotency_key": "string.max_len",
     }
-    validation.check_chat(gateway_pb2.ChatRequest(session_id="s-1:a.b", message="hello"))
+    no_role = gateway_pb2.GenerateRequest(
+        messages=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(content="x")])
+    )
+    error = await _error(mesh.stub().Generate(no_role, metadata=mesh.auth(mesh.user_key)))
+    assert _violations(mesh, error) == {"messages.messages[0].role": "enum.not_in"}
 
 
-def test_memory_and_admin_fields() -> None:
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_remember(
-            gateway_pb2.RememberRequest(
-                text="", metadata={"": "v"}, ttl=duration_pb2.Duration(seconds=10**11)
-            )
+async def test_out_of_range_ttls_are_refused_and_store_nothing(mesh: Any) -> None:
+    huge = duration_pb2.Duration(seconds=10**12)
+    remember = await _error(
+        mesh.stub().Remember(
+            gateway_pb2.RememberRequest(text="a fact", ttl=huge),
+            metadata=mesh.auth(mesh.user_key),
         )
-    assert _fields(info) == {"text", "metadata[]", "ttl"}
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_forget(gateway_pb2.ForgetRequest())
-    assert _fields(info) == {"ids"}
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_embed(gateway_pb2.EmbedRequest(texts=["", "ok"]))
-    assert _fields(info) == {"texts[0]"}
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_page(501, "")
-    assert _fields(info) == {"page_size"}
-    with pytest.raises(InvalidArgument):
-        validation.check_key_id("NOT-HEX")
-    with pytest.raises(InvalidArgument) as info:
-        validation.check_worker_model("", "", model_required=True)
-    assert _fields(info) == {"model"}
+    )
+    assert _violations(mesh, remember) == {"ttl": "duration.gte_lte"}
+    assert (
+        f"{TEN_YEARS_S}s" in mesh.details(remember)["bad_request"].field_violations[0].description
+    )
+    assert not mesh.memory.memories  # nothing reached the memory service
+
+    admin, meta = mesh.admin(), mesh.auth(mesh.admin_key)
+    create = await _error(
+        admin.CreateApiKey(
+            gateway_pb2.CreateApiKeyRequest(
+                name="k", role=gateway_pb2.ROLE_USER, tenant="acme", ttl=huge
+            ),
+            metadata=meta,
+        )
+    )
+    assert _violations(mesh, create) == {"ttl": "duration.gte_lte"}
+    # Nothing was stored: listing every key (revoked included) still works.
+    listed = await admin.ListApiKeys(
+        gateway_pb2.ListApiKeysRequest(include_revoked=True), metadata=meta
+    )
+    assert "k" not in [key.name for key in listed.keys]
+    ok = await admin.CreateApiKey(
+        gateway_pb2.CreateApiKeyRequest(
+            name="k",
+            role=gateway_pb2.ROLE_USER,
+            tenant="acme",
+            ttl=duration_pb2.Duration(seconds=TEN_YEARS_S),
+        ),
+        metadata=meta,
+    )
+    assert ok.info.HasField("expires_at")
+
+
+async def test_nul_bytes_in_stored_text_are_refused(mesh: Any) -> None:
+    meta = mesh.auth(mesh.user_key)
+    error = await _error(
+        mesh.stub().Remember(
+            gateway_pb2.RememberRequest(text="before\x00after", metadata={"k": "v\x00"}),
+            metadata=meta,
+        )
+    )
+    assert _violations(mesh, error) == {"text": "string.pattern", 'metadata["k"]': "string.pattern"}
+    chat = await _error(
+        mesh.stub()
+        .Chat(gateway_pb2.ChatRequest(session_id="s", message="hi\x00"), metadata=meta)
+        .read()
+    )
+    assert _violations(mesh, chat) == {"message": "string.pattern"}
+    assert not mesh.memory.memories
+
+
+async def test_forget_with_100k_ids_is_refused_cheaply(mesh: Any) -> None:
+    ids = [f"m{i}" for i in range(100_000)]
+    started = time.monotonic()
+    error = await _error(
+        mesh.stub().Forget(gateway_pb2.ForgetRequest(ids=ids), metadata=mesh.auth(mesh.user_key))
+    )
+    assert _violations(mesh, error) == {"ids": "repeated.max_items"}
+    assert time.monotonic() - started < 5
+    bad_id = await _error(
+        mesh.stub().Forget(
+            gateway_pb2.ForgetRequest(ids=["ok", "not ok"]), metadata=mesh.auth(mesh.user_key)
+        )
+    )
+    assert _violations(mesh, bad_id) == {"ids[1]": "string.pattern"}
+
+
+async def test_malformed_bytes_are_refused_before_authentication(mesh: Any) -> None:
+    call = mesh.channel.unary_unary(
+        "/llmesh.v1.GatewayService/Generate",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    for payload in (bytes.fromhex("1201ff"), bytes.fromhex("9e")):  # bad UTF-8, cut tag
+        error = await _error(call(payload, timeout=5))  # no credentials at all
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert mesh.details(error)["error_info"].reason == "MALFORMED_REQUEST"
+    # The same call with a valid body still needs credentials.
+    valid = gateway_pb2.GenerateRequest(prompt="hi").SerializeToString()
+    unauthenticated = await _error(call(valid, timeout=5))
+    assert unauthenticated.code() == grpc.StatusCode.UNAUTHENTICATED

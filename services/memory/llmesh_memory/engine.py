@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from llmesh.kernel.errors import LlmeshError
+from llmesh.kernel.errors import LlmeshError, NotFound
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter, tracer
 from llmesh.kernel.timestamps import expiry
@@ -37,6 +37,7 @@ from .store.base import (
     RememberResult,
     SearchQuery,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
 )
 from .text import dedupe_key, index_terms, query_terms
@@ -125,6 +126,8 @@ class MemoryEngine:
         expected_version: int,
         idempotency_key: str = "",
         ttl_s: float = 0.0,
+        request_fingerprint: str = "",
+        annotations: Mapping[str, str] | None = None,
     ) -> AppendResult:
         ttl = ttl_s or self.default_session_ttl_s
         return await self.store.append_messages(
@@ -135,7 +138,18 @@ class MemoryEngine:
             idempotency_key=idempotency_key,
             ttl_s=ttl or None,
             now=self.clock(),
+            request_fingerprint=request_fingerprint,
+            annotations=annotations,
         )
+
+    async def get_append(self, namespace: str, idempotency_key: str) -> StoredAppend:
+        """What the append with ``idempotency_key`` stored; ``NotFound`` when nothing."""
+        stored = await self.store.get_append(namespace, idempotency_key)
+        if stored is None:
+            raise NotFound(
+                "no append with this idempotency_key (or it expired)", reason="APPEND_NOT_FOUND"
+            )
+        return stored
 
     async def get_session(
         self, namespace: str, session_id: str, *, limit: int

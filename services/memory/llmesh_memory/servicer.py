@@ -25,6 +25,7 @@ from .store.base import MemoryRecord, MessageIn, SessionRecord, StoredMessage
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_NAMESPACE = 128
 MAX_KEY = 128
+MAX_ANNOTATIONS = 16
 MAX_MESSAGES = 64
 MAX_TEXT_BYTES = 16384
 MAX_QUERY_BYTES = 4096
@@ -77,6 +78,16 @@ def _metadata(v: _Violations, field: str, metadata: Mapping[str, str]) -> None:
 def _key(v: _Violations, key: str) -> None:
     if len(key) > MAX_KEY:
         v.add("idempotency_key", f"must be at most {MAX_KEY} characters")
+
+
+def _annotations(v: _Violations, fingerprint: str, annotations: Mapping[str, str]) -> None:
+    if len(fingerprint) > MAX_KEY:
+        v.add("request_fingerprint", f"must be at most {MAX_KEY} characters")
+    if len(annotations) > MAX_ANNOTATIONS:
+        v.add("annotations", f"must hold at most {MAX_ANNOTATIONS} pairs")
+    for name, value in annotations.items():
+        if not 1 <= len(name) <= 64 or len(value.encode()) > 1024:
+            v.add(f"annotations[{name[:64]}]", "keys must be 1..64 chars, values <= 1024 bytes")
 
 
 def _ttl(v: _Violations, ttl: duration_pb2.Duration) -> None:
@@ -209,6 +220,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             v.add("expected_version", "must be >= 0")
         _key(v, request.idempotency_key)
         _ttl(v, request.ttl)
+        _annotations(v, request.request_fingerprint, request.annotations)
         v.raise_if_any()
         result = await self.engine.append(
             request.namespace,
@@ -217,8 +229,32 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             expected_version=request.expected_version,
             idempotency_key=request.idempotency_key,
             ttl_s=seconds_of(request.ttl),
+            request_fingerprint=request.request_fingerprint,
+            annotations=request.annotations,
         )
-        return memory_pb2.AppendMessagesResponse(version=result.version, replayed=result.replayed)
+        return memory_pb2.AppendMessagesResponse(
+            version=result.version, replayed=result.replayed, annotations=result.annotations
+        )
+
+    async def GetAppend(
+        self, request: memory_pb2.GetAppendRequest, context: Any
+    ) -> memory_pb2.GetAppendResponse:
+        v = _Violations()
+        _namespace(v, request.namespace)
+        if not 1 <= len(request.idempotency_key) <= MAX_KEY:
+            v.add("idempotency_key", f"must be 1..{MAX_KEY} characters")
+        v.raise_if_any()
+        stored = await self.engine.get_append(request.namespace, request.idempotency_key)
+        return memory_pb2.GetAppendResponse(
+            session_id=stored.session_id,
+            request_fingerprint=stored.request_fingerprint,
+            version=stored.version,
+            messages=[
+                common_pb2.ChatMessage(role=m.role, content=m.content)  # type: ignore[arg-type]
+                for m in stored.messages
+            ],
+            annotations=stored.annotations,
+        )
 
     async def GetSession(
         self, request: memory_pb2.MemoryServiceGetSessionRequest, context: Any

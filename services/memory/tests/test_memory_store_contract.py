@@ -140,6 +140,57 @@ async def test_concurrent_appends_exactly_one_wins(store: MemoryStore) -> None:
     assert (record.version, record.message_count) == (2, 2)
 
 
+async def test_request_fingerprint_identifies_a_replay_and_annotations_come_back(
+    store: MemoryStore,
+) -> None:
+    assert await store.get_append(NS, "turn-1") is None
+    first = await store.append_messages(
+        NS,
+        "s1",
+        msgs("hi", "first reply"),
+        expected_version=0,
+        idempotency_key="turn-1",
+        ttl_s=None,
+        now=NOW,
+        request_fingerprint="fp-a",
+        annotations={"finish_reason": "FINISH_REASON_LENGTH"},
+    )
+    # A retry of the same request regenerated another reply: still a replay.
+    replay = await store.append_messages(
+        NS,
+        "s1",
+        msgs("hi", "another reply"),
+        expected_version=1,
+        idempotency_key="turn-1",
+        ttl_s=None,
+        now=NOW + 1,
+        request_fingerprint="fp-a",
+        annotations={"finish_reason": "FINISH_REASON_EOS"},
+    )
+    assert (first.version, first.replayed) == (1, False)
+    assert (replay.version, replay.replayed) == (1, True)
+    assert dict(replay.annotations) == {"finish_reason": "FINISH_REASON_LENGTH"}
+    stored = await store.get_append(NS, "turn-1")
+    assert stored is not None
+    assert (stored.session_id, stored.request_fingerprint, stored.version) == ("s1", "fp-a", 1)
+    assert [m.content for m in stored.messages] == ["hi", "first reply"]
+    assert dict(stored.annotations) == {"finish_reason": "FINISH_REASON_LENGTH"}
+    assert await store.get_append("other-namespace", "turn-1") is None
+    with pytest.raises(InvalidArgument):
+        await store.append_messages(
+            NS,
+            "s1",
+            msgs("hi", "first reply"),
+            expected_version=1,
+            idempotency_key="turn-1",
+            ttl_s=None,
+            now=NOW + 2,
+            request_fingerprint="fp-b",
+        )
+    _, messages = await store.get_session(NS, "s1", limit=10, now=NOW + 2)
+    assert len(messages) == 2
+
+
 async def test_concurrent_replays_of_one_key_append_once(store: MemoryStore) -> None:
     results = await asyncio.gather(
         *(

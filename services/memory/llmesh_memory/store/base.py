@@ -68,6 +68,18 @@ class AppendResult:
 
     version: int
     replayed: bool = False
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAppend:
+    """What an append stored under its idempotency key (see ``MemoryStore.get_append``)."""
+
+    session_id: str
+    request_fingerprint: str
+    version: int
+    messages: tuple[MessageIn, ...]
+    annotations: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +182,18 @@ class MemoryStore(abc.ABC):
         idempotency_key: str,
         ttl_s: float | None,
         now: float,
+        request_fingerprint: str = "",
+        annotations: Mapping[str, str] | None = None,
     ) -> AppendResult:
-        """Append atomically if ``expected_version`` matches; replay a known key."""
+        """Append atomically if ``expected_version`` matches; replay a known key.
+
+        With ``request_fingerprint`` a replay is recognised by it instead of by the
+        messages; ``annotations`` are kept with the key and returned on replays.
+        """
+
+    @abc.abstractmethod
+    async def get_append(self, namespace: str, idempotency_key: str) -> StoredAppend | None:
+        """What the append with ``idempotency_key`` stored, or None (unknown or purged)."""
 
     @abc.abstractmethod
     async def get_session(
@@ -265,6 +287,44 @@ def fingerprint(*parts: object) -> str:
 def append_fingerprint(session_id: str, messages: Sequence[MessageIn]) -> str:
     """The fingerprint of an append (its session and messages, not its version)."""
     return fingerprint("append", session_id, [(m.role, m.content) for m in messages])
+
+
+def append_record(
+    *,
+    version: int,
+    session_id: str,
+    messages: Sequence[MessageIn],
+    request_fingerprint: str,
+    annotations: Mapping[str, str] | None,
+) -> dict[str, object]:
+    """The ``result`` stored with an append's idempotency key (JSON)."""
+    return {
+        "version": version,
+        "session_id": session_id,
+        "messages": [[m.role, m.content] for m in messages],
+        "request_fingerprint": request_fingerprint,
+        "annotations": dict(annotations or {}),
+    }
+
+
+def replay_of(record: Mapping[str, Any]) -> AppendResult:
+    """The replayed result of a stored append record."""
+    return AppendResult(
+        version=int(record["version"]),
+        replayed=True,
+        annotations=dict(record.get("annotations") or {}),
+    )
+
+
+def stored_append(record: Mapping[str, Any]) -> StoredAppend:
+    """A stored append record (older records lack all but ``version``)."""
+    return StoredAppend(
+        session_id=str(record.get("session_id", "")),
+        request_fingerprint=str(record.get("request_fingerprint", "")),
+        version=int(record["version"]),
+        messages=tuple(MessageIn(int(r), str(c)) for r, c in record.get("messages") or ()),
+        annotations=dict(record.get("annotations") or {}),
+    )
 
 
 MAX_IDS_PER_STATEMENT = 500

@@ -35,6 +35,7 @@ from .base import (
     SearchQuery,
     SearchResult,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
     Vector,
 )
@@ -174,6 +175,8 @@ class RedisSessionCache(MemoryStore):
         idempotency_key: str,
         ttl_s: float | None,
         now: float,
+        request_fingerprint: str = "",
+        annotations: Mapping[str, str] | None = None,
     ) -> AppendResult:
         result = await self.inner.append_messages(
             namespace,
@@ -183,6 +186,8 @@ class RedisSessionCache(MemoryStore):
             idempotency_key=idempotency_key,
             ttl_s=ttl_s,
             now=now,
+            request_fingerprint=request_fingerprint,
+            annotations=annotations,
         )
         if not result.replayed:
             prior = result.version - 1
@@ -200,6 +205,9 @@ class RedisSessionCache(MemoryStore):
             keys = self._keys(namespace, session_id)
             await self._call(lambda: self._append(keys=keys, args=args))
         return result
+
+    async def get_append(self, namespace: str, idempotency_key: str) -> StoredAppend | None:
+        return await self.inner.get_append(namespace, idempotency_key)
 
     async def get_session(
         self, namespace: str, session_id: str, *, limit: int, now: float

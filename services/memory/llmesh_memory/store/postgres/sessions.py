@@ -6,7 +6,7 @@ Async functions over a connection inside the store's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -18,10 +18,14 @@ from ..base import (
     AppendResult,
     MessageIn,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
     append_fingerprint,
+    append_record,
     key_reused,
+    replay_of,
     session_record,
+    stored_append,
     version_conflict,
 )
 
@@ -38,9 +42,11 @@ async def append(
     idempotency_key: str,
     ttl_s: float | None,
     now: float,
+    request_fingerprint: str = "",
+    annotations: Mapping[str, str] | None = None,
 ) -> AppendResult:
     """Append inside the caller's transaction (see ``MemoryStore.append_messages``)."""
-    print_ = append_fingerprint(session_id, messages)
+    print_ = request_fingerprint or append_fingerprint(session_id, messages)
     expires_at = expiry(now, ttl_s)
     # Lock the session row (creating a version-0 row that a rollback removes), so
     # appends to one session serialize; then a replay is recognised even if it
@@ -67,7 +73,7 @@ async def append(
         if seen is not None:
             if seen[0] != print_:
                 raise key_reused()
-            return AppendResult(version=int(seen[1]["version"]), replayed=True)
+            return replay_of(seen[1])
     if expires is not None and expires <= now:
         await conn.execute(
             "DELETE FROM messages WHERE namespace = %s AND session_id = %s",
@@ -94,13 +100,32 @@ async def append(
         "updated_at = %s, expires_at = %s WHERE namespace = %s AND session_id = %s",
         (count + len(messages), now, expires_at, namespace, session_id),
     )
-    result = AppendResult(version=int(version) + 1)
+    result = AppendResult(version=int(version) + 1, annotations=dict(annotations or {}))
     if idempotency_key:
+        stored = append_record(
+            version=result.version,
+            session_id=session_id,
+            messages=messages,
+            request_fingerprint=request_fingerprint,
+            annotations=annotations,
+        )
         await conn.execute(
             "INSERT INTO idempotency VALUES (%s, 'append', %s, %s, %s, %s)",
-            (namespace, idempotency_key, print_, json.dumps({"version": result.version}), now),
+            (namespace, idempotency_key, print_, json.dumps(stored), now),
         )
     return result
+
+
+async def get_append(
+    conn: AsyncConnection[Any], namespace: str, idempotency_key: str
+) -> StoredAppend | None:
+    """What the append with ``idempotency_key`` stored (see ``MemoryStore.get_append``)."""
+    cur = await conn.execute(
+        "SELECT result FROM idempotency WHERE namespace = %s AND kind = 'append' AND key = %s",
+        (namespace, idempotency_key),
+    )
+    row = await cur.fetchone()
+    return None if row is None else stored_append(row[0])
 
 
 async def get(

@@ -38,6 +38,7 @@ from ..base import (
     SearchQuery,
     SearchResult,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
     Vector,
 )
@@ -157,6 +158,8 @@ class PostgresStore(MemoryStore):
         idempotency_key: str,
         ttl_s: float | None,
         now: float,
+        request_fingerprint: str = "",
+        annotations: Mapping[str, str] | None = None,
     ) -> AppendResult:
         async with self._transaction() as conn:
             return await sessions.append(
@@ -168,7 +171,13 @@ class PostgresStore(MemoryStore):
                 idempotency_key=idempotency_key,
                 ttl_s=ttl_s,
                 now=now,
+                request_fingerprint=request_fingerprint,
+                annotations=annotations,
             )
+
+    async def get_append(self, namespace: str, idempotency_key: str) -> StoredAppend | None:
+        async with self._transaction() as conn:
+            return await sessions.get_append(conn, namespace, idempotency_key)
 
     async def get_session(
         self, namespace: str, session_id: str, *, limit: int, now: float

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmesh.kernel.errors import NotFound
@@ -17,10 +17,14 @@ from ..base import (
     AppendResult,
     MessageIn,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
     append_fingerprint,
+    append_record,
     key_reused,
+    replay_of,
     session_record,
+    stored_append,
     version_conflict,
 )
 
@@ -35,9 +39,11 @@ def append(
     idempotency_key: str,
     ttl_s: float | None,
     now: float,
+    request_fingerprint: str = "",
+    annotations: Mapping[str, str] | None = None,
 ) -> AppendResult:
     """Append inside the caller's transaction (see ``MemoryStore.append_messages``)."""
-    print_ = append_fingerprint(session_id, messages)
+    print_ = request_fingerprint or append_fingerprint(session_id, messages)
     expires = expiry(now, ttl_s)
     if idempotency_key:
         row = conn.execute(
@@ -48,7 +54,7 @@ def append(
         if row is not None:
             if row[0] != print_:
                 raise key_reused()
-            return AppendResult(version=json.loads(row[1])["version"], replayed=True)
+            return replay_of(json.loads(row[1]))
     row = conn.execute(
         "SELECT version, message_count, expires_at FROM sessions "
         "WHERE namespace = ? AND session_id = ?",
@@ -78,13 +84,31 @@ def append(
             "updated_at = ?, expires_at = ? WHERE namespace = ? AND session_id = ?",
             (count + len(messages), now, expires, namespace, session_id),
         )
-    result = AppendResult(version=version + 1)
+    result = AppendResult(version=version + 1, annotations=dict(annotations or {}))
     if idempotency_key:
+        stored = append_record(
+            version=result.version,
+            session_id=session_id,
+            messages=messages,
+            request_fingerprint=request_fingerprint,
+            annotations=annotations,
+        )
         conn.execute(
             "INSERT INTO idempotency VALUES (?, 'append', ?, ?, ?, ?)",
-            (namespace, idempotency_key, print_, json.dumps({"version": result.version}), now),
+            (namespace, idempotency_key, print_, json.dumps(stored), now),
         )
     return result
+
+
+def get_append(
+    conn: sqlite3.Connection, namespace: str, idempotency_key: str
+) -> StoredAppend | None:
+    """What the append with ``idempotency_key`` stored (see ``MemoryStore.get_append``)."""
+    row = conn.execute(
+        "SELECT result FROM idempotency WHERE namespace = ? AND kind = 'append' AND key = ?",
+        (namespace, idempotency_key),
+    ).fetchone()
+    return None if row is None else stored_append(json.loads(row[0]))
 
 
 def get(

@@ -40,6 +40,7 @@ from ..base import (
     SearchQuery,
     SearchResult,
     SessionRecord,
+    StoredAppend,
     StoredMessage,
     Vector,
 )
@@ -166,6 +167,8 @@ class SqliteStore(MemoryStore):
         idempotency_key: str,
         ttl_s: float | None,
         now: float,
+        request_fingerprint: str = "",
+        annotations: Mapping[str, str] | None = None,
     ) -> AppendResult:
         return await self._write(
             lambda c: sessions.append(
@@ -177,7 +180,14 @@ class SqliteStore(MemoryStore):
                 idempotency_key=idempotency_key,
                 ttl_s=ttl_s,
                 now=now,
+                request_fingerprint=request_fingerprint,
+                annotations=annotations,
             )
+        )
+
+    async def get_append(self, namespace: str, idempotency_key: str) -> StoredAppend | None:
+        return await self._run(
+            lambda c: sessions.get_append(c, namespace, idempotency_key), write=False
         )
 
     async def get_session(

@@ -24,9 +24,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +35,9 @@ from typing import Any
 import grpc
 import psutil
 
-from llmesh.testing.servers import free_port, start_redis, wait_for_port
+from llmesh.supervisor.mesh import LocalMesh, mesh_options
+from llmesh.supervisor.plan import build_plan
+from llmesh.testing.servers import start_redis
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "registry.json"
@@ -60,20 +62,20 @@ def _percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _start_registry(
-    backend: str, redis_url: str | None, ttl_ms: int
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    args = [
-        sys.executable, "-m", "llmesh.cli.main", "serve", "registry", "--port", str(port),
-        "--backend", backend, "--lease-ttl-ms", str(ttl_ms), "--evict-after-ms", "60000",
-    ]  # fmt: skip
+def _registry(backend: str, redis_url: str | None, ttl_ms: int, home: Path) -> LocalMesh:
+    """The registry child of the ``llmesh up`` plan, with this backend and lease TTL."""
+    args = ["--backend", backend, "--lease-ttl-ms", str(ttl_ms), "--evict-after-ms", "60000"]
     if redis_url:
         args += ["--redis-url", redis_url]
-    env = {**os.environ, "LLMESH_REGISTRY_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    wait_for_port(port, timeout_s=60)
-    return process, port
+    options = mesh_options(
+        home,
+        models_dir=home,
+        default_model="",
+        services=("registry",),
+        args={"registry": args},
+        log_level="WARNING",
+    )
+    return LocalMesh(build_plan(options), home=home)
 
 
 async def _fleet(
@@ -187,9 +189,12 @@ async def run_backend(backend: str, interval_s: float, args: argparse.Namespace)
     redis = start_redis() if backend == "redis" else None
     # Heartbeats every TTL/3, as a registrar sends them.
     ttl_ms = round(3 * interval_s * 1000)
-    process, port = _start_registry(backend, redis.url if redis else None, ttl_ms)
+    home = Path(tempfile.mkdtemp(prefix="llmesh-bench-registry-"))
+    registry = _registry(backend, redis.url if redis else None, ttl_ms, home)
     try:
-        proc = psutil.Process(process.pid)
+        registry.start()
+        port = registry.port("registry")
+        proc = psutil.Process(registry.pid("registry"))
         proc.cpu_percent(None)
         me = psutil.Process()
         me.cpu_percent(None)
@@ -215,8 +220,8 @@ async def run_backend(backend: str, interval_s: float, args: argparse.Namespace)
             **result,
         }
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        registry.close()
+        shutil.rmtree(home, ignore_errors=True)
         if redis is not None:
             redis.stop()
 

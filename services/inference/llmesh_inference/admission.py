@@ -49,6 +49,8 @@ class Admission(EngineCore):
         active = ActiveRequest(req=req, loop=loop, queue=asyncio.Queue(), outbox=self._outbox)
         active.timestamps["admitted"] = active.admitted_at
         with self._cond:
+            if self.failure:
+                raise self.failed_error()
             if self._stopping:
                 raise Unavailable("worker is shutting down", retry_after_s=1.0)
             free = max(0, self.max_batch_size - len(self._running))
@@ -79,6 +81,8 @@ class Admission(EngineCore):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._cond:
+            if self.failure:
+                raise self.failed_error()
             if self._stopping:
                 raise Unavailable("worker is shutting down", retry_after_s=1.0)
             self._commands.append(Command(fn, loop, future))

@@ -11,6 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from llmesh.kernel.errors import Unavailable
+from llmesh.kernel.health import HealthReporter
+from llmesh.kernel.tasks import SupervisedThread
 from llmesh_inference.events import ActiveRequest, Command, Event, Finished
 from llmesh_inference.metrics import InferenceMetrics
 from llmesh_inference.models import LoadedModel, ModelStore
@@ -28,6 +31,7 @@ class EngineCore:
         idle_unload_s: float = 0.0,
         pinned: Callable[[], set[str]] = set,
         metrics: InferenceMetrics | None = None,
+        health: HealthReporter | None = None,
     ) -> None:
         self.store = store
         self.max_batch_size = max_batch_size
@@ -41,7 +45,10 @@ class EngineCore:
         self._running: dict[tuple[str, int], ActiveRequest] = {}
         self._cancel_flag = False
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._health = health
+        self._thread: SupervisedThread | None = None
+        self.failure: str = ""
+        """Why the MLX thread died ("" while it runs); new work is refused at once."""
         self._started = time.monotonic()
         self.last_progress = time.monotonic()
         self.busy = False
@@ -54,6 +61,14 @@ class EngineCore:
         self._rate: collections.deque[tuple[float, int]] = collections.deque()
         self._next_idle_check = 0.0
         self._outbox: list[tuple[ActiveRequest, Event]] = []
+
+    def failed_error(self) -> Unavailable:
+        """The error for work the dead MLX thread cannot do (retry on another worker)."""
+        return Unavailable(
+            f"the inference engine stopped after an internal error ({self.failure}); "
+            "retry on another worker",
+            retry_after_s=1.0,
+        )
 
     def _has_work_locked(self) -> bool:
         return bool(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.tasks import SupervisedThread
 from llmesh_inference.engine_core import EngineCore
 from llmesh_inference.events import (
     CONTEXT_FULL,
@@ -33,11 +35,26 @@ from llmesh_inference.models import LoadedModel
 log = get_logger("llmesh_inference.scheduler")
 
 
+def _settle_error(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class MlxLoop(EngineCore):
     """Starts, runs and stops the single MLX thread."""
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mlx", daemon=True)
+        """Start the MLX thread (call on the event loop that serves the requests).
+
+        It runs under the kernel's ``SupervisedThread``: a crash is logged with its
+        stack, every queued and running request fails at once with UNAVAILABLE +
+        RetryInfo, new work is refused the same way, and liveness goes NOT_SERVING.
+        It is not restarted: MLX and batch state after a crash are unknown, so the
+        process should be replaced (Kubernetes does that on a failed liveness probe).
+        """
+        self._thread = SupervisedThread(
+            "mlx", self._run, health=self._health, on_crash=self._on_crash
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -110,6 +127,17 @@ class MlxLoop(EngineCore):
         self.last_progress = time.monotonic()
 
     def _shutdown(self) -> None:
+        self._fail_all(lambda: Unavailable("worker is shutting down", retry_after_s=1.0))
+
+    def _on_crash(self, exc: BaseException) -> None:
+        """On the dying MLX thread: refuse new work, fail all work in hand, deliver now."""
+        with self._cond:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.busy = False
+        self._fail_all(self.failed_error)
+        self._flush()
+
+    def _fail_all(self, error: Callable[[], Unavailable]) -> None:
         with self._cond:
             pending = list(self._pending) + list(self._running.values())
             self._pending.clear()
@@ -118,11 +146,10 @@ class MlxLoop(EngineCore):
             self._commands.clear()
         for active in pending:
             active.done = True
-            active.emit(Failed(Unavailable("worker is shutting down", retry_after_s=1.0)))
+            active.emit(Failed(error()))
         for command in commands:
-            command.loop.call_soon_threadsafe(
-                command.future.set_exception, Unavailable("worker is shutting down")
-            )
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
+                command.loop.call_soon_threadsafe(_settle_error, command.future, error())
 
     def _reap(self) -> None:
         """Remove cancelled and expired requests before the next step runs."""

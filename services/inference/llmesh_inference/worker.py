@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmesh.kernel.errors import FailedPrecondition, NotFound
 from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.tasks import Supervisor
 from llmesh_inference.blas import detect_blas
 from llmesh_inference.models import ModelStore
 from llmesh_inference.scheduler import Engine
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
+STALL = "mlx-stall"  # the part of liveness a stalled (alive but stuck) MLX thread holds down
 
 
 class InferenceWorker:
@@ -63,9 +65,10 @@ class InferenceWorker:
             queue_capacity=settings.queue_capacity,
             idle_unload_s=settings.idle_unload_s,
             pinned=self.pinned,
+            health=health,
         )
         self._embedder: MiniLMEmbedder | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.supervisor = Supervisor(health=health)
         self.started_at = time.monotonic()
 
     def _only_model(self) -> str | None:
@@ -89,15 +92,11 @@ class InferenceWorker:
         else:
             log.info("MLX device %s, BLAS %s", self.device, self.blas, extra={"blas": self.blas})
         self.engine.start()
-        self._tasks.append(asyncio.create_task(self._warm_up(), name="inference-warm-up"))
-        self._tasks.append(asyncio.create_task(self._watchdog(), name="inference-watchdog"))
+        self.supervisor.spawn("inference-warm-up", self._warm_up)
+        self.supervisor.spawn("inference-watchdog", self._watchdog)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.stop()
         await asyncio.to_thread(self.engine.stop)
 
     async def _warm_up(self) -> None:
@@ -129,23 +128,30 @@ class InferenceWorker:
         return bool(self.store.loaded_names()) or self._embedder is not None
 
     def is_live(self) -> bool:
+        """False while the MLX thread has work but has made no progress for the stall timeout."""
         stalled = time.monotonic() - self.engine.last_progress > self.settings.stall_timeout_s
         return not (stalled and self.engine.busy)
 
     async def refresh_health(self) -> None:
+        """Readiness from the loaded models; the ``mlx-stall`` part of liveness from progress.
+
+        (A dead MLX thread holds the ``mlx`` part of liveness down by itself.)
+        """
         if self.health is None:
             return
         ready, live = self.is_ready(), self.is_live()
         if ready != self.health.ready:
             log.info("readiness %s", "SERVING" if ready else "NOT_SERVING")
             await self.health.set_ready(ready)
-        if live != self.health.live:
+        if live != self.health.part_live(STALL):
             log.log(
                 20 if live else 40,
                 "liveness %s",
-                "SERVING" if live else "NOT_SERVING: the MLX thread has work but makes no progress",
+                "SERVING: the MLX thread makes progress again"
+                if live
+                else "NOT_SERVING: the MLX thread has work but makes no progress",
             )
-            await self.health.set_live(live)
+            await self.health.set_live(live, part=STALL)
 
     async def _watchdog(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -44,7 +45,13 @@ class ProbeResult:
 
 
 class WorkerProbe:
-    """Asks the worker's ``readiness`` health and its ``Stats``, each with a short deadline."""
+    """Asks the worker's ``liveness`` and ``readiness`` health, then its ``Stats``.
+
+    A worker whose liveness is NOT_SERVING (a background loop that cannot recover, a
+    dead or stalled MLX thread) is unhealthy even while it still says it is ready.
+    A worker that does not report liveness at all (``NOT_FOUND``) is judged by
+    readiness alone.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
         self._health = health_pb2_grpc.HealthStub(channel)
@@ -52,17 +59,17 @@ class WorkerProbe:
         self.timeout_s = timeout_s
 
     async def probe(self) -> ProbeResult:
-        """Both calls share one deadline of ``timeout_s``."""
+        """All calls share one deadline of ``timeout_s`` (the two health checks run at once)."""
         deadline = time.monotonic() + self.timeout_s
-        try:
-            reply = await self._health.Check(
-                health_pb2.HealthCheckRequest(service="readiness"), timeout=self.timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            return ProbeResult(False, f"health check failed: {_describe(exc)}")
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            return ProbeResult(False, f"worker readiness is {name}")
+        live, ready = await asyncio.gather(self._check("liveness"), self._check("readiness"))
+        for service, reply in (("liveness", live), ("readiness", ready)):
+            if isinstance(reply, grpc.aio.AioRpcError):
+                if service == "liveness" and reply.code() == grpc.StatusCode.NOT_FOUND:
+                    continue  # the worker does not report liveness
+                return ProbeResult(False, f"{service} check failed: {_describe(reply)}")
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                return ProbeResult(False, f"worker {service} is {name}")
         try:
             stats = await self._inference.Stats(
                 inference_pb2.StatsRequest(), timeout=max(0.001, deadline - time.monotonic())
@@ -80,6 +87,15 @@ class WorkerProbe:
         except grpc.aio.AioRpcError:
             return []
         return list(reply.models)
+
+    async def _check(self, service: str) -> health_pb2.HealthCheckResponse | grpc.aio.AioRpcError:
+        try:
+            reply: health_pb2.HealthCheckResponse = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        return reply
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:

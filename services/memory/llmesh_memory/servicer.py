@@ -1,6 +1,8 @@
-"""gRPC transport of ``llmesh.v1.MemoryService``: validation and message conversion.
+"""gRPC transport of ``llmesh.v1.MemoryService``: message conversion.
 
-Every bad field is reported at once (``BadRequest``); the engine does the work.
+Field limits are the contract's (``buf.validate`` rules, checked by the kernel before
+a request gets here); the engine does the work. Only checks the rules cannot state
+remain: Forget needs ids or a filter, Recall's weights cannot both be 0.
 """
 
 from __future__ import annotations
@@ -8,30 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
-from llmesh.kernel.durations import MAX_TTL_S, seconds_of
-from llmesh.kernel.errors import FieldViolation, InvalidArgument, invalid
+from llmesh.kernel.durations import seconds_of
+from llmesh.kernel.errors import invalid
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 from .engine import MemoryEngine, RecallParams
 from .scoring import DEFAULT_KEYWORD_WEIGHT, DEFAULT_SEMANTIC_WEIGHT, Fusion
 from .store.base import MemoryRecord, MessageIn, SessionRecord, StoredMessage
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-MAX_NAMESPACE = 128
-MAX_KEY = 128
-MAX_ANNOTATIONS = 16
-MAX_MESSAGES = 64
-MAX_TEXT_BYTES = 16384
-MAX_QUERY_BYTES = 4096
-MAX_METADATA = 32
-MAX_META_KEY = 64
-MAX_META_VALUE_BYTES = 1024
 
 _MODES = {
     common_pb2.FUSION_MODE_UNSPECIFIED: Fusion.WEIGHTED,
@@ -40,59 +29,6 @@ _MODES = {
     common_pb2.FUSION_MODE_SEMANTIC: Fusion.SEMANTIC,
     common_pb2.FUSION_MODE_KEYWORD: Fusion.KEYWORD,
 }
-
-
-class _Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
-            raise InvalidArgument(summary, field_violations=self.items)
-
-
-def _namespace(v: _Violations, namespace: str) -> None:
-    if not namespace or len(namespace) > MAX_NAMESPACE:
-        v.add("namespace", f"must be 1..{MAX_NAMESPACE} characters")
-
-
-def _session_id(v: _Violations, session_id: str) -> None:
-    if not SESSION_ID.match(session_id):
-        v.add("session_id", "must be 1..128 characters of [A-Za-z0-9._:-]")
-
-
-def _metadata(v: _Violations, field: str, metadata: Mapping[str, str]) -> None:
-    if len(metadata) > MAX_METADATA:
-        v.add(field, f"at most {MAX_METADATA} pairs")
-    for key, value in metadata.items():
-        if not key or len(key) > MAX_META_KEY:
-            v.add(f"{field}[{key[:32]}]", f"keys must be 1..{MAX_META_KEY} characters")
-        if len(value.encode()) > MAX_META_VALUE_BYTES:
-            v.add(f"{field}[{key[:32]}]", f"values must be at most {MAX_META_VALUE_BYTES} bytes")
-
-
-def _key(v: _Violations, key: str) -> None:
-    if len(key) > MAX_KEY:
-        v.add("idempotency_key", f"must be at most {MAX_KEY} characters")
-
-
-def _annotations(v: _Violations, fingerprint: str, annotations: Mapping[str, str]) -> None:
-    if len(fingerprint) > MAX_KEY:
-        v.add("request_fingerprint", f"must be at most {MAX_KEY} characters")
-    if len(annotations) > MAX_ANNOTATIONS:
-        v.add("annotations", f"must hold at most {MAX_ANNOTATIONS} pairs")
-    for name, value in annotations.items():
-        if not 1 <= len(name) <= 64 or len(value.encode()) > 1024:
-            v.add(f"annotations[{name[:64]}]", "keys must be 1..64 chars, values <= 1024 bytes")
-
-
-def _ttl(v: _Violations, ttl: duration_pb2.Duration) -> None:
-    if not 0 <= seconds_of(ttl) <= MAX_TTL_S:
-        v.add("ttl", "must be 0..10 years (0 means never)")
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -160,35 +96,20 @@ def decode_page_token(token: str) -> tuple[float, str] | None:
 
 
 def recall_params(query: str, options: common_pb2.RecallOptions) -> RecallParams:
-    """Validated search parameters from a query and ``RecallOptions``."""
-    v = _Violations()
-    if not query.strip() or len(query.encode()) > MAX_QUERY_BYTES:
-        v.add("query", f"must be 1..{MAX_QUERY_BYTES} bytes and not blank")
-    k = options.k or 5
-    if not 1 <= k <= 100:
-        v.add("options.k", "must be 1..100")
+    """Search parameters from a query and ``RecallOptions`` (server defaults filled in)."""
     semantic = (
         options.semantic_weight if options.HasField("semantic_weight") else DEFAULT_SEMANTIC_WEIGHT
     )
     keyword = (
         options.keyword_weight if options.HasField("keyword_weight") else DEFAULT_KEYWORD_WEIGHT
     )
-    if not 0 <= semantic <= 1:
-        v.add("options.semantic_weight", "must be 0..1")
-    if not 0 <= keyword <= 1:
-        v.add("options.keyword_weight", "must be 0..1")
     if semantic == 0 and keyword == 0:
-        v.add("options.semantic_weight", "semantic and keyword weights cannot both be 0")
-    mode = _MODES.get(options.mode)
-    if mode is None:
-        v.add("options.mode", "unknown fusion mode")
-    _metadata(v, "options.metadata_filter", options.metadata_filter)
-    v.raise_if_any()
+        raise invalid("options.semantic_weight", "semantic and keyword weights cannot both be 0")
     return RecallParams(
         query=query,
-        k=k,
+        k=options.k or 5,
         min_score=options.min_score,
-        mode=mode or Fusion.WEIGHTED,
+        mode=_MODES.get(options.mode, Fusion.WEIGHTED),
         semantic_weight=semantic,
         keyword_weight=keyword,
         metadata_filter=dict(options.metadata_filter),
@@ -204,24 +125,6 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def AppendMessages(
         self, request: memory_pb2.AppendMessagesRequest, context: Any
     ) -> memory_pb2.AppendMessagesResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        _session_id(v, request.session_id)
-        if not 1 <= len(request.messages) <= MAX_MESSAGES:
-            v.add("messages", f"must hold 1..{MAX_MESSAGES} messages")
-        for i, message in enumerate(request.messages):
-            if message.role not in (
-                common_pb2.CHAT_ROLE_SYSTEM,
-                common_pb2.CHAT_ROLE_USER,
-                common_pb2.CHAT_ROLE_ASSISTANT,
-            ):
-                v.add(f"messages[{i}].role", "must be SYSTEM, USER or ASSISTANT")
-        if request.expected_version < 0:
-            v.add("expected_version", "must be >= 0")
-        _key(v, request.idempotency_key)
-        _ttl(v, request.ttl)
-        _annotations(v, request.request_fingerprint, request.annotations)
-        v.raise_if_any()
         result = await self.engine.append(
             request.namespace,
             request.session_id,
@@ -239,11 +142,6 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def GetAppend(
         self, request: memory_pb2.GetAppendRequest, context: Any
     ) -> memory_pb2.GetAppendResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        if not 1 <= len(request.idempotency_key) <= MAX_KEY:
-            v.add("idempotency_key", f"must be 1..{MAX_KEY} characters")
-        v.raise_if_any()
         stored = await self.engine.get_append(request.namespace, request.idempotency_key)
         return memory_pb2.GetAppendResponse(
             session_id=stored.session_id,
@@ -259,13 +157,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def GetSession(
         self, request: memory_pb2.MemoryServiceGetSessionRequest, context: Any
     ) -> memory_pb2.MemoryServiceGetSessionResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        _session_id(v, request.session_id)
         limit = request.limit or 50
-        if not 1 <= limit <= 1000:
-            v.add("limit", "must be 1..1000")
-        v.raise_if_any()
         record, messages = await self.engine.get_session(
             request.namespace, request.session_id, limit=limit
         )
@@ -276,12 +168,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def ListSessions(
         self, request: memory_pb2.MemoryServiceListSessionsRequest, context: Any
     ) -> memory_pb2.MemoryServiceListSessionsResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
         size = request.page_size or 50
-        if not 1 <= size <= 500:
-            v.add("page_size", "must be 1..500")
-        v.raise_if_any()
         after = decode_page_token(request.page_token)
         records = await self.engine.list_sessions(
             request.namespace, page_size=size + 1, after=after
@@ -297,24 +184,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def DeleteSession(
         self, request: memory_pb2.MemoryServiceDeleteSessionRequest, context: Any
     ) -> memory_pb2.MemoryServiceDeleteSessionResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        _session_id(v, request.session_id)
-        v.raise_if_any()
         deleted = await self.engine.delete_session(request.namespace, request.session_id)
         return memory_pb2.MemoryServiceDeleteSessionResponse(deleted_messages=deleted)
 
     async def Remember(
         self, request: memory_pb2.MemoryServiceRememberRequest, context: Any
     ) -> memory_pb2.MemoryServiceRememberResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        if not request.text.strip() or len(request.text.encode()) > MAX_TEXT_BYTES:
-            v.add("text", f"must be 1..{MAX_TEXT_BYTES} bytes and not blank")
-        _metadata(v, "metadata", request.metadata)
-        _ttl(v, request.ttl)
-        _key(v, request.idempotency_key)
-        v.raise_if_any()
         result = await self.engine.remember(
             request.namespace,
             request.text,
@@ -329,9 +204,6 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Recall(
         self, request: memory_pb2.MemoryServiceRecallRequest, context: Any
     ) -> memory_pb2.MemoryServiceRecallResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
-        v.raise_if_any()
         params = recall_params(request.query, request.options)
         outcome = await self.engine.recall(request.namespace, params)
         return memory_pb2.MemoryServiceRecallResponse(
@@ -351,12 +223,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Forget(
         self, request: memory_pb2.MemoryServiceForgetRequest, context: Any
     ) -> memory_pb2.MemoryServiceForgetResponse:
-        v = _Violations()
-        _namespace(v, request.namespace)
         if not request.ids and not request.metadata_filter:
-            v.add("ids", "give ids, a metadata_filter, or both")
-        _metadata(v, "metadata_filter", request.metadata_filter)
-        v.raise_if_any()
+            raise invalid("ids", "give ids, a metadata_filter, or both")
         before = (
             request.created_before.ToNanoseconds() / 1e9
             if request.HasField("created_before")

@@ -298,3 +298,27 @@ async def test_readiness_follows_the_store(tmp_path: Path) -> None:
         health = health_pb2_grpc.HealthStub(channel)
         answer = await health.Check(health_pb2.HealthCheckRequest(service="readiness"))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_nul_bytes_and_huge_id_lists_are_client_errors(tmp_path: Path) -> None:
+    """NUL in stored text (PostgreSQL refuses it) and uncapped id lists never reach a store."""
+    async with memory_server(sqlite_path=tmp_path / "m.db", embedder_target="") as (stub, _):
+        with pytest.raises(grpc.aio.AioRpcError) as nul:
+            await stub.Remember(
+                memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="a\x00b")
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as many:
+            await stub.Forget(
+                memory_pb2.MemoryServiceForgetRequest(
+                    namespace=NS, ids=[f"m{i}" for i in range(100_000)]
+                )
+            )
+        # The store still answers.
+        kept = await stub.Remember(memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="ok"))
+    assert nul.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = details(nul.value)["BadRequest"].field_violations
+    assert (violation.field, violation.reason) == ("text", "string.pattern")
+    assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = details(many.value)["BadRequest"].field_violations
+    assert (violation.field, violation.reason) == ("ids", "repeated.max_items")
+    assert kept.id

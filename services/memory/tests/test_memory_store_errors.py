@@ -23,13 +23,12 @@ from llmesh.kernel.errors import (
     Unavailable,
 )
 from llmesh.kernel.server import ServiceHost
+from llmesh.kernel.store_errors import postgres_error, sqlite_error
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from llmesh_memory.settings import MemorySettings
 from llmesh_memory.store.base import MessageIn, NewMemory, SearchQuery
 from llmesh_memory.store.postgres import PostgresStore
-from llmesh_memory.store.postgres import errors as pg_errors
 from llmesh_memory.store.sqlite import SqliteStore
-from llmesh_memory.store.sqlite import errors as sqlite_errors
 from llmesh_memory.text import dedupe_key, index_terms, query_terms
 from llmesh_memory.wiring import wire
 
@@ -103,14 +102,14 @@ async def test_postgres_classification_of_real_server_errors(
             )
         with pytest.raises(psycopg.errors.UndefinedTable) as bug:
             await conn.execute("SELECT * FROM no_such_table")
-    assert isinstance(pg_errors.classify(out_of_range.value), InvalidArgument)
-    assert isinstance(pg_errors.classify(unique.value), AlreadyExists)
-    transient = pg_errors.classify(serialization.value)
+    assert isinstance(postgres_error(out_of_range.value), InvalidArgument)
+    assert isinstance(postgres_error(unique.value), AlreadyExists)
+    transient = postgres_error(serialization.value)
     assert isinstance(transient, Unavailable) and transient.retry_after_s is not None
-    fault = pg_errors.classify(bug.value)
+    fault = postgres_error(bug.value)
     assert fault is not None and fault.code is grpc.StatusCode.INTERNAL
     assert fault.retry_after_s is None
-    assert pg_errors.classify(InvalidArgument("x")) is None  # domain errors pass through
+    assert postgres_error(InvalidArgument("x")) is None  # domain errors pass through
 
 
 async def test_postgres_legacy_out_of_range_expiry_reads_as_never(
@@ -182,7 +181,7 @@ def test_sqlite_classification_of_real_errors(tmp_path: Path) -> None:
             caught[name] = exc
     conn.close()
     assert set(caught) == set(attempts)
-    mapped = {name: sqlite_errors.classify(exc) for name, exc in caught.items()}
+    mapped = {name: sqlite_error(exc) for name, exc in caught.items()}
     assert isinstance(mapped["variables"], InvalidArgument)
     assert "fewer" in mapped["variables"].message
     assert isinstance(mapped["overflow"], InvalidArgument)
@@ -191,7 +190,7 @@ def test_sqlite_classification_of_real_errors(tmp_path: Path) -> None:
     bug = mapped["bug"]
     assert isinstance(bug, LlmeshError) and bug.code is grpc.StatusCode.INTERNAL
     assert bug.retry_after_s is None
-    assert sqlite_errors.classify(ValueError("not a store error")) is None
+    assert sqlite_error(ValueError("not a store error")) is None
 
 
 @contextlib.asynccontextmanager

@@ -2,8 +2,8 @@
 
 Times are Unix seconds (``float``). Every method is namespace-scoped: nothing a
 method returns ever belongs to another namespace. Backends raise
-``llmesh.kernel.errors`` classes, each classified in one place per backend
-(``sqlite/errors.py``, ``postgres/errors.py``): ``Unavailable`` (store busy or down,
+``llmesh.kernel.errors`` classes, each driver failure classified in one place
+(``llmesh.kernel.store_errors``): ``Unavailable`` (store busy or down,
 nothing written; retryable), ``DeadlineExceeded`` (the caller's deadline cut a
 statement off), ``Aborted`` (version conflict), ``NotFound``, ``AlreadyExists``,
 ``InvalidArgument`` (a value the store cannot hold: NUL in text, a number out of

@@ -2,7 +2,7 @@
 
 Every operation runs in one transaction whose ``statement_timeout`` is the caller's
 remaining deadline (``DEADLINE_EXCEEDED`` when it fires). Failures are classified
-in one place (``errors.classify``): a value the store cannot hold is
+in one place (``llmesh.kernel.store_errors``): a value the store cannot hold is
 ``INVALID_ARGUMENT``, only transient failures are ``UNAVAILABLE`` with a retry
 hint. A write is acknowledged only after COMMIT returned. Migrations are applied
 at start (``schema``).
@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from llmesh.kernel.context import remaining_s
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.store_errors import postgres_error
 
 from ..base import (
     AppendResult,
@@ -42,8 +43,8 @@ from ..base import (
     StoredMessage,
     Vector,
 )
-from . import errors, schema, search, sessions
 from . import memories as memory_sql
+from . import schema, search, sessions
 
 log = get_logger(__name__)
 
@@ -97,7 +98,7 @@ class PostgresStore(MemoryStore):
         try:
             yield
         except Exception as exc:
-            mapped = errors.classify(exc)
+            mapped = postgres_error(exc, store="memory store")
             if mapped is None:
                 raise
             if mapped.code is grpc.StatusCode.INTERNAL:

@@ -3,8 +3,8 @@
 Writes go through ONE connection on ONE thread (so concurrent writers queue instead
 of failing with "database is locked"); reads use a small pool of threads with their
 own connections (WAL lets them run beside the writer). Failures are classified in
-one place (``errors.classify``): client faults are ``INVALID_ARGUMENT``, only a busy
-or unreachable file is ``UNAVAILABLE``. ``synchronous=FULL``: a write is
+one place (``llmesh.kernel.store_errors``): client faults are ``INVALID_ARGUMENT``,
+only a busy or unreachable file is ``UNAVAILABLE``. ``synchronous=FULL``: a write is
 acknowledged only after it reached the disk. The caller's remaining deadline is
 enforced with a progress handler that interrupts a statement running past it.
 
@@ -29,6 +29,7 @@ import grpc
 from llmesh.kernel.context import remaining_s
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.store_errors import sqlite_error
 
 from ..base import (
     AppendResult,
@@ -45,8 +46,8 @@ from ..base import (
     Vector,
 )
 from ..vectors import VectorIndex
-from . import errors, schema, search, sessions
 from . import memories as memory_sql
+from . import schema, search, sessions
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -98,7 +99,7 @@ class SqliteStore(MemoryStore):
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.rollback()
-                mapped = errors.classify(exc)
+                mapped = sqlite_error(exc, store="memory store")
                 if mapped is None:
                     raise
                 if mapped.code is grpc.StatusCode.INTERNAL:

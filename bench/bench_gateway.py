@@ -189,7 +189,7 @@ def make_calls(ports: dict[str, int], key: str) -> tuple[Any, Any, Call, Call]:
 
     async def via_proxy() -> Any:
         chunks = [c async for c in inference.Generate(worker_request, timeout=30)]
-        assert chunks[-1].finish_reason
+        assert chunks[-1].done.finish_reason
         return chunks
 
     async def via_gateway() -> Any:

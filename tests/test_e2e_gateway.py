@@ -324,7 +324,7 @@ async def test_tenant_a_never_sees_tenant_b(mesh: Mesh) -> None:
                 metadata=alice,
             )
         ]
-        assert turn[-1].session_version == 1
+        assert turn[-1].done.session_version == 1
 
         query = gateway_pb2.RecallRequest(
             query="rocket launch friday", options=common_pb2.RecallOptions(k=5)
@@ -373,11 +373,11 @@ async def test_chat_turn_appended_once_when_retried_and_traced(mesh: Mesh) -> No
             sampling=_greedy(4),
         )
         first = [c async for c in stub.Chat(request, metadata=(*meta, ("x-request-id", "chat-1")))]
-        assert first[0].memory_ids and first[-1].session_version == 1
-        assert first[-1].usage.completion_tokens >= 1
+        assert first[0].start.memory_ids and first[-1].done.session_version == 1
+        assert first[-1].done.usage.completion_tokens >= 1
         # The client did not see the answer and retries the very same turn.
         again = [c async for c in stub.Chat(request, metadata=meta)]
-        assert again[-1].session_version == 1
+        assert again[-1].done.session_version == 1
         session = await stub.GetSession(
             gateway_pb2.GetSessionRequest(session_id="retry-1"), metadata=meta
         )
@@ -446,7 +446,7 @@ async def test_cancel_reaches_the_worker(mesh: Mesh) -> None:
                 metadata=(*_meta(mesh.keys["alice"]), ("x-request-id", request_id)),
             )
             first: Any = await call.read()
-            worker = mesh.workers[first.worker_id]
+            worker = mesh.workers[first.start.worker_id]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as wch:
                 stats_stub = inference_pb2_grpc.InferenceServiceStub(wch)
                 before = await stats_stub.Stats(inference_pb2.StatsRequest())
@@ -563,8 +563,8 @@ async def test_failover_and_breaker_when_a_worker_dies(mesh: Mesh) -> None:
                     metadata=meta,
                 )
             ]
-            assert chunks[0].worker_id == "w1"  # failed over before the first token
-            assert chunks[-1].finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+            assert chunks[0].start.worker_id == "w1"  # failed over before the first token
+            assert chunks[-1].done.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
         # The breaker opened after 3 consecutive failures: w0 is no longer tried.
         assert mesh.metric("gateway_failovers_total") - failovers_before == 3
 

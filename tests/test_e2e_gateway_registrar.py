@@ -77,6 +77,20 @@ def test_readiness_and_routing_follow_the_registrar(running: Running) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     wait_until(lambda: _status(running.gateway) == serving, timeout_s=90, what="ready")
     assert _generate(running).worker_id == "w-real"
+    # ListModels carries what the worker reported through its registrar.
+    with grpc.insecure_channel(running.gateway) as channel:
+        listed = gateway_pb2_grpc.GatewayServiceStub(channel).ListModels(
+            gateway_pb2.ListModelsRequest(),
+            metadata=(("authorization", f"Bearer {running.key}"),),
+            timeout=10,
+        )
+    models = {m.model.name: m for m in listed.models}
+    tiny = models[MODEL]
+    assert tiny.model.loaded and list(tiny.worker_ids) == ["w-real"]
+    assert tiny.model.context_length > 0 and tiny.model.parameters > 0 and tiny.model.dtype
+    embedding = [m for m in listed.models if m.model.embedding]
+    assert [m.model.name for m in embedding] == ["all-minilm-l6-v2"]
+    assert embedding[0].model.context_length == 256 and list(embedding[0].worker_ids) == ["w-real"]
 
     # The worker dies: its registrar reports it, the gateway stops routing to it.
     running.mesh.kill("inference")

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmesh.testing.polling import await_until
@@ -99,6 +100,33 @@ async def test_key_lifecycle_through_admin_api(mesh: Any) -> None:
     details = " ".join(e.detail for e in events.events)
     assert f"created key_id={created.info.key_id}" in details
     assert f"revoked key_id={created.info.key_id}" in details
+
+
+async def test_create_api_key_retry_with_request_id_returns_the_same_key(mesh: Any) -> None:
+    admin = mesh.admin()
+    meta = mesh.auth(mesh.admin_key)
+    request = gateway_pb2.CreateApiKeyRequest(
+        name="ci",
+        role=gateway_pb2.ROLE_USER,
+        tenant="acme",
+        ttl=duration_pb2.Duration(seconds=3600),
+        request_id="deploy-42",
+    )
+    first = await admin.CreateApiKey(request, metadata=meta)
+    retry = await admin.CreateApiKey(request, metadata=meta)
+    assert first.api_key.startswith("lmk_") and retry.api_key == ""
+    assert retry.info == first.info
+    lifetime = first.info.expires_at.seconds - first.info.created_at.seconds
+    assert 3599 <= lifetime <= 3601
+    listed = await admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(), metadata=meta)
+    assert [k.key_id for k in listed.keys].count(first.info.key_id) == 1
+    await mesh.stub().Generate(
+        gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(first.api_key)
+    )
+    request.role = gateway_pb2.ROLE_ADMIN
+    reused = await _code(admin.CreateApiKey(request, metadata=meta))
+    assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert mesh.details(reused)["error_info"].reason == "IDEMPOTENCY_KEY_REUSED"
 
 
 async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:

@@ -9,6 +9,7 @@ id and trace context per call and translates the peer's errors.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -77,3 +78,56 @@ def create_channel(
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
     return grpc.aio.insecure_channel(target, options=options)
+
+
+# Seconds calls on a discarded worker channel get to finish before it closes.
+DISCARD_GRACE_S = 30.0
+
+
+class ChannelPool:
+    """One channel per peer address, reused across calls (workers, embedders).
+
+    Calls on them go through :mod:`llmesh.kernel.upstream`. Failover is the caller's
+    job (it chooses another peer), so there are no channel retries.
+    """
+
+    def __init__(
+        self, *, tls: ClientTlsSettings | None = None, max_message_bytes: int = 8 << 20
+    ) -> None:
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = create_channel(
+                address,
+                tls=self._tls,
+                max_message_bytes=self._max_message_bytes,
+                retries=False,
+            )
+            self._channels[address] = channel
+        return channel
+
+    def discard(self, address: str) -> None:
+        """Forget the channel to ``address`` after a connection failure.
+
+        A gRPC channel that failed to connect waits out an exponential reconnect
+        backoff (up to minutes) before trying again, even once the registry reports
+        the worker READY again; the next call gets a fresh channel that connects at
+        once. Calls still running on the old channel get a grace period to finish.
+        """
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(channel.close(DISCARD_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()

@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from llmesh.kernel.channels import call_options
 from llmesh.kernel.context import current_request
 from llmesh.kernel.durations import seconds_of
 from llmesh.kernel.errors import NotFound
+from llmesh.kernel.upstream import unary
 from llmesh.v1 import (
     common_pb2,
     gateway_pb2,
@@ -31,7 +31,6 @@ from llmesh_gateway.store import (
     decode_page_token,
     encode_page_token,
 )
-from llmesh_gateway.upstream import translate
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _ROLE_NAMES = {gateway_pb2.ROLE_USER: ROLE_USER, gateway_pb2.ROLE_ADMIN: ROLE_ADMIN}
@@ -111,16 +110,15 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         self, request: gateway_pb2.DrainWorkerRequest, context: Context
     ) -> gateway_pb2.DrainWorkerResponse:
         _audit_detail(f"worker={request.worker_id} reason={request.reason[:200]}")
-        try:
-            response = await self._registry.SetWorkerState(
-                registry_pb2.SetWorkerStateRequest(
-                    worker_id=request.worker_id,
-                    state=common_pb2.WORKER_STATE_DRAINING,
-                    reason=request.reason or "drained by an admin",
-                )
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, what="SetWorkerState on the registry") from None
+        response = await unary(
+            self._registry.SetWorkerState,
+            registry_pb2.SetWorkerStateRequest(
+                worker_id=request.worker_id,
+                state=common_pb2.WORKER_STATE_DRAINING,
+                reason=request.reason or "drained by an admin",
+            ),
+            what="draining the worker",
+        )
         self._cache.workers[response.worker.worker_id] = response.worker
         return gateway_pb2.DrainWorkerResponse(worker=response.worker)
 
@@ -144,11 +142,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def _each(self, targets: list[Any], call: Any, request: Any, what: str) -> list[str]:
         async def one(worker: common_pb2.WorkerInfo) -> str:
             stub = inference_pb2_grpc.InferenceServiceStub(self._router.pool.get(worker.address))
-            try:
-                timeout, metadata = call_options()
-                await getattr(stub, call)(request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                raise translate(exc, what=f"{what} on worker {worker.worker_id}") from None
+            await unary(getattr(stub, call), request, what=what)
             return str(worker.worker_id)
 
         results = await asyncio.gather(*(one(w) for w in targets), return_exceptions=True)

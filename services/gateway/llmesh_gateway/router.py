@@ -3,8 +3,10 @@
 A failed attempt (worker fault or worker full) is retried on another worker while
 nothing has reached the client, the caller's deadline leaves time and the retry
 budget allows. After the first token a failure ends the stream with UNAVAILABLE,
-reason STREAM_INTERRUPTED and metadata ``tokens_delivered``. Closing the returned
-stream (client cancel) cancels the upstream call at once.
+reason STREAM_INTERRUPTED, or with DEADLINE_EXCEEDED when the deadline passed, both
+with ErrorInfo metadata ``tokens_delivered``. Closing the returned stream (client
+cancel) cancels the upstream call at once. Calls go through the kernel's upstream
+client (deadline, trace context, request id, error table).
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from dataclasses import dataclass
 
 import grpc
 
-from llmesh.kernel.channels import call_options
 from llmesh.kernel.context import remaining_s
-from llmesh.kernel.errors import DeadlineExceeded, LlmeshError, Unavailable
+from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
+from llmesh.kernel.upstream import OutboundCall, from_broken_stream, from_peer
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from llmesh_gateway.balancer import Balancer, RetryBudget
-from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool, translate
+from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool
 
 log = get_logger(__name__)
+
+_GENERATE = "llmesh.v1.InferenceService/Generate"
+_EMBED = "llmesh.v1.InferenceService/Embed"
 
 
 @dataclass(frozen=True)
@@ -114,9 +119,8 @@ class Router:
         worker_id = worker.worker_id
         if code == grpc.StatusCode.UNAVAILABLE:
             self.pool.discard(worker.address)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"worker {worker_id} ran past the deadline")
-        return translate(exc, what=f"generation on worker {worker_id}")
+        log.info("worker %s answered %s", worker_id, code.name, extra={"worker_id": worker_id})
+        return from_peer(exc, what="generation")
 
     async def stream(
         self, request: inference_pb2.InferenceServiceGenerateRequest, *, session_id: str = ""
@@ -132,10 +136,13 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            timeout, metadata = call_options()
-            call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
+            outbound = OutboundCall(_GENERATE)
+            call = self._stub(worker).Generate(
+                request, timeout=outbound.timeout, metadata=outbound.metadata
+            )
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
+            status = grpc.StatusCode.OK
             delivered = 0
             sent = False
             model = ""
@@ -156,19 +163,12 @@ class Router:
                 verdict = True
                 return
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code = status = exc.code()
                 verdict = False if code in WORKER_FAULTS else None
                 if sent:
-                    self._interrupted.add(1)
-                    raise Unavailable(
-                        f"stream from worker {worker.worker_id} broke after {delivered} tokens",
-                        reason="STREAM_INTERRUPTED",
-                        metadata={
-                            "tokens_delivered": str(delivered),
-                            "worker_id": worker.worker_id,
-                        },
-                        retry_after_s=0.5,
-                    ) from None
+                    if code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._interrupted.add(1)
+                    raise from_broken_stream(exc, what="generation", delivered=delivered) from None
                 last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
@@ -178,8 +178,12 @@ class Router:
                     worker.worker_id,
                     code.name,
                 )
+            except BaseException:
+                status = grpc.StatusCode.CANCELLED
+                raise
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
+                outbound.finish(status)
                 self._settle(worker.worker_id, verdict)
 
     async def generate(
@@ -194,10 +198,13 @@ class Router:
         while True:
             attempt += 1
             worker = self._choose(request.model, tried, session_id, last)
-            timeout, metadata = call_options()
-            call = self._stub(worker).Generate(request, timeout=timeout, metadata=metadata)
+            outbound = OutboundCall(_GENERATE)
+            call = self._stub(worker).Generate(
+                request, timeout=outbound.timeout, metadata=outbound.metadata
+            )
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
+            status = grpc.StatusCode.OK
             result = Generation(worker.worker_id, "", "", [], 0, common_pb2.Usage())
             texts: list[str] = []
             try:
@@ -215,14 +222,18 @@ class Router:
                 result.text = "".join(texts)
                 return result
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code = status = exc.code()
                 verdict = False if code in WORKER_FAULTS else None
                 last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
                 self._failovers.add(1)
+            except BaseException:
+                status = grpc.StatusCode.CANCELLED
+                raise
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
+                outbound.finish(status)
                 self._settle(worker.worker_id, verdict)
 
     async def embed(
@@ -238,19 +249,24 @@ class Router:
             worker = self._choose("", tried, "", last)
             self.balancer.started(worker.worker_id)
             verdict: bool | None = None
+            outbound = OutboundCall(_EMBED)
+            status = grpc.StatusCode.OK
             try:
-                timeout, metadata = call_options()
                 response = await self._stub(worker).Embed(
-                    request, timeout=timeout, metadata=metadata
+                    request, timeout=outbound.timeout, metadata=outbound.metadata
                 )
                 verdict = True
                 return worker.worker_id, response
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code = status = exc.code()
                 verdict = False if code in WORKER_FAULTS else None
                 last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
                 self._failovers.add(1)
+            except BaseException:
+                status = grpc.StatusCode.CANCELLED
+                raise
             finally:
+                outbound.finish(status)
                 self._settle(worker.worker_id, verdict)

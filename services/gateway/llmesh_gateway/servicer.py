@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from llmesh.kernel.upstream import unary
 from llmesh.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
@@ -21,12 +22,11 @@ from llmesh.v1 import (
 )
 from llmesh_gateway.auth import current_principal
 from llmesh_gateway.catalog import served_models
-from llmesh_gateway.chat import ChatTurns
+from llmesh_gateway.chat import ChatBudget, ChatTurns
 from llmesh_gateway.defaults import max_tokens_of
 from llmesh_gateway.ratelimit import RateLimiter
 from llmesh_gateway.registry_cache import RegistryCache
 from llmesh_gateway.router import Router
-from llmesh_gateway.upstream import relay
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -41,12 +41,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
         limiter: RateLimiter,
         cache: RegistryCache,
+        chat_budget: ChatBudget | None = None,
     ) -> None:
         self._router = router
         self._memory = memory
         self._limiter = limiter
         self._cache = cache
-        self._chat = ChatTurns(memory, router)
+        self._chat = ChatTurns(memory, router, chat_budget)
 
     @staticmethod
     def _upstream(
@@ -146,15 +147,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.RememberRequest, context: Context
     ) -> gateway_pb2.RememberResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.Remember(
-                memory_pb2.MemoryServiceRememberRequest(
-                    namespace=principal.tenant,
-                    text=request.text,
-                    metadata=request.metadata,
-                    ttl=request.ttl,
-                    idempotency_key=request.idempotency_key,
-                )
+        response = await unary(
+            self._memory.Remember,
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace=principal.tenant,
+                text=request.text,
+                metadata=request.metadata,
+                ttl=request.ttl,
+                idempotency_key=request.idempotency_key,
             ),
             what="Remember",
         )
@@ -166,11 +166,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.RecallRequest, context: Context
     ) -> gateway_pb2.RecallResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.Recall(
-                memory_pb2.MemoryServiceRecallRequest(
-                    namespace=principal.tenant, query=request.query, options=request.options
-                )
+        response = await unary(
+            self._memory.Recall,
+            memory_pb2.MemoryServiceRecallRequest(
+                namespace=principal.tenant, query=request.query, options=request.options
             ),
             what="Recall",
         )
@@ -184,13 +183,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ForgetRequest, context: Context
     ) -> gateway_pb2.ForgetResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.Forget(
-                memory_pb2.MemoryServiceForgetRequest(
-                    namespace=principal.tenant,
-                    ids=request.ids,
-                    metadata_filter=request.metadata_filter,
-                )
+        response = await unary(
+            self._memory.Forget,
+            memory_pb2.MemoryServiceForgetRequest(
+                namespace=principal.tenant,
+                ids=request.ids,
+                metadata_filter=request.metadata_filter,
             ),
             what="Forget",
         )
@@ -200,13 +198,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetSessionRequest, context: Context
     ) -> gateway_pb2.GetSessionResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.GetSession(
-                memory_pb2.MemoryServiceGetSessionRequest(
-                    namespace=principal.tenant,
-                    session_id=request.session_id,
-                    limit=request.limit or 50,
-                )
+        response = await unary(
+            self._memory.GetSession,
+            memory_pb2.MemoryServiceGetSessionRequest(
+                namespace=principal.tenant,
+                session_id=request.session_id,
+                limit=request.limit or 50,
             ),
             what="GetSession",
         )
@@ -216,13 +213,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListSessionsRequest, context: Context
     ) -> gateway_pb2.ListSessionsResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.ListSessions(
-                memory_pb2.MemoryServiceListSessionsRequest(
-                    namespace=principal.tenant,
-                    page_size=request.page_size or 50,
-                    page_token=request.page_token,
-                )
+        response = await unary(
+            self._memory.ListSessions,
+            memory_pb2.MemoryServiceListSessionsRequest(
+                namespace=principal.tenant,
+                page_size=request.page_size or 50,
+                page_token=request.page_token,
             ),
             what="ListSessions",
         )
@@ -234,11 +230,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.DeleteSessionRequest, context: Context
     ) -> gateway_pb2.DeleteSessionResponse:
         principal = current_principal()
-        response = await relay(
-            self._memory.DeleteSession(
-                memory_pb2.MemoryServiceDeleteSessionRequest(
-                    namespace=principal.tenant, session_id=request.session_id
-                )
+        response = await unary(
+            self._memory.DeleteSession,
+            memory_pb2.MemoryServiceDeleteSessionRequest(
+                namespace=principal.tenant, session_id=request.session_id
             ),
             what="DeleteSession",
         )

@@ -65,6 +65,22 @@ class RoutingSettings(BaseModel):
     session_affinity: bool = True
 
 
+class ChatSettings(BaseModel):
+    """How much of a ``Chat`` call's deadline its memory calls may use.
+
+    Before generating, the idempotency-key lookup, the history and the recall run in
+    parallel, each with ``min(context_share x remaining, context_cap_s)``: a hung memory
+    service costs a turn that much (recall is then left out, marked degraded; a missing
+    history or key lookup fails the turn with UNAVAILABLE), never the whole deadline.
+    The append after generation gets ``min(append_share x remaining, append_cap_s)``.
+    """
+
+    context_share: float = Field(default=0.2, gt=0, le=1)
+    context_cap_s: float = Field(default=1.5, gt=0, le=60)
+    append_share: float = Field(default=0.5, gt=0, le=1)
+    append_cap_s: float = Field(default=3.0, gt=0, le=60)
+
+
 class GatewaySettings(ServiceSettings):
     """Settings of ``llmesh serve gateway``; every field is also an env variable."""
 
@@ -81,6 +97,7 @@ class GatewaySettings(ServiceSettings):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
     @property
     def resolved_store_url(self) -> str:

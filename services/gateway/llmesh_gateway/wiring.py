@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from llmesh.kernel.channels import create_channel
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import Supervisor
+from llmesh.kernel.upstream import Share
 from llmesh.v1 import gateway_pb2_grpc, memory_pb2_grpc, registry_pb2_grpc
 from llmesh_gateway.admin import AdminServicer
 from llmesh_gateway.apikeys import ApiKeyManager
 from llmesh_gateway.audit import AuditLog
 from llmesh_gateway.auth import Authenticator, AuthInterceptor
 from llmesh_gateway.balancer import Balancer, RetryBudget
+from llmesh_gateway.chat import ChatBudget
 from llmesh_gateway.jwt_auth import JwtConfig, JwtVerifier
 from llmesh_gateway.ratelimit import (
     InProcessBackend,
@@ -124,6 +126,10 @@ async def wire(
             memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
             limiter=limiter,
             cache=cache,
+            chat_budget=ChatBudget(
+                context=Share(settings.chat.context_share, settings.chat.context_cap_s),
+                append=Share(settings.chat.append_share, settings.chat.append_cap_s),
+            ),
         ),
         host.server,
     )

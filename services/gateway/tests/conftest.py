@@ -128,17 +128,27 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self) -> None:
         self.sessions: dict[tuple[str, str], Session] = {}
         self.replies: dict[tuple[str, str], tuple[str, int]] = {}
+        self.stored: dict[tuple[str, str], memory_pb2.GetAppendResponse] = {}
+        self.hang: set[str] = set()  # methods that never answer (a hung memory service)
         self.memories: dict[str, tuple[str, str]] = {}
         self.appends = 0
 
+    async def _maybe_hang(self, method: str) -> None:
+        if method in self.hang:
+            await asyncio.Event().wait()
+
     async def AppendMessages(self, request: Any, context: Any) -> Any:
         key = (request.namespace, request.idempotency_key)
-        fingerprint = repr((request.session_id, [(m.role, m.content) for m in request.messages]))
+        fingerprint = request.request_fingerprint or repr(
+            (request.session_id, [(m.role, m.content) for m in request.messages])
+        )
         if request.idempotency_key and key in self.replies:
             stored, version = self.replies[key]
             if stored != fingerprint:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key reused")
-            return memory_pb2.AppendMessagesResponse(version=version, replayed=True)
+            return memory_pb2.AppendMessagesResponse(
+                version=version, replayed=True, annotations=self.stored[key].annotations
+            )
         session = self.sessions.setdefault((request.namespace, request.session_id), Session())
         if request.expected_version != session.version:
             status = status_pb2.Status(code=10, message="version conflict")
@@ -158,9 +168,26 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
         self.appends += 1
         if request.idempotency_key:
             self.replies[key] = (fingerprint, session.version)
-        return memory_pb2.AppendMessagesResponse(version=session.version)
+            self.stored[key] = memory_pb2.GetAppendResponse(
+                session_id=request.session_id,
+                request_fingerprint=request.request_fingerprint,
+                version=session.version,
+                messages=request.messages,
+                annotations=request.annotations,
+            )
+        return memory_pb2.AppendMessagesResponse(
+            version=session.version, annotations=request.annotations
+        )
+
+    async def GetAppend(self, request: Any, context: Any) -> Any:
+        await self._maybe_hang("GetAppend")
+        stored = self.stored.get((request.namespace, request.idempotency_key))
+        if stored is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no append with this key")
+        return stored
 
     async def GetSession(self, request: Any, context: Any) -> Any:
+        await self._maybe_hang("GetSession")
         session = self.sessions.get((request.namespace, request.session_id))
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
@@ -196,6 +223,7 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.MemoryServiceRememberResponse(id=memory_id, embedded=True)
 
     async def Recall(self, request: Any, context: Any) -> Any:
+        await self._maybe_hang("Recall")
         words = set(request.query.lower().split())
         hits = [
             common_pb2.MemoryHit(memory=common_pb2.Memory(id=mid, text=text), score=1.0)

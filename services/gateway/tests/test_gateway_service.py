@@ -255,7 +255,8 @@ async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any
 
 async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> None:
     stub = mesh.stub()
-    meta = mesh.auth(mesh.user_key)
+    # A transparent client retry resends the request with the same request id.
+    meta = (*mesh.auth(mesh.user_key), ("x-request-id", "turn-1"))
     await stub.Remember(gateway_pb2.RememberRequest(text="the user likes tea"), metadata=meta)
     request = gateway_pb2.ChatRequest(
         session_id="s1",
@@ -268,7 +269,10 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
     assert chunks[-1].done.session_version == 1 and chunks[-1].done.usage.completion_tokens == 3
     # The client retries the same turn: stored once, same version.
     again = [c async for c in stub.Chat(request, metadata=meta)]
-    assert again[-1].done.session_version == 1
+    assert again[-1].done.session_version == 1 and again[-1].done.replayed
+    # The replay reports the original turn's finish reason and usage.
+    assert again[-1].done.finish_reason == chunks[-1].done.finish_reason
+    assert again[-1].done.usage == chunks[-1].done.usage
     assert mesh.memory.appends == 1
     # The retry answers with the stored reply instead of generating another one.
     assert "".join(c.delta.text for c in again) == "".join(c.delta.text for c in chunks)
@@ -282,7 +286,8 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
     second = [
         c
         async for c in stub.Chat(
-            gateway_pb2.ChatRequest(session_id="s1", message="and coffee?"), metadata=meta
+            gateway_pb2.ChatRequest(session_id="s1", message="and coffee?"),
+            metadata=mesh.auth(mesh.user_key),
         )
     ]
     assert second[-1].done.session_version == 2

@@ -1,0 +1,106 @@
+"""Chat turns: exactly once, keyed by request not text, bounded memory budget; the
+gateway's translation of worker errors and mid-stream deadlines."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from llmesh.v1 import common_pb2, gateway_pb2
+
+
+async def _chat(mesh: Any, request: Any, *extra: tuple[str, str]) -> list[Any]:
+    meta = (*mesh.auth(mesh.user_key), *extra)
+    return [c async for c in mesh.stub().Chat(request, metadata=meta)]
+
+
+def _calls(mesh: Any) -> int:
+    return sum(w.calls for w in mesh.workers.values())
+
+
+async def test_the_same_message_later_in_a_session_is_a_new_turn(mesh: Any) -> None:
+    request = gateway_pb2.ChatRequest(session_id="cont", message="continue")
+    first = await _chat(mesh, request)
+    second = await _chat(mesh, request)
+    assert first[-1].done.session_version == 1 and not first[-1].done.replayed
+    assert second[-1].done.session_version == 2 and not second[-1].done.replayed
+    assert _calls(mesh) == 2
+    session = await mesh.stub().GetSession(
+        gateway_pb2.GetSessionRequest(session_id="cont"), metadata=mesh.auth(mesh.user_key)
+    )
+    assert session.session.version == 2 and len(session.messages) == 4
+
+
+async def test_a_key_reused_with_another_message_is_refused_before_generation(mesh: Any) -> None:
+    await _chat(mesh, gateway_pb2.ChatRequest(session_id="k", message="a", idempotency_key="K"))
+    calls = _calls(mesh)
+    received: list[Any] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in mesh.stub().Chat(
+            gateway_pb2.ChatRequest(session_id="k", message="b", idempotency_key="K"),
+            metadata=mesh.auth(mesh.user_key),
+        ):
+            received.append(event)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert mesh.details(err.value)["error_info"].reason == "IDEMPOTENCY_KEY_REUSED"
+    assert "retry_info" not in mesh.details(err.value)
+    assert received == [] and _calls(mesh) == calls  # nothing generated, nothing streamed
+
+
+async def test_a_replayed_turn_reports_its_original_finish_reason_and_usage(mesh: Any) -> None:
+    request = gateway_pb2.ChatRequest(session_id="r", message="hello", idempotency_key="R1")
+    first = await _chat(mesh, request)
+    again = await _chat(mesh, request)
+    assert again[-1].done.replayed and not first[-1].done.replayed
+    assert again[-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert again[-1].done.usage == first[-1].done.usage
+    assert again[-1].done.session_version == first[-1].done.session_version == 1
+    reply = "".join(c.delta.text for c in first)
+    assert "".join(c.delta.text for c in again) == reply
+    assert _calls(mesh) == 1
+
+
+async def test_a_hung_memory_service_fails_the_turn_within_its_budget(mesh_factory: Any) -> None:
+    async with mesh_factory(chat={"context_cap_s": 0.3}) as mesh:
+        mesh.memory.hang.update({"GetSession", "GetAppend", "Recall"})
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _chat(mesh, gateway_pb2.ChatRequest(session_id="h", message="hi"))
+        elapsed = time.monotonic() - started
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert mesh.details(err.value)["error_info"].reason == "MEMORY_UNAVAILABLE"
+        assert elapsed < 0.3 + 1.0  # its memory budget plus slack, not the 30 s deadline
+        assert _calls(mesh) == 0
+
+
+async def test_a_hung_recall_answers_without_memories_marked_degraded(mesh_factory: Any) -> None:
+    async with mesh_factory(chat={"context_cap_s": 0.3}) as mesh:
+        mesh.memory.hang.add("Recall")
+        started = time.monotonic()
+        events = await _chat(mesh, gateway_pb2.ChatRequest(session_id="d", message="hi"))
+        assert time.monotonic() - started < 0.3 + 1.0
+        start = events[0].start
+        assert start.recall_degraded and "memory search" in start.degraded_reason
+        assert list(start.memory_ids) == []
+        assert events[-1].done.session_version == 1
+
+
+async def test_a_deadline_passing_mid_stream_is_deadline_exceeded(mesh: Any) -> None:
+    for worker in mesh.workers.values():
+        worker.mode = "hang"  # one token, then nothing
+    received = 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in mesh.stub().GenerateStream(
+            gateway_pb2.GenerateStreamRequest(prompt="p"),
+            metadata=mesh.auth(mesh.user_key),
+            timeout=0.5,
+        ):
+            received += len(event.delta.token_ids)
+    assert received == 1
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    details = mesh.details(err.value)
+    assert details["error_info"].metadata["tokens_delivered"] == "1"
+    assert "retry_info" not in details

@@ -12,6 +12,7 @@ counted before authentication (``kernel.validation``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import uuid
@@ -256,7 +257,10 @@ class KernelServerInterceptor(WrappingInterceptor):
                 if aclose is not None:
                     await aclose()
                 self._finish(method, ctx, code, started)
-                reset_request(token)
+                # A stream grpc dropped unclosed is closed later by the garbage collector,
+                # from another task and Context, where this token means nothing.
+                with contextlib.suppress(ValueError):
+                    reset_request(token)
 
         return handle
 
@@ -264,7 +268,7 @@ class KernelServerInterceptor(WrappingInterceptor):
         self, exc: BaseException, ctx: RequestContext
     ) -> tuple[grpc.StatusCode, status_pb2.Status | None]:
         """The status code for ``exc`` and the status to abort with (None: re-raise as is)."""
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # the client went away
             return grpc.StatusCode.CANCELLED, None
         if isinstance(exc, grpc.aio.AbortError):
             return grpc.StatusCode.UNKNOWN, None  # the handler aborted by itself

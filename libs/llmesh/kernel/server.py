@@ -20,6 +20,7 @@ from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.interceptors import DeadlinePolicy, KernelServerInterceptor
 from llmesh.kernel.logging import get_logger, setup_logging
 from llmesh.kernel.reflection import enable_reflection
+from llmesh.kernel.streams import StreamCloser
 from llmesh.kernel.telemetry import setup_telemetry
 
 log = get_logger(__name__)
@@ -76,6 +77,7 @@ class ServiceHost:
         tracing = aio_server_interceptor()  # type: ignore[no-untyped-call]
         self.server = grpc.aio.server(
             interceptors=[
+                StreamCloser(),  # outermost: a cancelled stream is closed in its own task
                 tracing,
                 KernelServerInterceptor(deadlines),
                 *interceptors,

@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--postgres-dsn-file", help="file holding the PostgreSQL DSN")
     parser.add_argument("--redis-url", help="redis://host:port/db session cache")
     parser.add_argument("--embedder", help="host:port of an inference worker (Embed)")
+    parser.add_argument(
+        "--embedder-registry",
+        help="host:port of the registry: embed on the READY workers it lists (failover)",
+    )
     return parser
 
 
@@ -34,6 +38,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "postgres_dsn_file": args.postgres_dsn_file,
         "redis_url": args.redis_url,
         "embedder_target": args.embedder,
+        "embedder_registry": args.embedder_registry,
     }
 
 

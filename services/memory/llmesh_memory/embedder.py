@@ -1,30 +1,38 @@
-"""Sentence embeddings from an inference worker's ``InferenceService.Embed``.
+"""Sentence embeddings from inference workers' ``InferenceService.Embed``.
 
-Calls go through the kernel channel, so they carry the caller's remaining deadline
-and trace context. After a failure the client stays "down" for ``cooldown_s``:
-searches degrade to keyword-only at once instead of waiting on a dead worker.
+Which worker: a fixed address (:class:`FixedTargets`) or the READY workers the
+registry lists (:class:`RegistryTargets`, fed by the kernel's registry watch),
+balanced by calls in flight (the less busy of two at random) with failover: a
+worker that fails is skipped for ``cooldown_s`` and the next one is tried while the
+caller's deadline allows. Calls go through the kernel's upstream client (deadline
+share, trace context, request id). When no worker answers, searches degrade to
+keyword-only at once instead of waiting on a dead worker.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
-from llmesh.kernel.channels import create_channel
+from llmesh.kernel.channels import ChannelPool
 from llmesh.kernel.config import ClientTlsSettings
-from llmesh.kernel.context import remaining_s
+from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
-from llmesh.v1 import inference_pb2, inference_pb2_grpc
+from llmesh.kernel.registry_watch import RegistryCache
+from llmesh.kernel.upstream import Share, unary
+from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 log = get_logger(__name__)
 
 MAX_TEXTS_PER_CALL = 256
+# Share of the caller's remaining time one Embed call may use (the rest is the search's).
+EMBED_SHARE = 0.6
 
 
 class EmbedderUnavailable(Exception):
@@ -39,6 +47,18 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
+class Targets(Protocol):
+    """Where Embed calls go: addresses to try, and what happened to each call."""
+
+    def candidates(self) -> list[str]:
+        """Addresses worth trying now, best first (may be empty)."""
+        ...
+
+    def started(self, address: str) -> None: ...
+
+    def finished(self, address: str, *, ok: bool) -> None: ...
+
+
 def unit_rows(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Rows scaled to length 1 (zero rows stay zero)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -46,33 +66,104 @@ def unit_rows(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
+class _Health:
+    """Calls in flight and failure cooldowns per address."""
+
+    def __init__(self, cooldown_s: float) -> None:
+        self.cooldown_s = cooldown_s
+        self.in_flight: dict[str, int] = {}
+        self.down_until: dict[str, float] = {}
+
+    def up(self, address: str, now: float) -> bool:
+        return now >= self.down_until.get(address, 0.0)
+
+    def started(self, address: str) -> None:
+        self.in_flight[address] = self.in_flight.get(address, 0) + 1
+
+    def finished(self, address: str, *, ok: bool) -> None:
+        left = self.in_flight.get(address, 1) - 1
+        if left > 0:
+            self.in_flight[address] = left
+        else:
+            self.in_flight.pop(address, None)
+        if ok:
+            self.down_until.pop(address, None)
+        else:
+            self.down_until[address] = time.monotonic() + self.cooldown_s
+
+
+class FixedTargets(_Health):
+    """One configured address (``embedder_target``)."""
+
+    def __init__(self, address: str, *, cooldown_s: float) -> None:
+        super().__init__(cooldown_s)
+        self.address = address
+
+    def candidates(self) -> list[str]:
+        return [self.address] if self.up(self.address, time.monotonic()) else []
+
+
+class RegistryTargets(_Health):
+    """READY workers from the registry; those with ``model`` loaded when one is named.
+
+    Order: the less busy of two random candidates first (power of two choices), then
+    the rest at random, so load spreads and a failed worker's calls move elsewhere.
+    """
+
+    def __init__(
+        self, cache: RegistryCache, *, model: str = "", cooldown_s: float, seed: int | None = None
+    ) -> None:
+        super().__init__(cooldown_s)
+        self.cache = cache
+        self.model = model
+        self._random = random.Random(seed)
+
+    def _serves(self, worker: common_pb2.WorkerInfo) -> bool:
+        if worker.state != common_pb2.WORKER_STATE_READY:
+            return False
+        if not self.model:
+            return True
+        loaded = {m.name for m in worker.models if m.loaded} | set(worker.models_loaded)
+        return self.model in loaded or self.model in worker.models_available
+
+    def candidates(self) -> list[str]:
+        now = time.monotonic()
+        addresses = [
+            w.address
+            for w in self.cache.workers.values()
+            if self._serves(w) and self.up(w.address, now)
+        ]
+        self._random.shuffle(addresses)
+        if len(addresses) >= 2:
+            a, b = addresses[0], addresses[1]
+            if self.in_flight.get(b, 0) < self.in_flight.get(a, 0):
+                addresses[0], addresses[1] = b, a
+        return addresses
+
+
 class GrpcEmbedder:
-    """Client of ``llmesh.v1.InferenceService/Embed`` at ``target``."""
+    """Client of ``llmesh.v1.InferenceService/Embed`` on the workers ``targets`` names."""
 
     def __init__(
         self,
-        target: str,
+        targets: Targets | str,
         *,
         model: str = "",
         timeout_s: float = 5.0,
         cooldown_s: float = 2.0,
         tls: ClientTlsSettings | None = None,
         cache_size: int = 1024,
+        max_attempts: int = 3,
     ) -> None:
-        self.target = target
+        self.targets: Targets = (
+            FixedTargets(targets, cooldown_s=cooldown_s) if isinstance(targets, str) else targets
+        )
         self.model = model
         self.timeout_s = timeout_s
-        self.cooldown_s = cooldown_s
-        self._channel = create_channel(target, tls=tls)
-        self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
-        self._down_until = 0.0
+        self.max_attempts = max_attempts
+        self._pool = ChannelPool(tls=tls)
         self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self.cache_size = cache_size
-
-    @property
-    def available(self) -> bool:
-        """False while in the cooldown after a failure."""
-        return time.monotonic() >= self._down_until
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Unit vectors of ``texts``; recently seen texts come from an LRU cache."""
@@ -88,37 +179,48 @@ class GrpcEmbedder:
         return out
 
     async def _fetch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        if not self.available:
-            raise EmbedderUnavailable(f"embedder at {self.target} failed recently")
-        # Leave part of the caller's time for the search itself.
-        left = remaining_s()
-        timeout = self.timeout_s if left is None else max(0.001, min(self.timeout_s, left * 0.6))
         rows: list[npt.NDArray[np.float32]] = []
-        try:
-            for start in range(0, len(texts), MAX_TEXTS_PER_CALL):
-                chunk = list(texts[start : start + MAX_TEXTS_PER_CALL])
-                reply = await self._stub.Embed(
-                    inference_pb2.InferenceServiceEmbedRequest(texts=chunk, model=self.model),
-                    timeout=timeout,
-                )
-                if len(reply.embeddings) != len(chunk):
-                    raise EmbedderUnavailable("embedder returned the wrong number of vectors")
-                rows.append(np.array([e.values for e in reply.embeddings], dtype=np.float32))
-        except grpc.aio.AioRpcError as exc:
-            self._down_until = time.monotonic() + self.cooldown_s
-            log.warning(
-                "embedder %s failed: %s",
-                self.target,
-                exc.code().name,
-                extra={"embedder": self.target, "grpc_code": exc.code().name},
-            )
-            raise EmbedderUnavailable(
-                f"embedder at {self.target} answered {exc.code().name}"
-            ) from None
+        for start in range(0, len(texts), MAX_TEXTS_PER_CALL):
+            rows.append(await self._fetch_chunk(list(texts[start : start + MAX_TEXTS_PER_CALL])))
         return unit_rows(np.concatenate(rows))
 
+    async def _fetch_chunk(self, chunk: list[str]) -> npt.NDArray[np.float32]:
+        """One Embed call, failing over to the next candidate worker."""
+        reasons: list[str] = []
+        for address in self.targets.candidates()[: self.max_attempts]:
+            stub = inference_pb2_grpc.InferenceServiceStub(self._pool.get(address))
+            self.targets.started(address)
+            ok = False
+            try:
+                reply = await unary(
+                    stub.Embed,
+                    inference_pb2.InferenceServiceEmbedRequest(texts=chunk, model=self.model),
+                    what="embedding",
+                    share=Share(EMBED_SHARE, self.timeout_s),
+                )
+                if len(reply.embeddings) != len(chunk):
+                    reasons.append("wrong number of vectors")
+                    continue
+                ok = True
+                return np.array([e.values for e in reply.embeddings], dtype=np.float32)
+            except LlmeshError as exc:
+                reasons.append(exc.code.name)
+                log.warning(
+                    "embedder %s failed: %s",
+                    address,
+                    exc.code.name,
+                    extra={"embedder": address, "grpc_code": exc.code.name},
+                )
+                if exc.code.name == "UNAVAILABLE":
+                    self._pool.discard(address)
+            finally:
+                self.targets.finished(address, ok=ok)
+        if not reasons:
+            raise EmbedderUnavailable("no embedder is available (none READY, or all failed)")
+        raise EmbedderUnavailable(f"no embedder answered ({', '.join(reasons)})")
+
     async def close(self) -> None:
-        await self._channel.close(None)
+        await self._pool.close()
 
 
 class NoEmbedder:

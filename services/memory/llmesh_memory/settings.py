@@ -36,7 +36,11 @@ class MemorySettings(ServiceSettings):
     """Write-through cache for hot sessions; unset for none."""
     session_cache_ttl_s: float = Field(default=300.0, gt=0)
     embedder_target: str | None = "127.0.0.1:50054"
-    """host:port of an inference worker serving Embed; empty for keyword-only search."""
+    """host:port of an inference worker serving Embed; empty for keyword-only search.
+    Ignored when ``embedder_registry`` is set."""
+    embedder_registry: str | None = None
+    """host:port of the registry: embed on the READY workers it lists (balanced by
+    calls in flight, failing over to another worker) instead of ``embedder_target``."""
     embedding_model: str = ""
     embed_timeout_s: float = Field(default=5.0, gt=0)
     embedder_cooldown_s: float = Field(default=2.0, ge=0)

@@ -10,8 +10,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import grpc
+
+from llmesh.kernel.channels import create_channel
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.registry_watch import RegistryCache, RegistryWatcher
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import Supervisor
 
@@ -93,20 +97,31 @@ async def wire(
     """
     from llmesh.v1 import memory_pb2_grpc
 
-    from .embedder import Embedder, GrpcEmbedder, NoEmbedder
+    from .embedder import Embedder, GrpcEmbedder, NoEmbedder, RegistryTargets, Targets
     from .engine import MemoryEngine
     from .servicer import MemoryServicer
 
     store = store or build_store(settings)
+    tls = settings.client_tls if settings.client_tls.enabled else None
+    supervisor = supervisor or Supervisor(health=host.health)
+    registry_channel: grpc.aio.Channel | None = None
+    targets: Targets | str | None = settings.embedder_target or None
+    if settings.embedder_registry:
+        registry_channel = create_channel(settings.embedder_registry, tls=tls)
+        cache = RegistryCache()
+        RegistryWatcher(registry_channel, cache, metric_prefix="memory").start(supervisor)
+        targets = RegistryTargets(
+            cache, model=settings.embedding_model, cooldown_s=settings.embedder_cooldown_s
+        )
     embedder: Embedder = (
         GrpcEmbedder(
-            settings.embedder_target,
+            targets,
             model=settings.embedding_model,
             timeout_s=settings.embed_timeout_s,
             cooldown_s=settings.embedder_cooldown_s,
-            tls=settings.client_tls if settings.client_tls.enabled else None,
+            tls=tls,
         )
-        if settings.embedder_target
+        if targets is not None
         else NoEmbedder()
     )
     engine = MemoryEngine(
@@ -124,7 +139,6 @@ async def wire(
         await host.health.set_ready(True)
     except LlmeshError as exc:
         log.warning("memory store unavailable at start, retrying: %s", exc)
-    supervisor = supervisor or Supervisor(health=host.health)
     readiness = StoreReadiness(host, store, settings.readiness_interval_s, started=started)
     supervisor.spawn("memory-readiness", readiness.run)
     supervisor.spawn(
@@ -141,4 +155,6 @@ async def wire(
         stop.set()
         await supervisor.stop()
         await embedder.close()
+        if registry_channel is not None:
+            await registry_channel.close(None)
         await store.close()

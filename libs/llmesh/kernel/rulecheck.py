@@ -4,7 +4,7 @@
 about 0.2 ms per rule and per list item, so a ``ChatRequest`` costs ~15 ms and a
 ``Forget`` with 1,000 ids ~200 ms, and it raises ``ValueError`` on a Duration beyond
 CEL's range. The rules our protos use (string sizes and patterns, number and
-duration ranges, enums, repeated and map sizes and items, required fields and
+duration and timestamp ranges, enums, repeated and map sizes and items, required fields and
 oneofs) are run here instead, reporting the same field path, rule id and message as
 protovalidate. A message type with any other rule (custom CEL, well-known formats)
 goes to ``fallback`` (protovalidate). The tests check that both agree.
@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import re2  # type: ignore[import-untyped]
 from buf.validate import validate_pb2
 from google.protobuf import descriptor as pb_descriptor
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf import message as pb_message
 
 _FD = pb_descriptor.FieldDescriptor
@@ -49,12 +50,14 @@ _NUMERIC = frozenset(
     | {"fixed32", "fixed64", "sfixed32", "sfixed64", "float", "double"}
 )
 _BOUNDS = {"gt", "gte", "lt", "lte"}
+_TIMES = frozenset({"duration", "timestamp"})
 _SUPPORTED = {
     "string": {"min_len", "max_len", "min_bytes", "max_bytes", "pattern", "not_contains"}
     | {"in", "not_in", "example"},
     **{name: _BOUNDS | {"in", "not_in", "const", "finite", "example"} for name in _NUMERIC},
     "enum": {"defined_only", "in", "not_in", "const", "example"},
     "duration": _BOUNDS | {"example"},
+    "timestamp": _BOUNDS | {"example"},
     "repeated": {"min_items", "max_items", "items"},
     "map": {"min_pairs", "max_pairs", "keys", "values"},
 }
@@ -92,6 +95,10 @@ def _fmt(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, timestamp_pb2.Timestamp):
+        when = datetime.fromtimestamp(value.seconds, UTC)
+        text = when.isoformat(timespec="milliseconds" if value.nanos >= 1_000_000 else "seconds")
+        return text.removesuffix("+00:00") + "Z"
     if isinstance(value, duration_pb2.Duration):
         micros = Decimal(value.nanos // 1000) / Decimal(1_000_000)
         return f"{value.seconds + micros:f}s"
@@ -112,7 +119,7 @@ def _bound_rules(kind: str, present: dict[str, Any]) -> list[Rule]:
     upper = next((k for k in ("lt", "lte") if k in present), None)
     if lower is None and upper is None:
         return []
-    as_number: Callable[[Any], Any] = _nanos if kind == "duration" else (lambda v: v)
+    as_number: Callable[[Any], Any] = _nanos if kind in _TIMES else (lambda v: v)
     lo = as_number(present[lower]) if lower else None
     hi = as_number(present[upper]) if upper else None
 
@@ -194,7 +201,7 @@ def _scalar_rules(kind: str, rules: Any, field: _FD) -> list[Rule]:
                 "value must be one of the defined enum values",
             )
         )
-    elif kind in _NUMERIC or kind == "duration":
+    elif kind in _NUMERIC or kind in _TIMES:
         out.extend(_bound_rules(kind, present))
         if present.get("finite"):
             out.append((lambda v: not math.isfinite(v), f"{kind}.finite", "must be finite"))

@@ -6,7 +6,10 @@ deadlines through every call.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +51,20 @@ def set_request(ctx: RequestContext | None) -> object:
 def reset_request(token: object) -> None:
     """Undo :func:`set_request`."""
     _current.reset(token)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def deadline_scope(seconds: float, *, name: str) -> Iterator[RequestContext]:
+    """Background work (a probe, a heartbeat) with a deadline of its own: outbound calls
+    made inside get what is left of ``seconds``, like calls made for a request."""
+    ctx = RequestContext(
+        request_id=uuid.uuid4().hex, method=name, deadline=time.monotonic() + seconds
+    )
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
 
 
 def remaining_s() -> float | None:

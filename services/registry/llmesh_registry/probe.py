@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmesh.kernel.context import deadline_scope
+from llmesh.kernel.errors import LlmeshError
+from llmesh.kernel.upstream import unary
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 
@@ -60,45 +62,50 @@ class WorkerProbe:
 
     async def probe(self) -> ProbeResult:
         """All calls share one deadline of ``timeout_s`` (the two health checks run at once)."""
-        deadline = time.monotonic() + self.timeout_s
-        live, ready = await asyncio.gather(self._check("liveness"), self._check("readiness"))
-        for service, reply in (("liveness", live), ("readiness", ready)):
-            if isinstance(reply, grpc.aio.AioRpcError):
-                if service == "liveness" and reply.code() == grpc.StatusCode.NOT_FOUND:
-                    continue  # the worker does not report liveness
-                return ProbeResult(False, f"{service} check failed: {_describe(reply)}")
-            if reply.status != health_pb2.HealthCheckResponse.SERVING:
-                name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                return ProbeResult(False, f"worker {service} is {name}")
-        try:
-            stats = await self._inference.Stats(
-                inference_pb2.StatsRequest(), timeout=max(0.001, deadline - time.monotonic())
-            )
-        except grpc.aio.AioRpcError as exc:
-            return ProbeResult(False, f"Stats failed: {_describe(exc)}")
+        with deadline_scope(self.timeout_s, name="probe"):
+            live, ready = await asyncio.gather(self._check("liveness"), self._check("readiness"))
+            for service, reply in (("liveness", live), ("readiness", ready)):
+                if isinstance(reply, LlmeshError):
+                    if service == "liveness" and reply.code == grpc.StatusCode.NOT_FOUND:
+                        continue  # the worker does not report liveness
+                    return ProbeResult(False, f"{service} check failed: {_describe(reply)}")
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                    return ProbeResult(False, f"worker {service} is {name}")
+            try:
+                stats = await unary(
+                    self._inference.Stats, inference_pb2.StatsRequest(), what="Stats"
+                )
+            except LlmeshError as exc:
+                return ProbeResult(False, f"Stats failed: {_describe(exc)}")
         return ProbeResult(True, "", stats)
 
     async def models(self) -> list[common_pb2.ModelInfo]:
         """The worker's models with their figures (``ListModels``); empty if it fails."""
         try:
-            reply = await self._inference.ListModels(
-                inference_pb2.InferenceServiceListModelsRequest(), timeout=self.timeout_s
+            reply = await unary(
+                self._inference.ListModels,
+                inference_pb2.InferenceServiceListModelsRequest(),
+                what="ListModels",
+                timeout_s=self.timeout_s,
             )
-        except grpc.aio.AioRpcError:
+        except LlmeshError:
             return []
         return list(reply.models)
 
-    async def _check(self, service: str) -> health_pb2.HealthCheckResponse | grpc.aio.AioRpcError:
+    async def _check(self, service: str) -> health_pb2.HealthCheckResponse | LlmeshError:
         try:
-            reply: health_pb2.HealthCheckResponse = await self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s
+            reply: health_pb2.HealthCheckResponse = await unary(
+                self._health.Check,
+                health_pb2.HealthCheckRequest(service=service),
+                what=f"{service} check",
             )
-        except grpc.aio.AioRpcError as exc:
+        except LlmeshError as exc:
             return exc
         return reply
 
 
-def _describe(exc: grpc.aio.AioRpcError) -> str:
-    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+def _describe(exc: LlmeshError) -> str:
+    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "timed out"
-    return exc.code().name
+    return exc.code.name

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.upstream import unary
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from llmesh_registry.probe import ProbeResult, WorkerProbe
 
@@ -98,8 +100,11 @@ class Registrar:
             load=result.load,
             models=await self._probe.models(),
         )
-        reply = await self._registry.Register(
-            registry_pb2.RegisterRequest(worker=worker), timeout=self._registry_timeout_s
+        reply = await unary(
+            self._registry.Register,
+            registry_pb2.RegisterRequest(worker=worker),
+            what="registering the worker",
+            timeout_s=self._registry_timeout_s,
         )
         self._lease_id, self._ttl_ms = reply.lease_id, reply.ttl.ToMilliseconds()
         self._state = worker.state
@@ -127,10 +132,15 @@ class Registrar:
             models_loaded=result.models_loaded,
         )
         try:
-            reply = await self._registry.Heartbeat(request, timeout=self._registry_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                log.warning("registry lost our lease (%s): registering again", exc.code().name)
+            reply = await unary(
+                self._registry.Heartbeat,
+                request,
+                what="heartbeat",
+                timeout_s=self._registry_timeout_s,
+            )
+        except LlmeshError as exc:
+            if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                log.warning("registry lost our lease (%s): registering again", exc.code.name)
                 await self.register(result)
                 return
             raise
@@ -154,8 +164,8 @@ class Registrar:
         while not self.registered.is_set():
             try:
                 await self.register(first)
-            except grpc.aio.AioRpcError as exc:
-                log.warning("registry unreachable (%s); retrying", exc.code().name)
+            except LlmeshError as exc:
+                log.warning("registry unreachable (%s); retrying", exc.code.name)
                 await asyncio.sleep(self._wait_interval_s)
                 first = await self._probe.probe()
         next_tick = time.monotonic() + self.interval_s
@@ -165,8 +175,8 @@ class Registrar:
             result = await self._probe.probe()
             try:
                 await self.heartbeat(result)
-            except grpc.aio.AioRpcError as exc:
-                log.warning("heartbeat failed (%s); the lease runs on", exc.code().name)
+            except LlmeshError as exc:
+                log.warning("heartbeat failed (%s); the lease runs on", exc.code.name)
 
     async def drain(self, *, timeout_s: float) -> None:
         """DRAINING, wait (bounded) for in-flight work to finish, then deregister."""
@@ -176,19 +186,21 @@ class Registrar:
         result = await self._probe.probe()
         try:
             await self.heartbeat(result, state=DRAINING)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("could not mark DRAINING (%s)", exc.code().name)
+        except LlmeshError as exc:
+            log.warning("could not mark DRAINING (%s)", exc.code.name)
         while result.stats is not None and not result.idle and time.monotonic() < deadline:
             await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             result = await self._probe.probe()
         try:
-            await self._registry.Deregister(
+            await unary(
+                self._registry.Deregister,
                 registry_pb2.DeregisterRequest(
                     worker_id=self._identity.worker_id, lease_id=self._lease_id
                 ),
-                timeout=self._registry_timeout_s,
+                what="deregistering the worker",
+                timeout_s=self._registry_timeout_s,
             )
             log.info("deregistered worker %s", self._identity.worker_id)
-        except grpc.aio.AioRpcError as exc:
+        except LlmeshError as exc:
             # The lease will lapse on its own; nothing else to do.
-            log.warning("deregister failed (%s); the lease will lapse", exc.code().name)
+            log.warning("deregister failed (%s); the lease will lapse", exc.code.name)

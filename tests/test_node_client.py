@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,75 @@ async def test_node_client_calls_a_real_registry_over_grpc() -> None:
     assert workers == [
         {"id": "w-node", "address": "127.0.0.1:50054", "state": common_pb2.WORKER_STATE_READY}
     ]
+
+
+def _node(*args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["node", str(SMOKE), *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    parsed: dict[str, Any] = json.loads(out)
+    return parsed
+
+
+def test_node_and_python_find_the_same_violations() -> None:
+    """@bufbuild/protovalidate in Node and the kernel's validator read the same rules."""
+    from google.protobuf import symbol_database
+
+    from llmesh.kernel.validation import RequestValidator
+
+    validator = RequestValidator()
+    cases = _node("validate")["validated"]
+    assert len(cases) == 6
+    for case in cases:
+        cls = symbol_database.Default().GetSymbol(case["type"])
+        message = cls.FromString(base64.b64decode(case["b64"]))
+        python = sorted((v.field, v.reason, v.description) for v in validator.violations(message))
+        node = sorted((v["field"], v["rule"], v["message"]) for v in case["violations"])
+        assert node == python, case["type"]
+        assert node, case["type"]
+
+
+async def test_node_client_refuses_what_the_python_server_refuses() -> None:
+    """The same invalid Register: refused in Node before sending, and by the registry."""
+    import asyncio
+
+    import grpc
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from llmesh.testing.inprocess import serving
+    from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+    from llmesh_registry.settings import RegistrySettings
+    from llmesh_registry.wiring import SERVICE_NAMES, wire
+
+    settings = RegistrySettings(port=0)
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        node = await asyncio.to_thread(_node, "register-invalid", served.address)
+        async with grpc.aio.insecure_channel(served.address) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Register(
+                    registry_pb2.RegisterRequest(
+                        worker=common_pb2.WorkerInfo(worker_id="-w", address="nowhere")
+                    ),
+                    timeout=5,
+                )
+            listed = await stub.ListWorkers(registry_pb2.RegistryServiceListWorkersRequest())
+    refused = node["refused"]
+    assert refused is not None and refused["code"] == 3  # Code.InvalidArgument
+    assert not listed.workers  # Node never sent it; Python's was refused
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
+    server = sorted((v.field, v.reason) for v in bad.field_violations)
+    client = sorted((v["field"], v["rule"]) for v in refused["violations"])
+    assert (
+        client
+        == server
+        == [
+            ("worker.address", "string.pattern"),
+            ("worker.worker_id", "string.pattern"),
+        ]
+    )

@@ -6,9 +6,13 @@ import {
   ChatRequestSchema,
   ChatResponseSchema,
   CreateApiKeyRequestSchema,
+  ForgetRequestSchema,
+  GenerateRequestSchema,
   GenerateStreamRequestSchema,
+  RememberRequestSchema,
 } from "./gen/llmesh/v1/gateway_pb.js";
-import { connect } from "./client.js";
+import { RegisterRequestSchema } from "./gen/llmesh/v1/registry_pb.js";
+import { connect, violations } from "./client.js";
 
 const request = create(ChatRequestSchema, {
   sessionId: "s-1",
@@ -47,5 +51,31 @@ if (process.argv[2] === "registry") {
   const { registry } = connect(process.argv[3]);
   const reply = await registry.listWorkers({});
   out.workers = reply.workers.map((w) => ({ id: w.workerId, address: w.address, state: w.state }));
+}
+// `validate`: the violations Node finds in invalid requests (and their bytes).
+if (process.argv[2] === "validate") {
+  const huge = { seconds: 10n ** 12n, nanos: 0 };
+  const cases = [
+    [RememberRequestSchema, { text: "a\u0000b", ttl: huge, metadata: { "": "v" } }],
+    [CreateApiKeyRequestSchema, { name: "", role: 0, tenant: "UP", ttl: huge }],
+    [GenerateRequestSchema, { sampling: { topP: 0, topK: 1001, stop: [""] } }],
+    [ForgetRequestSchema, { ids: Array.from({ length: 1001 }, (_, i) => `m${i}`) }],
+    [ChatRequestSchema, { sessionId: "bad id", message: "   ", recall: { k: 101 } }],
+    [RegisterRequestSchema, { worker: { workerId: "-w", address: "nowhere" } }],
+  ];
+  out.validated = cases.map(([schema, init]) => {
+    const message = create(schema, init);
+    return { type: schema.typeName, b64: b64(schema, message), violations: violations(schema, message) };
+  });
+}
+// `register-invalid HOST:PORT`: the client refuses an invalid Register before sending.
+if (process.argv[2] === "register-invalid") {
+  const { registry } = connect(process.argv[3]);
+  try {
+    await registry.register({ worker: { workerId: "-w", address: "nowhere" } });
+    out.refused = null;
+  } catch (error) {
+    out.refused = { code: error.code, violations: error.violations };
+  }
 }
 console.log(JSON.stringify(out));

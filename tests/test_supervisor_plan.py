@@ -20,7 +20,9 @@ def test_the_default_plan_is_llmesh_up(tmp_path: Path) -> None:
     by_name = {s.name: s for s in plan}
     assert {n: s.port for n, s in by_name.items()} == DEFAULT_PORTS
     assert flag(by_name["registrar"].argv, "--worker") == ["127.0.0.1:50054"]
-    assert flag(by_name["memory"].argv, "--embedder") == ["127.0.0.1:50054"]
+    # Memory finds embedders through the registry the registrars keep.
+    assert flag(by_name["memory"].argv, "--embedder-registry") == ["127.0.0.1:50052"]
+    assert flag(by_name["memory"].argv, "--embedder") == []
     assert flag(by_name["gateway"].argv, "--memory") == ["127.0.0.1:50053"]
     assert flag(by_name["gateway"].argv, "--metrics-port") == ["9461"]
     assert by_name["inference"].env == {"LLMESH_INFERENCE_LOG_LEVEL": "INFO"}

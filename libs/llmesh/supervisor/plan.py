@@ -142,7 +142,10 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
             ], 60.0  # fmt: skip
         if kind == "memory":
             args = ["--data-dir", str(options.home / "memory")]
-            if "inference" in names:
+            if "registry" in names and "registrar" in names:
+                # Workers register themselves: embed on any READY one, with failover.
+                args += ["--embedder-registry", address("registry")]
+            elif "inference" in names:
                 args += ["--embedder", address("inference")]
             return args, 60.0
         if kind == "gateway":

@@ -107,7 +107,7 @@ async def test_contract_rule_is_invalid_argument_with_field_rule_and_message(
     assert reply.message == "x" * 64
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info, bad = _details(err.value)
-    assert info.reason == "INVALID_ARGUMENT"
+    assert info.reason == "INVALID_FIELD"
     [violation] = bad.field_violations
     assert (violation.field, violation.reason) == ("message", "string.max_len")
     assert "64" in violation.description

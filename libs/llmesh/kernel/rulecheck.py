@@ -89,7 +89,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A rule value as protovalidate's CEL ``format`` writes it."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -105,7 +105,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)) or (
         hasattr(value, "__iter__") and not isinstance(value, str)
     ):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     return str(value)
 
 
@@ -138,14 +138,14 @@ def _bound_rules(kind: str, present: dict[str, Any]) -> list[Rule]:
             raise Unsupported("exclusive range")
         rule_id = f"{kind}.{lower}_{upper}"
         message = (
-            f"must be {_WORDS[lower]} {_fmt(present[lower])} "
-            f"and {_WORDS[upper]} {_fmt(present[upper])}"
+            f"must be {_WORDS[lower]} {format_value(present[lower])} "
+            f"and {_WORDS[upper]} {format_value(present[upper])}"
         )
     else:
         only = lower or upper
         assert only is not None
         rule_id = f"{kind}.{only}"
-        message = f"must be {_WORDS[only]} {_fmt(present[only])}"
+        message = f"must be {_WORDS[only]} {format_value(present[only])}"
     return [(lambda v: not ok(v), rule_id, message)]
 
 
@@ -207,14 +207,14 @@ def _scalar_rules(kind: str, rules: Any, field: _FD) -> list[Rule]:
             out.append((lambda v: not math.isfinite(v), f"{kind}.finite", "must be finite"))
     if "const" in present:
         const = present["const"]
-        out.append((lambda v: v != const, f"{kind}.const", f"must equal {_fmt(const)}"))
+        out.append((lambda v: v != const, f"{kind}.const", f"must equal {format_value(const)}"))
     if "in" in present:
         allowed = frozenset(present["in"])
-        text = _fmt(list(present["in"]))
+        text = format_value(list(present["in"]))
         out.append((lambda v: v not in allowed, f"{kind}.in", f"must be in list {text}"))
     if "not_in" in present:
         banned = frozenset(present["not_in"])
-        text_n = _fmt(list(present["not_in"]))
+        text_n = format_value(list(present["not_in"]))
         out.append((lambda v: v in banned, f"{kind}.not_in", f"must not be in list {text_n}"))
     return out
 

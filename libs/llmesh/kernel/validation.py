@@ -3,10 +3,12 @@
 Every request is parsed here (not by grpc), so malformed wire bytes and invalid UTF-8
 become ``INVALID_ARGUMENT`` with ``ErrorInfo.reason = MALFORMED_REQUEST`` through the
 kernel's one error mapping instead of grpc's ``UNKNOWN``. A parsed request is then
-checked against the ``buf.validate`` rules in ``protos/`` with the ``protovalidate``
-package; each violation becomes one ``BadRequest.FieldViolation`` with the field path
-(written like protobuf-es ``pathToString``, so Node and Python agree), the rule id
-(``reason``) and the rule's message.
+checked against the ``buf.validate`` rules in ``protos/`` (``kernel.rulecheck`` runs the
+standard rules natively; the ``protovalidate`` package answers for anything else): a
+broken rule is ``INVALID_ARGUMENT`` with ``ErrorInfo.reason = INVALID_FIELD`` and one
+``BadRequest.FieldViolation`` per violation with the field path (written like
+protobuf-es ``pathToString``, so Node and Python agree), the rule id (``reason``) and
+the rule's message.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from buf.validate import validate_pb2
 from google.protobuf import message as pb_message
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
+from llmesh.kernel.reasons import ErrorReason
 from llmesh.kernel.rulecheck import RuleChecker, Violation, subscript
 
-MALFORMED_REQUEST = "MALFORMED_REQUEST"
+MALFORMED_REQUEST = ErrorReason.MALFORMED_REQUEST
 Deserializer = Callable[[bytes], Any]
 
 
@@ -93,5 +96,6 @@ class RequestValidator:
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         raise InvalidArgument(
             f"{first.field or request.DESCRIPTOR.name}: {first.description}{more}",
+            reason=ErrorReason.INVALID_FIELD,
             field_violations=violations,
         )

@@ -23,7 +23,7 @@ async def _error(call: Any) -> grpc.aio.AioRpcError:
 def _violations(mesh: Any, error: grpc.aio.AioRpcError) -> dict[str, str]:
     """field path -> rule id of every BadRequest violation."""
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    assert mesh.details(error)["error_info"].reason == "INVALID_ARGUMENT"
+    assert mesh.details(error)["error_info"].reason == "INVALID_FIELD"
     return {v.field: v.reason for v in mesh.details(error)["bad_request"].field_violations}
 
 

@@ -34,9 +34,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--session-id", help="session to continue (default: a new one)")
     parser.add_argument("--system", default="", help="system prompt")
-    parser.add_argument(
-        "--recall-k", type=int, default=5, help="memories to recall (0: no recall)"
-    )
+    parser.add_argument("--recall-k", type=int, default=5, help="memories to recall (0: no recall)")
     parser.add_argument("--history", type=int, default=20, help="recent messages to include")
     parser.add_argument("--remember", action="store_true", help="store each message as memory")
     add_sampling_flags(parser)

@@ -8,7 +8,10 @@ STAMPS := .stamps
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/llmesh/v1/*.proto)
 
-.PHONY: setup protos run test lint bench clean buf-lint buf-breaking
+# The newest released contracts (a buf image per release; see docs/releasing.md).
+RELEASE_IMAGE = $(shell ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1)
+
+.PHONY: setup protos run test lint bench clean buf-lint buf-breaking release-image
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protos
 
@@ -44,11 +47,20 @@ buf-lint: $(STAMPS)/npm
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-# Compares the contracts against the previous commit once one exists.
+# Compares the contracts against the latest release's image (not the previous commit:
+# changes between releases are free, a release is the promise).
 buf-breaking: $(STAMPS)/npm
-	@if git rev-parse --verify -q HEAD~1 >/dev/null; then \
-	  $(BUF) breaking --against '.git#ref=HEAD~1'; \
-	else echo "buf breaking: no previous commit to compare against"; fi
+	@test -n "$(RELEASE_IMAGE)" || { echo "buf breaking: no image in protos/releases"; exit 1; }
+	@mkdir -p $(STAMPS)
+	$(BUF) build -o $(STAMPS)/contracts.binpb
+	$(BUF) breaking $(STAMPS)/contracts.binpb --against $(RELEASE_IMAGE)
+
+# Freezes the contracts of a release: make release-image VERSION=0.2.0 (docs/releasing.md).
+release-image: $(STAMPS)/npm
+	@test -n "$(VERSION)" || { echo "usage: make release-image VERSION=X.Y.Z"; exit 1; }
+	@test ! -e protos/releases/v$(VERSION).binpb || { echo "v$(VERSION) exists"; exit 1; }
+	@mkdir -p protos/releases
+	$(BUF) build -o protos/releases/v$(VERSION).binpb
 
 lint: setup buf-lint buf-breaking
 	$(BIN)/ruff check .

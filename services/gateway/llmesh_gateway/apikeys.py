@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmesh.kernel.durations import MAX_TTL_S
+from google.protobuf import duration_pb2
+
 from llmesh.kernel.errors import (
     AlreadyExists,
     FieldViolation,
@@ -22,10 +23,14 @@ from llmesh.kernel.errors import (
     NotFound,
     Unauthenticated,
 )
-from llmesh_gateway.principal import ROLES, TENANT_PATTERN, Principal
+from llmesh.kernel.timestamps import expiry
+from llmesh.kernel.validation import RequestValidator
+from llmesh.v1 import gateway_pb2
+from llmesh_gateway.principal import ROLE_ADMIN, ROLE_USER, Principal
 from llmesh_gateway.store import ApiKeyRecord, GatewayStore
 
 KEY_PREFIX = "lmk"
+_ROLE_VALUES = {ROLE_USER: gateway_pb2.ROLE_USER, ROLE_ADMIN: gateway_pb2.ROLE_ADMIN}
 _NO_SUCH_KEY_SALT = secrets.token_bytes(16)
 
 
@@ -73,19 +78,30 @@ def key_id_for(request_id: str) -> str:
     return hashlib.sha256(f"llmesh-api-key\0{request_id}".encode()).hexdigest()[:16]
 
 
-def check_key_fields(*, name: str, role: str, tenant: str, ttl_seconds: float) -> None:
-    """Raise ``InvalidArgument`` naming each bad field of a key request."""
-    violations: list[FieldViolation] = []
-    if not 1 <= len(name) <= 128:
-        violations.append(FieldViolation("name", "must be 1..128 characters"))
-    if role not in ROLES:
-        violations.append(FieldViolation("role", "must be ROLE_USER or ROLE_ADMIN"))
-    if not TENANT_PATTERN.match(tenant):
-        violations.append(FieldViolation("tenant", "must be 1..64 characters of [a-z0-9_-]"))
-    if not 0 <= ttl_seconds <= MAX_TTL_S:
-        violations.append(FieldViolation("ttl", "must be 0..10 years (0 means never)"))
-    if violations:
-        raise InvalidArgument("invalid API key request", field_violations=violations)
+def check_key_fields(
+    contract: RequestValidator,
+    *,
+    name: str,
+    role: str,
+    tenant: str,
+    ttl_seconds: float,
+    request_id: str = "",
+) -> None:
+    """Raise ``InvalidArgument`` when a key request breaks ``CreateApiKeyRequest``'s rules.
+
+    The contract's rules, for callers that do not come through gRPC (``llmesh keys``);
+    an ``AdminService.CreateApiKey`` call was checked by the kernel already.
+    """
+    whole = int(ttl_seconds)
+    contract.check(
+        gateway_pb2.CreateApiKeyRequest(
+            name=name,
+            role=_ROLE_VALUES.get(role, gateway_pb2.ROLE_UNSPECIFIED),
+            tenant=tenant,
+            ttl=duration_pb2.Duration(seconds=whole, nanos=int((ttl_seconds - whole) * 1e9)),
+            request_id=request_id,
+        )
+    )
 
 
 class ApiKeyManager:
@@ -107,6 +123,7 @@ class ApiKeyManager:
         self._cache_ttl_s = cache_ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
+        self._contract = RequestValidator()
 
     @property
     def store(self) -> GatewayStore:
@@ -120,13 +137,15 @@ class ApiKeyManager:
         With a ``request_id``, a retry returns the first call's record (``api_key``
         empty); the same id with another name, role or tenant is ``INVALID_ARGUMENT``.
         """
-        check_key_fields(name=name, role=role, tenant=tenant, ttl_seconds=ttl_seconds)
+        check_key_fields(
+            self._contract,
+            name=name,
+            role=role,
+            tenant=tenant,
+            ttl_seconds=ttl_seconds,
+            request_id=request_id,
+        )
         if request_id:
-            if not 1 <= len(request_id) <= 128:
-                raise InvalidArgument(
-                    "request_id: must be 1..128 characters",
-                    field_violations=[FieldViolation("request_id", "must be 1..128 characters")],
-                )
             key_id = key_id_for(request_id)
             earlier = await self._store.get_key(key_id)
             if earlier is not None:
@@ -143,7 +162,7 @@ class ApiKeyManager:
             role=role,
             tenant=tenant,
             created_at=now,
-            expires_at=now + ttl_seconds if ttl_seconds > 0 else None,
+            expires_at=expiry(now, ttl_seconds),
             revoked_at=None,
             fingerprint=fingerprint(api_key),
             salt=salt,

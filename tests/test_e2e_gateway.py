@@ -375,9 +375,11 @@ async def test_chat_turn_appended_once_when_retried_and_traced(mesh: Mesh) -> No
         first = [c async for c in stub.Chat(request, metadata=(*meta, ("x-request-id", "chat-1")))]
         assert first[0].start.memory_ids and first[-1].done.session_version == 1
         assert first[-1].done.usage.completion_tokens >= 1
-        # The client did not see the answer and retries the very same turn.
-        again = [c async for c in stub.Chat(request, metadata=meta)]
-        assert again[-1].done.session_version == 1
+        # The client did not see the answer and retries the very same turn (same
+        # request id, as a transparent retry sends it): a replay, not a second turn.
+        again = [c async for c in stub.Chat(request, metadata=(*meta, ("x-request-id", "chat-1")))]
+        assert again[-1].done.session_version == 1 and again[-1].done.replayed
+        assert again[-1].done.usage == first[-1].done.usage
         session = await stub.GetSession(
             gateway_pb2.GetSessionRequest(session_id="retry-1"), metadata=meta
         )

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from llmesh.kernel.server import ServiceHost
+from llmesh.testing.polling import await_until
 from llmesh.v1 import (
     common_pb2,
     memory_pb2,
@@ -20,7 +21,6 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from llmesh.testing.polling import await_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -83,7 +83,7 @@ async def test_embeddings_fail_over_to_another_registered_worker(
                     _host(
                         memory_settings,
                         ["llmesh.v1.MemoryService"],
-                        lambda host, s: memory_wiring.wire(host, s),
+                        memory_wiring.wire,
                     ) as memory,
                     grpc.aio.insecure_channel(memory) as channel,
                 ):

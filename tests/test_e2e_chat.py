@@ -1,0 +1,286 @@
+"""Chat and streams end to end on real processes (registry, memory on SQLite, one MLX
+worker with the tiny model, gateway), each exporting spans over OTLP to this test:
+exactly-once turns, mid-stream deadlines, a peer's errors at the gateway, one trace
+across gateway -> memory -> inference, and a SIGSTOPped memory service.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from llmesh.supervisor.mesh import LocalMesh, mesh_options
+from llmesh.supervisor.plan import build_plan
+from llmesh.testing.polling import wait_until
+from llmesh.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+MODEL = "tiny-llama-test"
+MEMORY_CAP_S = 1.0
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver keeping (service name, span)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []
+
+    def Export(self, request: Any, context: Any) -> Any:
+        for resource_spans in request.resource_spans:
+            service = next(
+                (
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "",
+            )
+            for scope in resource_spans.scope_spans:
+                self.spans.extend((service, span) for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class Mesh:
+    def __init__(self, local: LocalMesh, key: str, collector: Collector) -> None:
+        self.local = local
+        self.gateway = local.address("gateway")
+        self.key = key
+        self.collector = collector
+
+    def meta(self, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"), *extra)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("e2e-chat")
+    collector = Collector()
+    otlp_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp_server)  # type: ignore[no-untyped-call]
+    otlp = f"127.0.0.1:{otlp_server.add_insecure_port('127.0.0.1:0')}"
+    otlp_server.start()
+    options = mesh_options(
+        tmp,
+        models_dir=tiny_model_dir,
+        default_model=MODEL,
+        services=("registry", "inference", "memory", "gateway"),
+        args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
+        env={
+            "gateway": {
+                "LLMESH_GATEWAY_CHAT__CONTEXT_CAP_S": str(MEMORY_CAP_S),
+                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
+                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
+            }
+        },
+    )
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+        local.start(wait=False)
+        local.wait_ready("inference")
+        with grpc.insecure_channel(local.address("registry")) as channel:
+            local.wait_ready("registry")
+            registry_pb2_grpc.RegistryServiceStub(channel).Register(
+                registry_pb2.RegisterRequest(
+                    worker=common_pb2.WorkerInfo(
+                        worker_id="w0",
+                        address=local.address("inference"),
+                        models_loaded=[MODEL],
+                        capacity=8,
+                        state=common_pb2.WORKER_STATE_READY,
+                    )
+                ),
+                timeout=5,
+            )
+        for name in ("memory", "gateway"):
+            local.wait_ready(name)
+        try:
+            yield Mesh(local, local.create_key(role="user", tenant="acme"), collector)
+        finally:
+            otlp_server.stop(0)
+
+
+def _details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                for name, cls in (
+                    ("error_info", error_details_pb2.ErrorInfo),
+                    ("retry_info", error_details_pb2.RetryInfo),
+                    ("bad_request", error_details_pb2.BadRequest),
+                ):
+                    if detail.Is(cls.DESCRIPTOR):
+                        message = cls()
+                        detail.Unpack(message)
+                        found[name] = message
+    return found
+
+
+def _sampling(max_tokens: int) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+
+async def _events(call: Any) -> tuple[list[Any], grpc.aio.AioRpcError | None]:
+    events: list[Any] = []
+    try:
+        async for event in call:
+            events.append(event)
+    except grpc.aio.AioRpcError as exc:
+        return events, exc
+    return events, None
+
+
+async def test_the_same_message_twice_is_two_turns(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        request = gateway_pb2.ChatRequest(
+            session_id="twice", message="continue", sampling=_sampling(3)
+        )
+        first, _ = await _events(stub.Chat(request, metadata=mesh.meta()))
+        second, _ = await _events(stub.Chat(request, metadata=mesh.meta()))
+        assert first[-1].done.session_version == 1 and second[-1].done.session_version == 2
+        session = await stub.GetSession(
+            gateway_pb2.GetSessionRequest(session_id="twice"), metadata=mesh.meta()
+        )
+        assert session.session.version == 2 and len(session.messages) == 4
+
+
+async def test_a_reused_key_with_another_message_is_refused_before_generation(
+    mesh: Mesh,
+) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        first = gateway_pb2.ChatRequest(
+            session_id="keyed", message="hello", idempotency_key="K-1", sampling=_sampling(4)
+        )
+        original, _ = await _events(stub.Chat(first, metadata=mesh.meta()))
+        assert original[-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
+        # The same key and request: the stored turn, with its finish reason and usage.
+        replay, _ = await _events(stub.Chat(first, metadata=mesh.meta()))
+        assert replay[-1].done.replayed
+        assert replay[-1].done.finish_reason == original[-1].done.finish_reason
+        assert replay[-1].done.usage == original[-1].done.usage
+        # The same key with another message: refused, nothing streamed.
+        other = gateway_pb2.ChatRequest(
+            session_id="keyed", message="goodbye", idempotency_key="K-1", sampling=_sampling(4)
+        )
+        events, error = await _events(stub.Chat(other, metadata=mesh.meta()))
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert events == []
+        assert "retry_info" not in _details(error)
+
+
+async def test_a_stream_deadline_is_deadline_exceeded_with_tokens_delivered(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        for call in (
+            stub.GenerateStream(
+                gateway_pb2.GenerateStreamRequest(prompt="count", sampling=_sampling(8192)),
+                metadata=mesh.meta(),
+                timeout=0.7,
+            ),
+            stub.Chat(
+                gateway_pb2.ChatRequest(
+                    session_id="slow", message="count", sampling=_sampling(8192)
+                ),
+                metadata=mesh.meta(),
+                timeout=0.7,  # the tiny model fills its 1024-token context in ~1.3 s
+            ),
+        ):
+            events, error = await _events(call)
+            delivered = sum(len(e.delta.token_ids) for e in events)
+            assert error is not None, f"finished before the deadline: {events[-1]}"
+            assert delivered > 0
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+            details = _details(error)
+            assert int(details["error_info"].metadata["tokens_delivered"]) >= delivered
+            assert "retry_info" not in details
+
+
+async def test_a_peer_client_fault_stays_a_client_fault(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        # Valid for the gateway, refused by the worker: longer than the model's context.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Generate(
+                gateway_pb2.GenerateRequest(
+                    prompt="x " * 30000, model=MODEL, sampling=_sampling(1)
+                ),
+                metadata=mesh.meta(),
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "retry_info" not in _details(err.value)
+        assert "127.0.0.1" not in (err.value.details() or "")
+
+
+def _chat_trace(mesh: Mesh) -> dict[str, set[str]] | None:
+    spans = list(mesh.collector.spans)
+    roots = [s for svc, s in spans if svc == "gateway" and s.name.endswith("GatewayService/Chat")]
+    for root in roots:
+        names: dict[str, set[str]] = {}
+        for service, span in spans:
+            if span.trace_id == root.trace_id:
+                names.setdefault(service, set()).add(span.name)
+        if all(s in names for s in ("gateway", "memory", "inference")) and any(
+            "GetAppend" in n for n in names["memory"]
+        ):
+            return names
+    return None
+
+
+async def test_one_trace_across_gateway_memory_and_inference(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        await _events(
+            stub.Chat(
+                gateway_pb2.ChatRequest(session_id="traced", message="hi", sampling=_sampling(2)),
+                metadata=mesh.meta(),
+            )
+        )
+    names = wait_until(lambda: _chat_trace(mesh), timeout_s=15, what="a Chat trace")
+    assert names is not None
+    # The gateway's client spans for its memory and worker calls are in the same trace.
+    assert any("MemoryService/GetSession" in n for n in names["gateway"])
+    assert any("InferenceService/Generate" in n for n in names["gateway"])
+
+
+async def test_a_stopped_memory_service_fails_chat_within_its_budget(mesh: Mesh) -> None:
+    pid = mesh.local.pid("memory")
+    import os
+
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        async with grpc.aio.insecure_channel(mesh.gateway) as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            started = time.monotonic()
+            events, error = await _events(
+                stub.Chat(
+                    gateway_pb2.ChatRequest(session_id="stopped", message="hi"),
+                    metadata=mesh.meta(),
+                    timeout=20,
+                )
+            )
+            elapsed = time.monotonic() - started
+        assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert events == []
+        assert "retry_info" in _details(error)
+        assert elapsed < MEMORY_CAP_S + 1.5, elapsed  # its memory budget, not the 20 s
+    finally:
+        os.killpg(pid, signal.SIGCONT)

@@ -6,21 +6,20 @@ across gateway -> memory -> inference, and a SIGSTOPped memory service.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from llmesh.supervisor.mesh import LocalMesh, mesh_options
 from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
+from llmesh.testing.rpc import Collector, error_details
 from llmesh.v1 import (
     common_pb2,
     gateway_pb2,
@@ -33,27 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 MODEL = "tiny-llama-test"
 MEMORY_CAP_S = 1.0
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver keeping (service name, span)."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, Any]] = []
-
-    def Export(self, request: Any, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            service = next(
-                (
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                ),
-                "",
-            )
-            for scope in resource_spans.scope_spans:
-                self.spans.extend((service, span) for span in scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class Mesh:
@@ -71,10 +49,7 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("e2e-chat")
     collector = Collector()
-    otlp_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp_server)  # type: ignore[no-untyped-call]
-    otlp = f"127.0.0.1:{otlp_server.add_insecure_port('127.0.0.1:0')}"
-    otlp_server.start()
+    otlp = collector.start()
     options = mesh_options(
         tmp,
         models_dir=tiny_model_dir,
@@ -113,24 +88,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         try:
             yield Mesh(local, local.create_key(role="user", tenant="acme"), collector)
         finally:
-            otlp_server.stop(0)
-
-
-def _details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                for name, cls in (
-                    ("error_info", error_details_pb2.ErrorInfo),
-                    ("retry_info", error_details_pb2.RetryInfo),
-                    ("bad_request", error_details_pb2.BadRequest),
-                ):
-                    if detail.Is(cls.DESCRIPTOR):
-                        message = cls()
-                        detail.Unpack(message)
-                        found[name] = message
-    return found
+            collector.stop()
 
 
 def _sampling(max_tokens: int) -> common_pb2.SamplingParams:
@@ -184,7 +142,7 @@ async def test_a_reused_key_with_another_message_is_refused_before_generation(
         events, error = await _events(stub.Chat(other, metadata=mesh.meta()))
         assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert events == []
-        assert "retry_info" not in _details(error)
+        assert "retry_info" not in error_details(error)
 
 
 async def test_a_stream_deadline_is_deadline_exceeded_with_tokens_delivered(mesh: Mesh) -> None:
@@ -209,7 +167,7 @@ async def test_a_stream_deadline_is_deadline_exceeded_with_tokens_delivered(mesh
             assert error is not None, f"finished before the deadline: {events[-1]}"
             assert delivered > 0
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
-            details = _details(error)
+            details = error_details(error)
             assert int(details["error_info"].metadata["tokens_delivered"]) >= delivered
             assert "retry_info" not in details
 
@@ -226,7 +184,7 @@ async def test_a_peer_client_fault_stays_a_client_fault(mesh: Mesh) -> None:
                 metadata=mesh.meta(),
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "retry_info" not in _details(err.value)
+        assert "retry_info" not in error_details(err.value)
         assert "127.0.0.1" not in (err.value.details() or "")
 
 
@@ -263,8 +221,6 @@ async def test_one_trace_across_gateway_memory_and_inference(mesh: Mesh) -> None
 
 async def test_a_stopped_memory_service_fails_chat_within_its_budget(mesh: Mesh) -> None:
     pid = mesh.local.pid("memory")
-    import os
-
     os.killpg(pid, signal.SIGSTOP)
     try:
         async with grpc.aio.insecure_channel(mesh.gateway) as channel:
@@ -280,7 +236,7 @@ async def test_a_stopped_memory_service_fails_chat_within_its_budget(mesh: Mesh)
             elapsed = time.monotonic() - started
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
         assert events == []
-        assert "retry_info" in _details(error)
+        assert "retry_info" in error_details(error)
         assert elapsed < MEMORY_CAP_S + 1.5, elapsed  # its memory budget, not the 20 s
     finally:
         os.killpg(pid, signal.SIGCONT)

@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,12 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from llmesh.supervisor.mesh import LocalMesh, mesh_options
 from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
+from llmesh.testing.rpc import Collector, error_details
 from llmesh.v1 import (
     common_pb2,
     gateway_pb2,
@@ -47,27 +45,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 MODEL = "tiny-llama-test"
 JWT_SECRET = b"e2e-secret-" + b"x" * 40
 LLMESH = [sys.executable, "-m", "llmesh.cli.main"]
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver: (service name, span) for every exported span."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, Any]] = []
-
-    def Export(self, request: Any, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            service = next(
-                (
-                    a.value.string_value
-                    for a in resource_spans.resource.attributes
-                    if a.key == "service.name"
-                ),
-                "",
-            )
-            for scope in resource_spans.scope_spans:
-                self.spans.extend((service, span) for span in scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
 
 
 @dataclass
@@ -144,10 +121,7 @@ def _gateway_env(tmp: Path) -> dict[str, str]:
 def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("e2e-gateway")
     collector = Collector()
-    otlp_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp_server)  # type: ignore[no-untyped-call]
-    otlp = f"127.0.0.1:{otlp_server.add_insecure_port('127.0.0.1:0')}"
-    otlp_server.start()
+    otlp = collector.start()
     (tmp / "jwt.secret").write_bytes(JWT_SECRET)
 
     # The plan of `llmesh up`, two workers and no registrar: workers are registered below
@@ -206,30 +180,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         try:
             yield mesh
         finally:
-            otlp_server.stop(0)
+            collector.stop()
 
 
 def _meta(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
-
-
-def _details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    trailers: Any = exc.trailing_metadata() or ()
-    for key, value in trailers:
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                for name, cls in (
-                    ("error_info", error_details_pb2.ErrorInfo),
-                    ("retry_info", error_details_pb2.RetryInfo),
-                    ("quota_failure", error_details_pb2.QuotaFailure),
-                    ("bad_request", error_details_pb2.BadRequest),
-                ):
-                    if detail.Is(cls.DESCRIPTOR):
-                        message = cls()
-                        detail.Unpack(message)
-                        found[name] = message
-    return found
 
 
 async def _error(awaitable: Any) -> grpc.aio.AioRpcError:
@@ -291,7 +246,7 @@ async def test_every_auth_and_role_outcome(mesh: Mesh) -> None:
             metadata=_meta(mesh.keys["admin"]),
         )
         revoked = await _error(stub.Generate(request, metadata=_meta(created.api_key)))
-        assert _details(revoked)["error_info"].reason == "KEY_REVOKED"
+        assert error_details(revoked)["error_info"].reason == "KEY_REVOKED"
 
         # Health needs no credentials; every failure above is in the audit log.
         health = health_pb2_grpc.HealthStub(channel)
@@ -426,7 +381,7 @@ async def test_rate_limit_with_retry_info(mesh: Mesh) -> None:
                 refused = exc
                 break
         assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        details = _details(refused)
+        details = error_details(refused)
         assert 0 < details["retry_info"].retry_delay.ToMilliseconds() <= 1000
         assert details["quota_failure"].violations[0].subject.startswith("principal:")
         # Other principals keep their own budget.

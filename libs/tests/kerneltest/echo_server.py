@@ -18,12 +18,12 @@ from typing import Any
 from opentelemetry import trace
 
 from llmesh.kernel.channels import create_channel
-from llmesh.kernel.upstream import unary
 from llmesh.kernel.config import ServiceSettings, load_settings, service_settings_config
 from llmesh.kernel.context import current_request, remaining_s
 from llmesh.kernel.errors import invalid
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.server import ServiceHost, run_service
+from llmesh.kernel.upstream import unary
 
 log = get_logger("kerneltest.echo")
 SERVICE = "kerneltest.v1.EchoService"

@@ -33,9 +33,9 @@ from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import tracer
 from llmesh.kernel.upstream import Share, unary
 from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, memory_pb2_grpc
+from llmesh_gateway.defaults import DEFAULT_HISTORY
 from llmesh_gateway.principal import Principal
 from llmesh_gateway.router import Router
-from llmesh_gateway.defaults import DEFAULT_HISTORY
 
 log = get_logger(__name__)
 _tracer = tracer("llmesh.gateway.chat")

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMPS := .stamps
 BUF := node_modules/.bin/buf
-PROTOS := $(wildcard protos/llmesh/v1/*.proto)
+PROTOS := $(wildcard protos/llmesh/v1/*.proto) third_party/protovalidate/buf/validate/validate.proto
 
 # The newest released contracts (a buf image per release; see docs/releasing.md).
 RELEASE_IMAGE = $(shell ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1)
@@ -71,4 +71,4 @@ bench: setup
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) node_modules $(STAMPS) libs/llmesh/v1 clients/node/gen
+	rm -rf $(VENV) node_modules $(STAMPS) libs/llmesh/v1 clients/node/gen libs/buf/validate/validate_pb2.py*

@@ -334,41 +334,29 @@ class RuleChecker:
         if value is None and not required:
             return None
         name = field.name
+        present: Callable[[Any], bool]
         if field.is_repeated:
+            present = lambda m: bool(getattr(m, name))  # noqa: E731
+        elif field.has_presence:
+            present = lambda m: m.HasField(name)  # noqa: E731
+        else:
+            default = field.default_value
+            present = lambda m: getattr(m, name) != default  # noqa: E731
+        # Rules still apply to an unset list or plain scalar (an empty string has a
+        # length), never to an unset optional or message field.
+        check_unset = not (required or skip_zero or field.has_presence)
 
-            def check_list(m: Any, path: str, out: Out) -> None:
-                items = getattr(m, name)
-                if not items and (required or skip_zero):
-                    if required:
-                        _required(_join(path, name), out)
-                    return
-                if value is not None:
-                    value(items, _join(path, name), out)
-
-            return check_list
-        if field.has_presence:
-
-            def check_tracked(m: Any, path: str, out: Out) -> None:
-                if not m.HasField(name):
-                    if required:
-                        _required(_join(path, name), out)
-                    return
-                if value is not None:
-                    value(getattr(m, name), _join(path, name), out)
-
-            return check_tracked
-        default = field.default_value
-
-        def check_plain(m: Any, path: str, out: Out) -> None:
-            v = getattr(m, name)
-            if v == default and (required or skip_zero):
+        def check(m: Any, path: str, out: Out) -> None:
+            if not present(m):
                 if required:
                     _required(_join(path, name), out)
-                return
+                    return
+                if not check_unset:
+                    return
             if value is not None:
-                value(v, _join(path, name), out)
+                value(getattr(m, name), _join(path, name), out)
 
-        return check_plain
+        return check
 
     def _value(self, field: _FD, rules: Any, *, element: bool = False) -> Check | None:
         """Check of the field's value (the whole list or map for repeated fields)."""

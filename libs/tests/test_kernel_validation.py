@@ -177,3 +177,18 @@ async def test_malformed_request_is_logged_and_counted(echo_pb_dir: Path) -> Non
     ]
     access = [r for r in records if r.get("method") == ECHO]
     assert [r["code"] for r in access] == ["INVALID_ARGUMENT"], access
+
+
+async def test_custom_cel_rules_run_through_protovalidate(echo_pb: Any, echo: ServiceHost) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
+        stub = echo_pb[1].EchoServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.EchoStream(
+                echo_pb[0].EchoStreamRequest(count=1, interval_ms=20000), timeout=5
+            ):
+                pass
+        got = [m.index async for m in stub.EchoStream(echo_pb[0].EchoStreamRequest(count=2))]
+    assert got == [0, 1]
+    [violation] = _details(err.value)[1].field_violations
+    assert (violation.field, violation.reason) == ("", "echo.interval")
+    assert violation.description == "interval_ms must be below 10000"

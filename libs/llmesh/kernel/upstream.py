@@ -217,7 +217,8 @@ def _details(exc: grpc.aio.AioRpcError) -> _Details:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             out.fields = tuple(
-                errors.FieldViolation(v.field, v.description) for v in bad.field_violations
+                errors.FieldViolation(v.field, v.description, v.reason)
+                for v in bad.field_violations
             )
         elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
             quota = error_details_pb2.QuotaFailure()

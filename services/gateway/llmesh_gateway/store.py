@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +66,9 @@ class GatewayStore(Protocol):
 
     async def add_audit(self, event: AuditRecord) -> None:
         """Append an audit event."""
+
+    async def add_audits(self, events: Sequence[AuditRecord]) -> None:
+        """Append audit events in one transaction (all or none)."""
 
     async def list_audit(self, *, before_seq: int | None, limit: int) -> list[AuditRecord]:
         """Audit events with ``seq < before_seq`` (all when None), newest first."""

@@ -15,7 +15,7 @@ async def open_store(url: str) -> GatewayStore:
         from llmesh_gateway.store_sqlite import SqliteStore
 
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ":memory:"
-        return SqliteStore.open(path)
+        return await SqliteStore.open(path)
     if url.startswith(("postgresql://", "postgres://")):
         from llmesh_gateway.store_postgres import PostgresStore
 

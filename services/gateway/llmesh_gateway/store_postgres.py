@@ -1,14 +1,22 @@
-"""PostgreSQL backend of the gateway store (several gateway replicas share it)."""
+"""PostgreSQL backend of the gateway store (several gateway replicas share it).
+
+psycopg's async driver and pool: nothing blocks the event loop. Failures map through
+the kernel's one store error table (connection lost, pool exhausted: ``UNAVAILABLE`` +
+retry hint; a value PostgreSQL cannot hold: ``INVALID_ARGUMENT``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import psycopg.errors
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from llmesh.kernel.errors import AlreadyExists
+from llmesh.kernel.store_errors import postgres_error
+from llmesh.kernel.timestamps import check_expiry, stored_expiry
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord
 
 SCHEMA = """
@@ -45,7 +53,8 @@ _AUDIT_COLUMNS = "seq, time, principal, tenant, action, outcome, detail, request
 
 def _key(row: dict[str, Any]) -> ApiKeyRecord:
     return ApiKeyRecord(
-        **{k: v for k, v in row.items() if k not in ("salt", "digest")},
+        **{k: v for k, v in row.items() if k not in ("salt", "digest", "expires_at")},
+        expires_at=stored_expiry(row["expires_at"], what=f"API key {row['key_id']}"),
         salt=bytes(row["salt"]),
         digest=bytes(row["digest"]),
     )
@@ -68,39 +77,48 @@ class PostgresStore:
             await conn.execute(SCHEMA)
         return cls(pool)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except Exception as exc:
+            mapped = postgres_error(exc, store="key store")
+            if mapped is None:
+                raise
+            raise mapped from None
+
     async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql, params)
             row: dict[str, Any] | None = await cur.fetchone()
             return row
 
     async def _all(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql, params)
             rows: list[dict[str, Any]] = await cur.fetchall()
             return rows
 
     async def create_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
-        try:
-            row = await self._one(
-                "INSERT INTO llmesh_api_keys (key_id, name, role, tenant, created_at, expires_at,"
-                " revoked_at, fingerprint, salt, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                f" RETURNING {_KEY_COLUMNS}",
-                (
-                    record.key_id,
-                    record.name,
-                    record.role,
-                    record.tenant,
-                    record.created_at,
-                    record.expires_at,
-                    record.revoked_at,
-                    record.fingerprint,
-                    record.salt,
-                    record.digest,
-                ),
-            )
-        except psycopg.errors.UniqueViolation as exc:
-            raise AlreadyExists(f"API key {record.key_id} exists") from exc
+        check_expiry(record.expires_at)
+        row = await self._one(
+            "INSERT INTO llmesh_api_keys (key_id, name, role, tenant, created_at, expires_at,"
+            " revoked_at, fingerprint, salt, digest) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            f" RETURNING {_KEY_COLUMNS}",
+            (
+                record.key_id,
+                record.name,
+                record.role,
+                record.tenant,
+                record.created_at,
+                record.expires_at,
+                record.revoked_at,
+                record.fingerprint,
+                record.salt,
+                record.digest,
+            ),
+        )
         assert row is not None
         return _key(row)
 
@@ -130,19 +148,18 @@ class PostgresStore:
         return [_key(row) for row in rows]
 
     async def add_audit(self, event: AuditRecord) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
+        await self.add_audits([event])
+
+    async def add_audits(self, events: Sequence[AuditRecord]) -> None:
+        rows = [
+            (e.time, e.principal, e.tenant, e.action, e.outcome, e.detail, e.request_id)
+            for e in events
+        ]
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
                 "INSERT INTO llmesh_audit_events (time, principal, tenant, action, outcome,"
                 " detail, request_id) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    event.time,
-                    event.principal,
-                    event.tenant,
-                    event.action,
-                    event.outcome,
-                    event.detail,
-                    event.request_id,
-                ),
+                rows,
             )
 
     async def list_audit(self, *, before_seq: int | None, limit: int) -> list[AuditRecord]:

@@ -1,5 +1,8 @@
 """``llmesh keys``: manage gateway API keys directly in the gateway's store (bootstrap).
 
+The same code as AdminService's key methods (``llmesh_gateway.key_admin``), audited
+in the gateway's audit log with the principal ``cli:<os user>``.
+
 ``llmesh keys create --role admin --tenant ops`` prints the new key once; use it as
 ``Bearer <key>`` (or ``LLMESH_API_KEY``) for the AdminService afterwards.
 """
@@ -54,21 +57,32 @@ def _store_url(args: argparse.Namespace) -> str:
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"{seconds!r} (out of range)"
 
 
 async def _main(args: argparse.Namespace) -> int:
     from llmesh.kernel.errors import LlmeshError
+    from llmesh_gateway import key_admin
     from llmesh_gateway.apikeys import ApiKeyManager
+    from llmesh_gateway.audit import AuditLog
     from llmesh_gateway.store_factory import open_store
 
     store = await open_store(_store_url(args))
     keys = ApiKeyManager(store, cache_ttl_s=0)
+    audit = AuditLog(store)  # the same audit log as the gateway's; flushed before exit
     try:
         if args.action == "create":
-            created = await keys.create(
-                name=args.name, role=args.role, tenant=args.tenant, ttl_seconds=args.ttl_seconds
-            )
+            async with key_admin.cli_call(audit, key_admin.CREATE):
+                created = await key_admin.create_key(
+                    keys,
+                    name=args.name,
+                    role=args.role,
+                    tenant=args.tenant,
+                    ttl_s=args.ttl_seconds,
+                )
             record = created.record
             if args.json:
                 print(json.dumps({"api_key": created.api_key, "key_id": record.key_id}))
@@ -80,9 +94,10 @@ async def _main(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         elif args.action == "list":
-            records = await keys.list(
-                after_seq=0, limit=100_000, include_revoked=args.include_revoked
-            )
+            async with key_admin.cli_call(audit, key_admin.LIST):
+                records = await key_admin.list_keys(
+                    keys, after_seq=0, limit=100_000, include_revoked=args.include_revoked
+                )
             rows = [
                 {
                     "key_id": r.key_id,
@@ -102,12 +117,14 @@ async def _main(args: argparse.Namespace) -> int:
                 for row in rows:
                     print("  ".join(f"{k}={v}" for k, v in row.items()))
         else:
-            record = await keys.revoke(args.key_id)
+            async with key_admin.cli_call(audit, key_admin.REVOKE):
+                record = await key_admin.revoke_key(keys, args.key_id)
             print(f"revoked {record.key_id} at {_when(record.revoked_at)}")
     except LlmeshError as exc:
         print(f"llmesh keys: {exc}", file=sys.stderr)
         return 2
     finally:
+        await audit.close()
         await store.close()
     return 0
 

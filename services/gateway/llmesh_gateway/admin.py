@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from llmesh.kernel.context import current_request
 from llmesh.kernel.durations import seconds_of
 from llmesh.kernel.errors import NotFound
+from llmesh.kernel.timestamps import to_timestamp
 from llmesh.kernel.upstream import unary
 from llmesh.v1 import (
     common_pb2,
@@ -21,7 +21,10 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from llmesh_gateway import key_admin
 from llmesh_gateway.apikeys import ApiKeyManager
+from llmesh_gateway.audit import AuditLog
+from llmesh_gateway.key_admin import note_detail
 from llmesh_gateway.principal import ROLE_ADMIN, ROLE_USER
 from llmesh_gateway.registry_cache import RegistryCache
 from llmesh_gateway.router import Router
@@ -38,11 +41,7 @@ _ROLE_ENUMS = {v: k for k, v in _ROLE_NAMES.items()}
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+    return to_timestamp(seconds)  # clamped: a bad stored time never fails a listing
 
 
 def key_info(record: ApiKeyRecord) -> gateway_pb2.ApiKeyInfo:
@@ -71,12 +70,6 @@ def audit_event(record: AuditRecord) -> gateway_pb2.AuditEvent:
     )
 
 
-def _audit_detail(text: str) -> None:
-    ctx = current_request()
-    if ctx is not None:
-        ctx.attributes["audit_detail"] = text
-
-
 class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     """Operations on the mesh."""
 
@@ -87,11 +80,13 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         registry: registry_pb2_grpc.RegistryServiceAsyncStub,
         router: Router,
         keys: ApiKeyManager,
+        audit: AuditLog | None = None,
     ) -> None:
         self._cache = cache
         self._registry = registry
         self._router = router
         self._keys = keys
+        self._audit = audit
 
     async def ListWorkers(
         self, request: gateway_pb2.ListWorkersRequest, context: Context
@@ -109,7 +104,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def DrainWorker(
         self, request: gateway_pb2.DrainWorkerRequest, context: Context
     ) -> gateway_pb2.DrainWorkerResponse:
-        _audit_detail(f"worker={request.worker_id} reason={request.reason[:200]}")
+        note_detail(f"worker={request.worker_id} reason={request.reason[:200]}")
         response = await unary(
             self._registry.SetWorkerState,
             registry_pb2.SetWorkerStateRequest(
@@ -154,7 +149,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def LoadModel(
         self, request: gateway_pb2.LoadModelRequest, context: Context
     ) -> gateway_pb2.LoadModelResponse:
-        _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
+        note_detail(f"model={request.model} worker={request.worker_id or '*'}")
         targets = self._targets(request.worker_id, request.model, loaded_only=False)
         done = await self._each(
             targets,
@@ -167,7 +162,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def UnloadModel(
         self, request: gateway_pb2.UnloadModelRequest, context: Context
     ) -> gateway_pb2.UnloadModelResponse:
-        _audit_detail(f"model={request.model} worker={request.worker_id or '*'}")
+        note_detail(f"model={request.model} worker={request.worker_id or '*'}")
         targets = self._targets(request.worker_id, request.model, loaded_only=True)
         done = await self._each(
             targets,
@@ -180,25 +175,21 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def CreateApiKey(
         self, request: gateway_pb2.CreateApiKeyRequest, context: Context
     ) -> gateway_pb2.CreateApiKeyResponse:
-        created = await self._keys.create(
+        created = await key_admin.create_key(
+            self._keys,
             name=request.name,
             role=_ROLE_NAMES.get(request.role, ""),
             tenant=request.tenant,
-            ttl_seconds=seconds_of(request.ttl),
+            ttl_s=seconds_of(request.ttl),
             request_id=request.request_id,
         )
         record = created.record
-        _audit_detail(
-            f"{'replayed' if created.replayed else 'created'} key_id={record.key_id}"
-            f" role={record.role} tenant={record.tenant} fingerprint={record.fingerprint}"
-        )
         return gateway_pb2.CreateApiKeyResponse(api_key=created.api_key, info=key_info(record))
 
     async def RevokeApiKey(
         self, request: gateway_pb2.RevokeApiKeyRequest, context: Context
     ) -> gateway_pb2.RevokeApiKeyResponse:
-        _audit_detail(f"revoked key_id={request.key_id}")
-        record = await self._keys.revoke(request.key_id)
+        record = await key_admin.revoke_key(self._keys, request.key_id)
         return gateway_pb2.RevokeApiKeyResponse(info=key_info(record))
 
     async def ListApiKeys(
@@ -206,8 +197,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.ListApiKeysResponse:
         after = decode_page_token("k", request.page_token) or 0
         size = request.page_size or 100
-        records = await self._keys.list(
-            after_seq=after, limit=size + 1, include_revoked=request.include_revoked
+        records = await key_admin.list_keys(
+            self._keys, after_seq=after, limit=size + 1, include_revoked=request.include_revoked
         )
         page = records[:size]
         token = encode_page_token("k", page[-1].seq) if len(records) > size else ""
@@ -220,6 +211,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.ListAuditEventsResponse:
         before = decode_page_token("a", request.page_token)
         size = request.page_size or 100
+        if self._audit is not None:
+            await self._audit.flush()  # what was recorded before this call is listed
         records = await self._keys.store.list_audit(before_seq=before, limit=size + 1)
         page = records[:size]
         token = encode_page_token("a", page[-1].seq) if len(records) > size else ""

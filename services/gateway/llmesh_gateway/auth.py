@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from llmesh.kernel.context import current_request
-from llmesh.kernel.errors import LlmeshError, PermissionDenied, Unauthenticated, Unavailable
+from llmesh.kernel.errors import PermissionDenied, Unauthenticated, Unavailable
 from llmesh.kernel.interceptors import WrappingInterceptor
 from llmesh.kernel.logging import fingerprint as log_fingerprint
 from llmesh.kernel.logging import get_logger
@@ -80,16 +80,6 @@ def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-def _outcome(exc: BaseException | None) -> str:
-    if exc is None:
-        return "OK"
-    if isinstance(exc, LlmeshError):
-        return exc.code.name
-    if isinstance(exc, TimeoutError):
-        return "DEADLINE_EXCEEDED"
-    return "CANCELLED" if type(exc).__name__ == "CancelledError" else "INTERNAL"
-
-
 class AuthInterceptor(WrappingInterceptor):
     """Authenticates, authorizes by role, audits and rate-limits cheap calls."""
 
@@ -148,12 +138,6 @@ class AuthInterceptor(WrappingInterceptor):
             await limiter.check_request(principal)
         return principal
 
-    async def audit(self, *, principal: Principal, action: str, outcome: str, detail: str) -> None:
-        if self._deps is not None:
-            await self._deps[1].record(
-                principal=principal, action=action, outcome=outcome, detail=detail
-            )
-
     def wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
@@ -161,20 +145,10 @@ class AuthInterceptor(WrappingInterceptor):
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             principal = await self.admit(method, _authorization(context))
-            if not audited:
+            if not audited or self._deps is None:
                 return await behavior(request, context)
-            error: BaseException | None = None
-            try:
+            async with self._deps[1].audited(principal=principal, action=method):
                 return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                ctx = current_request()
-                detail = str(ctx.attributes.get("audit_detail", "")) if ctx else ""
-                await self.audit(
-                    principal=principal, action=method, outcome=_outcome(error), detail=detail
-                )
 
         return handle
 

@@ -81,6 +81,20 @@ class ChatSettings(BaseModel):
     append_cap_s: float = Field(default=3.0, gt=0, le=60)
 
 
+class AuditSettings(BaseModel):
+    """The audit queue: calls put events on it, one background loop writes it in batches.
+
+    Beyond ``queue_size`` queued events new ones are dropped, counted in the
+    ``gateway.audit.dropped`` metric and reported in the log at most once per
+    ``drop_log_interval_s``; a graceful stop writes everything queued.
+    """
+
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    flush_interval_s: float = Field(default=0.5, gt=0, le=60)
+    drop_log_interval_s: float = Field(default=10.0, gt=0, le=3600)
+
+
 class GatewaySettings(ServiceSettings):
     """Settings of ``llmesh serve gateway``; every field is also an env variable."""
 
@@ -98,6 +112,7 @@ class GatewaySettings(ServiceSettings):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @property
     def resolved_store_url(self) -> str:

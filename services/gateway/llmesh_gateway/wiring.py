@@ -48,6 +48,7 @@ class Gateway:
     router: Router
     keys: ApiKeyManager
     limiter: RateLimiter
+    audit: AuditLog
 
 
 def jwt_verifier(settings: GatewaySettings) -> JwtVerifier | None:
@@ -92,7 +93,8 @@ async def wire(
     store = await open_store(settings.resolved_store_url)
     keys = ApiKeyManager(store, cache_ttl_s=settings.key_cache_ttl_s)
     limiter = rate_limiter(settings)
-    auth.bind(Authenticator(keys, jwt_verifier(settings)), AuditLog(store), limiter)
+    audit = AuditLog(store, settings.audit)
+    auth.bind(Authenticator(keys, jwt_verifier(settings)), audit, limiter)
     tls = settings.client_tls if settings.client_tls.enabled else None
     registry_channel = create_channel(settings.registry_address, tls=tls)
     memory_channel = create_channel(settings.memory_address, tls=tls)
@@ -139,10 +141,13 @@ async def wire(
             registry=registry_pb2_grpc.RegistryServiceStub(registry_channel),
             router=router,
             keys=keys,
+            audit=audit,
         ),
         host.server,
     )
-    watcher.start(Supervisor(health=host.health))
+    supervisor = Supervisor(health=host.health)
+    watcher.start(supervisor)
+    audit.start(supervisor)
     try:
         yield Gateway(
             cache=cache,
@@ -151,10 +156,12 @@ async def wire(
             router=router,
             keys=keys,
             limiter=limiter,
+            audit=audit,
         )
     finally:
         await watcher.stop()
         auth.unbind()
+        await audit.close()  # writes every queued audit event
         await pool.close()
         await registry_channel.close(None)
         await memory_channel.close(None)

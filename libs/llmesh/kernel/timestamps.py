@@ -19,6 +19,8 @@ from .logging import get_logger
 
 MAX_TIMESTAMP_S = 253_402_300_799.0
 """9999-12-31T23:59:59Z: the latest instant a ``google.protobuf.Timestamp`` holds."""
+MIN_TIMESTAMP_S = -62_135_596_800.0
+"""0001-01-01T00:00:00Z: the earliest."""
 
 _log = get_logger(__name__)
 
@@ -63,7 +65,7 @@ def to_timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     """A ``Timestamp`` for Unix ``seconds``, None for None; clamped into the valid range."""
     if seconds is None or math.isnan(seconds):
         return None
-    stamp = timestamp_pb2.Timestamp()
-    clamped = min(max(seconds, -62_135_596_800.0), MAX_TIMESTAMP_S)
-    stamp.FromNanoseconds(round(clamped * 1e9))
-    return stamp
+    clamped = min(max(seconds, MIN_TIMESTAMP_S), MAX_TIMESTAMP_S)
+    whole = math.floor(clamped)
+    nanos = min(999_999_999, round((clamped - whole) * 1e9))
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)

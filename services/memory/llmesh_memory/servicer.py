@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from llmesh.kernel.durations import seconds_of
 from llmesh.kernel.errors import invalid
+from llmesh.kernel.timestamps import to_timestamp
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 from .engine import MemoryEngine, RecallParams
@@ -32,11 +33,7 @@ _MODES = {
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
+    return to_timestamp(seconds)  # clamped: a bad stored time never fails a reply
 
 
 def session_info(record: SessionRecord) -> common_pb2.SessionInfo:

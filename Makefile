@@ -65,7 +65,7 @@ release-image: $(STAMPS)/npm
 lint: setup buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/llmesh $(wildcard services/*/llmesh_*)
+	$(BIN)/mypy libs/llmesh apps/cli/llmesh_cli $(wildcard services/*/llmesh_*)
 
 bench: setup
 	$(PY) -m bench.run_all

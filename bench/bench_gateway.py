@@ -98,10 +98,10 @@ class Otlp:
 def start_mesh(tmp: Path, otlp_port: int) -> tuple[Any, dict[str, Any]]:
     """Registry, one worker (registered with a long lease) and the gateway, from the plan
     of ``llmesh up``; then the bare proxy in front of the same worker."""
-    from llmesh.supervisor.mesh import LocalMesh, free_port, mesh_options
-    from llmesh.supervisor.plan import build_plan
     from llmesh.testing.servers import wait_for_port
     from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+    from llmesh_cli.supervisor.mesh import LocalMesh, free_port, mesh_options
+    from llmesh_cli.supervisor.plan import build_plan
     from llmesh_inference.tiny import init_tiny
 
     models = tmp / "models"

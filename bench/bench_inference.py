@@ -179,7 +179,7 @@ class Baseline:
 @contextmanager
 def worker(models_dir: Path, mode: str, log: Path) -> Iterator[int]:
     port = free_port()
-    args = [sys.executable, "-m", "llmesh.cli.main", "serve", "inference", "--port", str(port)]
+    args = [sys.executable, "-m", "llmesh_cli.main", "serve", "inference", "--port", str(port)]
     args += ["--models-dir", str(models_dir), "--default-model", MODEL, "--no-embeddings"]
     args += ["--max-batch-size", "16", "--queue-capacity", "64", "--log-level", "WARNING"]
     if mode != "openblas":

@@ -38,7 +38,7 @@ import numpy as np
 from bench.memory_corpus import CACHE_DIR, cached_vectors, memories, queries
 
 if TYPE_CHECKING:
-    from llmesh.supervisor.plan import PlanOptions
+    from llmesh_cli.supervisor.plan import PlanOptions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
 NS = "bench"
@@ -231,8 +231,8 @@ async def run_one(
     ef_search: int,
     pad: bool = False,
 ) -> dict[str, Any]:
-    from llmesh.supervisor.mesh import LocalMesh
-    from llmesh.supervisor.plan import build_plan
+    from llmesh_cli.supervisor.mesh import LocalMesh
+    from llmesh_cli.supervisor.plan import build_plan
     from llmesh_memory.store.postgres import PostgresStore
     from llmesh_memory.store.sqlite import SqliteStore
 
@@ -327,9 +327,9 @@ async def _id_rows(store: Any, backend: str, dsn: str, texts: Sequence[str]) -> 
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from llmesh.supervisor.mesh import LocalMesh, mesh_options
-    from llmesh.supervisor.plan import build_plan
     from llmesh.testing.servers import start_postgres
+    from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+    from llmesh_cli.supervisor.plan import build_plan
 
     workdir = Path(tempfile.mkdtemp(prefix="llmesh-bench-memory-"))
     # The plan of `llmesh up`: an inference worker with no text model (embeddings only)

@@ -133,7 +133,7 @@ def inference_worker(log_path: Path, *, ready_timeout_s: float = 300.0) -> Itera
     port = free_port()
     data_dir = tempfile.TemporaryDirectory(prefix="llmesh-recall-eval-")
     cli = Path(sys.executable).with_name("llmesh")
-    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "llmesh.cli.main"]
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "llmesh_cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
     with log_path.open("w") as log:
         proc = subprocess.Popen(

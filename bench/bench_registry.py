@@ -35,10 +35,10 @@ from typing import Any
 import grpc
 import psutil
 
-from llmesh.supervisor.mesh import LocalMesh, mesh_options
-from llmesh.supervisor.plan import build_plan
 from llmesh.testing.servers import start_redis
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import build_plan
 
 RESULTS = Path(__file__).resolve().parent / "results" / "registry.json"
 READY = common_pb2.WORKER_STATE_READY

@@ -16,8 +16,6 @@ from typing import Any
 import grpc
 import pytest
 
-from llmesh.supervisor.mesh import LocalMesh, mesh_options
-from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
 from llmesh.testing.rpc import Collector, error_details
 from llmesh.v1 import (
@@ -27,6 +25,8 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import build_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -26,8 +26,6 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmesh.supervisor.mesh import LocalMesh, mesh_options
-from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
 from llmesh.testing.rpc import Collector, error_details
 from llmesh.v1 import (
@@ -39,12 +37,14 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import build_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 MODEL = "tiny-llama-test"
 JWT_SECRET = b"e2e-secret-" + b"x" * 40
-LLMESH = [sys.executable, "-m", "llmesh.cli.main"]
+LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
 
 
 @dataclass

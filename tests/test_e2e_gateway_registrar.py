@@ -13,10 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from llmesh.supervisor.mesh import LocalMesh, mesh_options, readiness
-from llmesh.supervisor.plan import build_plan
 from llmesh.testing.polling import wait_until
 from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options, readiness
+from llmesh_cli.supervisor.plan import build_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmesh.supervisor.mesh import mesh_options
-from llmesh.supervisor.plan import DEFAULT_PORTS, PlanOptions, build_plan, child_names
+from llmesh_cli.supervisor.mesh import mesh_options
+from llmesh_cli.supervisor.plan import DEFAULT_PORTS, PlanOptions, build_plan, child_names
 
 
 def flag(argv: tuple[str, ...], name: str) -> list[str]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import psutil
 
-from llmesh.supervisor.plan import ServiceSpec
-from llmesh.supervisor.restart import RestartPolicy
-from llmesh.supervisor.state import read_state
-from llmesh.supervisor.supervisor import Supervisor
 from llmesh.testing.polling import await_until, wait_until
 from llmesh.testing.servers import free_port
+from llmesh_cli.supervisor.plan import ServiceSpec
+from llmesh_cli.supervisor.restart import RestartPolicy
+from llmesh_cli.supervisor.state import read_state
+from llmesh_cli.supervisor.supervisor import Supervisor
 
 
 def test_backoff_doubles_to_the_cap_and_the_circuit_opens() -> None:
@@ -119,7 +119,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     """SIGKILL leaves no time to drain: PR_SET_PDEATHSIG still takes the children down."""
     up = subprocess.Popen(
         [
-            sys.executable, "-m", "llmesh.cli.main", "up", "--home", str(tmp_path),
+            sys.executable, "-m", "llmesh_cli.main", "up", "--home", str(tmp_path),
             "--services", "registry", "--free-ports", "--no-metrics",
         ],
         stdout=subprocess.DEVNULL,

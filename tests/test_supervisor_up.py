@@ -15,13 +15,13 @@ from typing import Any
 import psutil
 import pytest
 
-from llmesh.supervisor.plan import available_services
-from llmesh.supervisor.state import UpState, read_state
 from llmesh.testing.polling import wait_until
+from llmesh_cli.supervisor.plan import available_services
+from llmesh_cli.supervisor.state import UpState, read_state
 
 
 def llmesh(*args: str) -> list[str]:
-    return [sys.executable, "-m", "llmesh.cli.main", *args]
+    return [sys.executable, "-m", "llmesh_cli.main", *args]
 
 
 def mesh_processes(home: Path) -> list[psutil.Process]:

@@ -167,7 +167,7 @@ async def test_keys_made_by_the_cli_are_audited(
             [
                 sys.executable,
                 "-m",
-                "llmesh.cli.main",
+                "llmesh_cli.main",
                 "keys",
                 "--data-dir",
                 str(tmp_path),

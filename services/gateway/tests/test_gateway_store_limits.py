@@ -143,7 +143,7 @@ def test_cli_lists_a_legacy_row(tmp_path: Path) -> None:
 
     def llmesh(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "llmesh.cli.main", "keys", "--store-url", url, *args],
+            [sys.executable, "-m", "llmesh_cli.main", "keys", "--store-url", url, *args],
             capture_output=True,
             text=True,
             timeout=60,

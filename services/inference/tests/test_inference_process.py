@@ -34,7 +34,7 @@ def worker_process(
         [
             sys.executable,
             "-m",
-            "llmesh.cli.main",
+            "llmesh_cli.main",
             "serve",
             "inference",
             "--port",

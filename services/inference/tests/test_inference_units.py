@@ -93,7 +93,7 @@ def test_init_tiny_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_cli_init_tiny_and_list(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "llmesh.cli.main", "models"]
+    cli = [sys.executable, "-m", "llmesh_cli.main", "models"]
     made = subprocess.run(
         [*cli, "init-tiny", str(tmp_path), "--name", "m1"],
         capture_output=True,
@@ -126,7 +126,7 @@ def test_blas_preload_environment() -> None:
 
 def test_doctor_reports_the_worker_blas() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "llmesh.cli.main", "doctor", "--json"],
+        [sys.executable, "-m", "llmesh_cli.main", "doctor", "--json"],
         capture_output=True,
         text=True,
         timeout=120,

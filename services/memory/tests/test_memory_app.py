@@ -18,7 +18,7 @@ from llmesh.v1 import memory_pb2, memory_pb2_grpc
 
 def _serve(*args: str, home: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "llmesh.cli.main", "serve", "memory", *args],
+        [sys.executable, "-m", "llmesh_cli.main", "serve", "memory", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={"PATH": "/usr/bin:/bin", "LLMESH_HOME": str(home)},

@@ -31,7 +31,7 @@ MODEL = "tiny-llama-test"
 
 
 def llmesh(*args: str) -> list[str]:
-    return [sys.executable, "-m", "llmesh.cli.main", *args]
+    return [sys.executable, "-m", "llmesh_cli.main", *args]
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from llmesh.supervisor.models import ensure_tiny_model
-from llmesh.supervisor.plan import (
+from llmesh_cli.supervisor.models import ensure_tiny_model
+from llmesh_cli.supervisor.plan import (
     ALL_SERVICES,
     DEFAULT_METRICS_PORTS,
     DEFAULT_PORTS,
@@ -21,11 +21,11 @@ from llmesh.supervisor.plan import (
     build_plan,
     installed,
 )
-from llmesh.supervisor.probe import SERVING, health_of
-from llmesh.supervisor.restart import RestartPolicy
-from llmesh.supervisor.state import ServiceRecord, read_state
-from llmesh.supervisor.supervisor import Supervisor
-from llmesh.supervisor.table import services_table, workers_table
+from llmesh_cli.supervisor.probe import SERVING, health_of
+from llmesh_cli.supervisor.restart import RestartPolicy
+from llmesh_cli.supervisor.state import ServiceRecord, read_state
+from llmesh_cli.supervisor.supervisor import Supervisor
+from llmesh_cli.supervisor.table import services_table, workers_table
 
 
 @dataclass(frozen=True)

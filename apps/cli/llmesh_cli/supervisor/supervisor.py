@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llmesh.supervisor.child import Child, tail
-from llmesh.supervisor.plan import ServiceSpec
-from llmesh.supervisor.probe import SERVING, health_of
-from llmesh.supervisor.restart import RestartPolicy
-from llmesh.supervisor.state import ServiceRecord, UpState, clear_state, write_state
+from llmesh_cli.supervisor.child import Child, tail
+from llmesh_cli.supervisor.plan import ServiceSpec
+from llmesh_cli.supervisor.probe import SERVING, health_of
+from llmesh_cli.supervisor.restart import RestartPolicy
+from llmesh_cli.supervisor.state import ServiceRecord, UpState, clear_state, write_state
 
 Say = Callable[[str], None]
 

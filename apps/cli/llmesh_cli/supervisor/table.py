@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from llmesh.supervisor.state import ServiceRecord
 from llmesh.v1 import common_pb2
+from llmesh_cli.supervisor.state import ServiceRecord
 
 _HEALTH_STYLE = {"SERVING": "green", "NOT_SERVING": "yellow", "UNREACHABLE": "red"}
 

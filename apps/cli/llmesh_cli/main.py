@@ -22,7 +22,7 @@ SERVICES: dict[str, str] = {
     "memory": "llmesh_memory.app:main",
 }
 
-# Modules under ``llmesh.cli`` that expose ``register(subparsers) -> None``.
+# Modules under ``llmesh_cli`` that expose ``register(subparsers) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
     "models",
     "keys",
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"llmesh.cli.{name}")
+        module = importlib.import_module(f"llmesh_cli.{name}")
         module.register(sub)
     return parser
 

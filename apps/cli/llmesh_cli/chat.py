@@ -12,7 +12,7 @@ import sys
 import uuid
 from typing import Any
 
-from llmesh.cli.generate import (
+from llmesh_cli.generate import (
     add_client_flags,
     add_sampling_flags,
     api_key,

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from llmesh.supervisor.plan import ServiceSpec
+from llmesh_cli.supervisor.plan import ServiceSpec
 
 _PR_SET_PDEATHSIG = 1
 

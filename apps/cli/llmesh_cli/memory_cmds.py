@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llmesh.cli.generate import add_client_flags, api_key, describe_error, open_channel
+from llmesh_cli.generate import add_client_flags, api_key, describe_error, open_channel
 
 MODES = ("weighted", "rrf", "semantic", "keyword")
 

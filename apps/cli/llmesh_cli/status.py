@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
 def _status(args: argparse.Namespace) -> int:
     import asyncio
 
-    from llmesh.cli.up import default_home
-    from llmesh.supervisor.run import status
+    from llmesh_cli.supervisor.run import status
+    from llmesh_cli.up import default_home
 
     home = (args.home or default_home()).expanduser()
     return asyncio.run(status(home, registry=args.registry, as_json=args.json))

@@ -26,8 +26,8 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmesh.supervisor.child import tail
-from llmesh.supervisor.plan import (
+from llmesh_cli.supervisor.child import tail
+from llmesh_cli.supervisor.plan import (
     PlanOptions,
     ServiceSpec,
     child_names,

@@ -2,7 +2,7 @@
 
 The single description of a local mesh (which services, their ports, flags and
 environment), used by ``llmesh up`` (supervised, restarts) and by tests and benchmarks
-(:mod:`llmesh.supervisor.mesh`, no restarts) alike.
+(:mod:`llmesh_cli.supervisor.mesh`, no restarts) alike.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def available_services(is_installed: Callable[[str], bool] = installed) -> list[
 
 def llmesh_command(*args: str) -> tuple[str, ...]:
     """Run the CLI with this interpreter (works in a venv without PATH set up)."""
-    return (sys.executable, "-m", "llmesh.cli.main", *args)
+    return (sys.executable, "-m", "llmesh_cli.main", *args)
 
 
 def worker_name(index: int, kind: str = "inference") -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmesh.cli.main import main as cli
 from llmesh.testing.inprocess import serving
 from llmesh.testing.servers import free_port
+from llmesh_cli.main import main as cli
 from llmesh_memory import wiring as memory_wiring
 from llmesh_memory.settings import MemorySettings
 

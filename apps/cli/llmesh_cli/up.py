@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 def _up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from llmesh.supervisor.run import UpOptions, run_up
+    from llmesh_cli.supervisor.run import UpOptions, run_up
 
     home = (args.home or default_home()).expanduser()
     options = UpOptions(

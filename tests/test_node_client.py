@@ -62,41 +62,35 @@ async def test_node_client_calls_a_real_registry_over_grpc() -> None:
 
     import grpc
 
-    from llmesh.kernel.server import ServiceHost
+    from llmesh.testing.inprocess import serving
     from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-    from llmesh_registry.servicer import SERVICE_NAME
     from llmesh_registry.settings import RegistrySettings
-    from llmesh_registry.wiring import wire
+    from llmesh_registry.wiring import SERVICE_NAMES, wire
 
     settings = RegistrySettings(port=0)
-    host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    async with wire(host, settings):
-        port = await host.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await registry_pb2_grpc.RegistryServiceStub(channel).Register(
-                    registry_pb2.RegisterRequest(
-                        worker=common_pb2.WorkerInfo(
-                            worker_id="w-node",
-                            address="127.0.0.1:50054",
-                            capacity=2,
-                            state=common_pb2.WORKER_STATE_READY,
-                        )
-                    ),
-                    timeout=5,
-                )
-            proc = await asyncio.create_subprocess_exec(
-                "node",
-                str(SMOKE),
-                "registry",
-                f"127.0.0.1:{port}",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as registry:
+        async with grpc.aio.insecure_channel(registry.address) as channel:
+            await registry_pb2_grpc.RegistryServiceStub(channel).Register(
+                registry_pb2.RegisterRequest(
+                    worker=common_pb2.WorkerInfo(
+                        worker_id="w-node",
+                        address="127.0.0.1:50054",
+                        capacity=2,
+                        state=common_pb2.WORKER_STATE_READY,
+                    )
+                ),
+                timeout=5,
             )
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-            assert proc.returncode == 0, err.decode()
-        finally:
-            await host.stop(0)
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            str(SMOKE),
+            "registry",
+            registry.address,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()
     workers = json.loads(out)["workers"]
     assert workers == [
         {"id": "w-node", "address": "127.0.0.1:50054", "state": common_pb2.WORKER_STATE_READY}

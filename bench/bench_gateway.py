@@ -319,7 +319,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
     from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, registry_pb2
     from llmesh_gateway.apikeys import ApiKeyManager
     from llmesh_gateway.audit import AuditLog
-    from llmesh_gateway.auth import Authenticator, AuthInterceptor
+    from llmesh_gateway.auth import Authenticator, AuthGuard
     from llmesh_gateway.balancer import Balancer
     from llmesh_gateway.ratelimit import InProcessBackend, Limits, RateLimiter
     from llmesh_gateway.registry_cache import RegistryCache
@@ -333,7 +333,7 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
             InProcessBackend(),
             Limits(generations_per_minute=1e12, tokens_per_minute=1e15, concurrent_streams=10**6),
         )
-        auth = AuthInterceptor()
+        auth = AuthGuard()
         auth.bind(Authenticator(keys), AuditLog(store), limiter)
         cache = RegistryCache()
         cache.apply(

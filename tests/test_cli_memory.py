@@ -21,7 +21,7 @@ from llmesh_memory.settings import MemorySettings
 async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
     """Memory (SQLite, keyword-only) behind a real gateway; yields target and two keys."""
     from llmesh_gateway import wiring as gateway_wiring
-    from llmesh_gateway.auth import AuthInterceptor
+    from llmesh_gateway.auth import AuthGuard
     from llmesh_gateway.settings import GatewaySettings
 
     mem_settings = MemorySettings(port=0, sqlite_path=tmp_path / "m.db", embedder_target="")
@@ -36,12 +36,12 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
             registry_address=f"127.0.0.1:{free_port()}",
             memory_address=memory.address,
         )
-        auth = AuthInterceptor()
+        auth = AuthGuard()
         async with serving(
             gw_settings,
             gateway_wiring.SERVICE_NAMES,
             lambda host: gateway_wiring.wire(host, gw_settings, auth),
-            interceptors=[auth],
+            guards=[auth],
         ) as gateway:
             alice = await gateway.parts.keys.create(name="alice", role="user", tenant="acme")
             bob = await gateway.parts.keys.create(name="bob", role="user", tenant="globex")

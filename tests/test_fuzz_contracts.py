@@ -232,7 +232,7 @@ class Mesh:
 @contextlib.asynccontextmanager
 async def mesh(tmp_path: Path, models_dir: Path) -> AsyncIterator[Mesh]:
     from llmesh_gateway import wiring as gateway_wiring
-    from llmesh_gateway.auth import AuthInterceptor
+    from llmesh_gateway.auth import AuthGuard
     from llmesh_gateway.settings import GatewaySettings
     from llmesh_inference import wiring as inference_wiring
     from llmesh_inference.settings import InferenceSettings
@@ -296,13 +296,13 @@ async def mesh(tmp_path: Path, models_dir: Path) -> AsyncIterator[Mesh]:
             memory_address=memory.address,
             rate_limit={"generations_per_minute": 10**6, "requests_per_minute": 10**6},
         )
-        auth = AuthInterceptor()
+        auth = AuthGuard()
         gateway = await stack.enter_async_context(
             serving(
                 gw_settings,
                 gateway_wiring.SERVICE_NAMES,
                 lambda h: gateway_wiring.wire(h, gw_settings, auth),
-                interceptors=[auth],
+                guards=[auth],
             )
         )
         await await_until(

@@ -1,31 +1,38 @@
-"""The kernel's server interceptor: request id, deadlines, decoding, validation,
-error mapping, access log.
+"""The kernel's server interceptor, the only one on every server: request id,
+deadlines, the SERVER span, decoding, validation, the service's guards, error mapping,
+RED metrics, access log.
 
-This is the one place where domain errors become status codes. Order on every
-server: OpenTelemetry (outermost, so a span is active) -> this -> service
-interceptors (e.g. the gateway's auth), which may raise domain errors. This
-interceptor parses each request itself (grpc hands it the raw bytes) and checks the
-``buf.validate`` rules, so malformed or invalid requests are refused, logged and
-counted before authentication (``kernel.validation``).
+This is the one place where domain errors become status codes. Per call, in order:
+request context and span (parent from the caller's ``traceparent``), then the request
+is parsed here (grpc hands over the raw bytes) and checked against its ``buf.validate``
+rules, so malformed or invalid requests are refused, logged and counted before any
+guard (``kernel.validation``); then the service's guards (:mod:`llmesh.kernel.guards`,
+e.g. the gateway's authentication and rate limit), then the handler. One interceptor
+instead of a stack (stream closer, OpenTelemetry, kernel, auth) saves a coroutine, a
+handler lookup and OpenTelemetry's per-call wrappers on every call
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from opentelemetry.trace import Span
 
 from llmesh.kernel.context import RequestContext, reset_request, set_request
 from llmesh.kernel.errors import LlmeshError
+from llmesh.kernel.guards import Guard
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
+from llmesh.kernel.tracing import ServerSpans, method_attributes
 from llmesh.kernel.validation import Deserializer, RequestValidator, decode
 
 log = get_logger("llmesh.access")
@@ -88,31 +95,39 @@ class _Metrics:
         self.duration.record(elapsed_ms, attrs)
 
 
-class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base for server interceptors that wrap each method's behaviour once.
+@dataclass(frozen=True, slots=True)
+class _Method:
+    """What the interceptor knows about one method, worked out on its first call."""
 
-    Subclasses implement :meth:`wrap_unary` and :meth:`wrap_stream`; the wrapped
-    handler is built on a method's first call and reused (per-call rebuilding costs
-    time on every RPC). :meth:`passes` lets methods through untouched.
+    name: str  # /pkg.Service/Method
+    decoder: Deserializer | None  # grpc's deserializer, run by the interceptor instead
+    quiet: bool  # health and reflection: no validation, no access log, no default deadline
+    guards: tuple[Guard, ...]  # the service's guards that apply to this method
+    attributes: dict[str, Any]  # span attributes shared by every call
+
+
+class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The one server interceptor: request id, deadline defaults/caps, SERVER span (parent
+    from ``traceparent``), request decoding and contract validation, the service's
+    guards, domain-error mapping, RED metrics, access log.
+
+    Each method's handler is wrapped on its first call and reused. Server streams are
+    served by a coroutine that writes each message with ``context.write``: grpc drops
+    an async generator a cancelled client leaves at ``yield`` without closing it, and
+    Python would close it later from a garbage-collection hook in another task and
+    Context (``finally`` blocks there, context tokens that fail to reset, the call
+    misreported); written this way, cancellation arrives in the call's own task, which
+    closes the handler's stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deadlines: DeadlinePolicy, guards: Sequence[Guard] = ()) -> None:
+        self.deadlines = deadlines
+        self.guards = tuple(guards)
+        self.metrics = _Metrics()
+        self.spans = ServerSpans()
+        self.validator = RequestValidator()
         # method -> (handler from the continuation, wrapped handler); bounded by the methods.
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def passes(self, method: str) -> bool:
-        """True for methods this interceptor leaves alone."""
-        return False
-
-    def wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
-    ) -> Callable[..., Awaitable[Any]]:
-        raise NotImplementedError
-
-    def wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., AsyncIterator[Any]]:
-        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -120,9 +135,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or self.passes(method):
+        if handler is None:
             return handler
+        method = handler_call_details.method
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -130,159 +145,146 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._handlers[method] = (handler, wrapped)
         return wrapped
 
-    def deserializer(self, handler: grpc.RpcMethodHandler) -> Deserializer | None:
-        """The deserializer grpc runs before the wrapped behaviour (default: the handler's)."""
-        return handler.request_deserializer  # type: ignore[no-any-return]
-
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        call = _Method(
+            name=method,
+            decoder=handler.request_deserializer,
+            quiet=method.startswith(QUIET_PREFIXES),
+            guards=tuple(g for g in self.guards if g.applies(method)),
+            attributes=method_attributes(method),
+        )
+        # grpc passes the raw bytes through (no deserializer): the wrapped behaviour
+        # parses them, where a failure goes through the error mapping.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self.wrap_unary(handler.unary_unary, method),
-                request_deserializer=self.deserializer(handler),
+                self._unary(handler.unary_unary, call),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self.wrap_stream(handler.unary_stream, method),  # type: ignore[arg-type]
-                request_deserializer=self.deserializer(handler),
+                self._stream(handler.unary_stream, call),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: no llmesh RPC uses them
 
-
-class KernelServerInterceptor(WrappingInterceptor):
-    """Request id, deadline defaults/caps, request decoding and contract validation,
-    domain-error mapping, RED metrics, access log."""
-
-    def __init__(self, deadlines: DeadlinePolicy) -> None:
-        super().__init__()
-        self.deadlines = deadlines
-        self.metrics = _Metrics()
-        self.validator = RequestValidator()
-        # method -> the deserializer grpc would have run; this interceptor runs it.
-        self._decoders: dict[str, Deserializer] = {}
-
-    def deserializer(self, handler: grpc.RpcMethodHandler) -> Deserializer | None:
-        # grpc passes the raw bytes through (None); ``_request`` parses them inside the
-        # wrapped behaviour, where a failure goes through the error mapping below.
-        return None
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if handler.request_deserializer is not None:
-            self._decoders[method] = handler.request_deserializer
-        return super()._wrap(handler, method)
-
-    def _request(self, method: str, request: Any) -> Any:
-        """The parsed, validated request (raw bytes in, ``InvalidArgument`` on bad input)."""
-        decoder = self._decoders.get(method)
-        if decoder is not None and isinstance(request, bytes):
-            request = decode(decoder, request, method=method)
-        if not method.startswith(QUIET_PREFIXES):
+    async def _admit(
+        self, call: _Method, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """The parsed, validated request that passed every guard (raw bytes in)."""
+        if call.decoder is not None and isinstance(request, bytes):
+            request = decode(call.decoder, request, method=call.name)
+        if not call.quiet:
             self.validator.check(request)
+        for guard in call.guards:
+            await guard.check(call.name, request, context)
         return request
 
     def _begin(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[RequestContext, object, float | None]:
-        request_id = ""
+        self, call: _Method, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[RequestContext, object, Span, object, float | None]:
+        carrier: dict[str, Any] = {}
         for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
-                request_id = value
-                break
-        request_id = request_id or uuid.uuid4().hex
+            carrier[key] = value
+        request_id = carrier.get(REQUEST_ID_KEY)
+        if not (isinstance(request_id, str) and 0 < len(request_id) <= 128):
+            request_id = uuid.uuid4().hex
         client = _client_remaining(context)
         budget: float | None
-        if client is None and method.startswith(QUIET_PREFIXES):
+        if client is None and call.quiet:
             budget = None  # health watches and reflection streams are long-lived
         else:
-            budget = self.deadlines.effective(method, client)
+            budget = self.deadlines.effective(call.name, client)
         deadline = None if budget is None else time.monotonic() + budget
-        ctx = RequestContext(request_id=request_id, method=method, deadline=deadline)
-        return ctx, set_request(ctx), budget
+        ctx = RequestContext(request_id=request_id, method=call.name, deadline=deadline)
+        span, span_token = self.spans.start(call.name, call.attributes, carrier, context.peer())
+        return ctx, set_request(ctx), span, span_token, budget
 
-    def wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
+    def _unary(
+        self, behavior: Callable[..., Awaitable[Any]], call: _Method
     ) -> Callable[..., Awaitable[Any]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            ctx, token, budget = self._begin(method, context)
+            ctx, token, span, span_token, budget = self._begin(call, context)
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, message, error = grpc.StatusCode.OK, "", None
             try:
                 async with asyncio.timeout(budget):
-                    return await behavior(self._request(method, request), context)
+                    return await behavior(await self._admit(call, request, context), context)
             except BaseException as exc:
-                code, status = self._classify(exc, ctx)
+                code, status, error = self._classify(exc, ctx)
                 if status is not None:
+                    message = status.message
                     await self._abort(context, code, status, ctx)
                 raise
             finally:
-                self._finish(method, ctx, code, started)
+                self._finish(call, ctx, code, started)
+                self.spans.end(span, span_token, code, message, error)
                 reset_request(token)
 
         return handle
 
-    def wrap_stream(
-        self,
-        behavior: Callable[..., AsyncIterator[Any]],
-        method: str,
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            ctx, token, _budget = self._begin(method, context)
+    def _stream(
+        self, behavior: Callable[..., Any], call: _Method
+    ) -> Callable[..., Awaitable[None]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            ctx, token, span, span_token, budget = self._begin(call, context)
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, message, error = grpc.StatusCode.OK, "", None
             stream = None
             try:
-                result: Any = behavior(self._request(method, request), context)
-                stream = None if inspect.isawaitable(result) else result.__aiter__()
-                if stream is None:  # a handler that writes with context.write()
-                    async with asyncio.timeout(ctx.remaining_s()):
+                async with asyncio.timeout(budget):
+                    result = behavior(await self._admit(call, request, context), context)
+                    if inspect.isawaitable(result):  # a handler that writes by itself
                         await result
-                while stream is not None:
-                    left = ctx.remaining_s()
-                    if left is not None and left <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(left):
-                        try:
-                            item = await anext(stream)
-                        except StopAsyncIteration:
-                            break
-                    yield item
+                    else:
+                        stream = result.__aiter__()
+                        async for item in stream:
+                            await context.write(item)
             except BaseException as exc:
-                code, status = self._classify(exc, ctx)
+                code, status, error = self._classify(exc, ctx)
                 if status is not None:
+                    message = status.message
                     await self._abort(context, code, status, ctx)
                 raise
             finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                self._finish(method, ctx, code, started)
-                # A stream grpc dropped unclosed is closed later by the garbage collector,
-                # from another task and Context, where this token means nothing.
-                with contextlib.suppress(ValueError):
+                try:
+                    aclose = getattr(stream, "aclose", None)
+                    if aclose is not None:
+                        await aclose()  # in this task, whatever ended the call
+                finally:
+                    self._finish(call, ctx, code, started)
+                    self.spans.end(span, span_token, code, message, error)
                     reset_request(token)
 
         return handle
 
     def _classify(
         self, exc: BaseException, ctx: RequestContext
-    ) -> tuple[grpc.StatusCode, status_pb2.Status | None]:
-        """The status code for ``exc`` and the status to abort with (None: re-raise as is)."""
+    ) -> tuple[grpc.StatusCode, status_pb2.Status | None, BaseException | None]:
+        """The status code for ``exc``, the status to abort with (None: re-raise as is),
+        and the error to record on the span (unexpected ones only)."""
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # the client went away
-            return grpc.StatusCode.CANCELLED, None
+            return grpc.StatusCode.CANCELLED, None, None
         if isinstance(exc, grpc.aio.AbortError):
-            return grpc.StatusCode.UNKNOWN, None  # the handler aborted by itself
+            return grpc.StatusCode.UNKNOWN, None, None  # the handler aborted by itself
         if isinstance(exc, LlmeshError):
-            return exc.code, exc.to_status()
+            return exc.code, exc.to_status(), None
         if isinstance(exc, TimeoutError):
-            return grpc.StatusCode.DEADLINE_EXCEEDED, status_pb2.Status(
-                code=code_pb2.DEADLINE_EXCEEDED,
-                message=f"deadline exceeded: {ctx.method} ran out of time",
+            return (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                status_pb2.Status(
+                    code=code_pb2.DEADLINE_EXCEEDED,
+                    message=f"deadline exceeded: {ctx.method} ran out of time",
+                ),
+                None,
             )
         log.error("unhandled error in %s", ctx.method, exc_info=exc)
-        return grpc.StatusCode.INTERNAL, status_pb2.Status(
-            code=code_pb2.INTERNAL,
-            message=f"internal error; quote request id {ctx.request_id} when reporting it",
+        return (
+            grpc.StatusCode.INTERNAL,
+            status_pb2.Status(
+                code=code_pb2.INTERNAL,
+                message=f"internal error; quote request id {ctx.request_id} when reporting it",
+            ),
+            exc,
         )
 
     async def _abort(
@@ -305,17 +307,18 @@ class KernelServerInterceptor(WrappingInterceptor):
             return
 
     def _finish(
-        self, method: str, ctx: RequestContext, code: grpc.StatusCode, started: float
+        self, call: _Method, ctx: RequestContext, code: grpc.StatusCode, started: float
     ) -> None:
+        """RED metrics and the access-log line (while the call's span is still current)."""
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.metrics.record(method, code, elapsed_ms)
-        if method.startswith(QUIET_PREFIXES):
+        self.metrics.record(call.name, code, elapsed_ms)
+        if call.quiet:
             return
         level = 20 if code in {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED} else 30
         log.log(
             level,
             "%s %s %.1fms",
-            method,
+            call.name,
             code.name,
             elapsed_ms,
             extra={"code": code.name, "duration_ms": round(elapsed_ms, 3)},

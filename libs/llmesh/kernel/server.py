@@ -1,5 +1,6 @@
 """Server bootstrap: asyncio gRPC server with health, reflection, limits, keepalive,
-interceptors and graceful shutdown on SIGTERM/SIGINT.
+the kernel interceptor (with the service's guards) and graceful shutdown on
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from llmesh.kernel.config import ConfigError, ServiceSettings
+from llmesh.kernel.guards import Guard
 from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.interceptors import DeadlinePolicy, KernelServerInterceptor
 from llmesh.kernel.logging import get_logger, setup_logging
 from llmesh.kernel.reflection import enable_reflection
-from llmesh.kernel.streams import StreamCloser
 from llmesh.kernel.telemetry import setup_telemetry
 
 log = get_logger(__name__)
 
 Setup = Callable[["ServiceHost"], AbstractAsyncContextManager[Any]]
-Interceptor = grpc.aio.ServerInterceptor  # type: ignore[type-arg]
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
@@ -57,14 +56,18 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
 
 
 class ServiceHost:
-    """One service's gRPC server and its health, before and after it starts."""
+    """One service's gRPC server and its health, before and after it starts.
+
+    Every call goes through one :class:`KernelServerInterceptor`, which runs ``guards``
+    (service-specific checks such as authentication) after validation.
+    """
 
     def __init__(
         self,
         settings: ServiceSettings,
         *,
         service_names: Sequence[str],
-        interceptors: Sequence[Interceptor] = (),
+        guards: Sequence[Guard] = (),
     ) -> None:
         self.settings = settings
         self.service_names = tuple(service_names)
@@ -74,14 +77,8 @@ class ServiceHost:
             max_s=settings.max_deadline_s,
             per_method=settings.method_deadlines,
         )
-        tracing = aio_server_interceptor()  # type: ignore[no-untyped-call]
         self.server = grpc.aio.server(
-            interceptors=[
-                StreamCloser(),  # outermost: a cancelled stream is closed in its own task
-                tracing,
-                KernelServerInterceptor(deadlines),
-                *interceptors,
-            ],
+            interceptors=[KernelServerInterceptor(deadlines, guards)],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -126,7 +123,7 @@ async def serve(
     *,
     service_names: Sequence[str],
     setup: Setup,
-    interceptors: Sequence[Interceptor] = (),
+    guards: Sequence[Guard] = (),
     stop_event: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop_event``), then drain and return."""
@@ -135,7 +132,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    host = ServiceHost(settings, service_names=service_names, interceptors=interceptors)
+    host = ServiceHost(settings, service_names=service_names, guards=guards)
     async with setup(host):
         port = await host.start()
         log.info(
@@ -157,7 +154,7 @@ def run_service(
     service: str,
     service_names: Sequence[str],
     setup: Setup,
-    interceptors: Sequence[Interceptor] = (),
+    guards: Sequence[Guard] = (),
 ) -> int:
     """Process entry point for ``llmesh serve <service>``: logs, telemetry, serve, exit 0."""
     setup_logging(service, level=settings.log_level, fmt=settings.log_format, capture_uncaught=True)
@@ -165,9 +162,7 @@ def run_service(
         service, otlp_endpoint=settings.otlp_endpoint, metrics_port=settings.metrics_port
     )
     try:
-        asyncio.run(
-            serve(settings, service_names=service_names, setup=setup, interceptors=interceptors)
-        )
+        asyncio.run(serve(settings, service_names=service_names, setup=setup, guards=guards))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

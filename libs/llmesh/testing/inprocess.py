@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from llmesh.kernel.config import ServiceSettings
-from llmesh.kernel.server import Interceptor, ServiceHost
+from llmesh.kernel.guards import Guard
+from llmesh.kernel.server import ServiceHost
 
 T = TypeVar("T")
 
@@ -44,12 +45,12 @@ async def serving(
     service_names: Sequence[str],
     wire: Callable[[ServiceHost], AbstractAsyncContextManager[T]],
     *,
-    interceptors: Sequence[Interceptor] = (),
+    guards: Sequence[Guard] = (),
     grace_s: float = 0.0,
 ) -> AsyncIterator[Served[T]]:
     """Wire, start and (on exit) stop one service on ``settings``' port (0: a free one),
     letting in-flight calls finish within ``grace_s``."""
-    host = ServiceHost(settings, service_names=service_names, interceptors=interceptors)
+    host = ServiceHost(settings, service_names=service_names, guards=guards)
     async with wire(host) as parts:
         await host.start()
         try:

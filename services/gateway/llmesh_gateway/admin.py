@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from llmesh.kernel.context import current_request
 from llmesh.kernel.durations import seconds_of
 from llmesh.kernel.errors import NotFound
 from llmesh.kernel.timestamps import to_timestamp
@@ -38,6 +41,24 @@ from llmesh_gateway.store import (
 Context = grpc.aio.ServicerContext[Any, Any]
 _ROLE_NAMES = {gateway_pb2.ROLE_USER: ROLE_USER, gateway_pb2.ROLE_ADMIN: ROLE_ADMIN}
 _ROLE_ENUMS = {v: k for k, v in _ROLE_NAMES.items()}
+R = TypeVar("R")
+Handler = Callable[["AdminServicer", Any, Context], Awaitable[R]]
+
+
+def audited(handler: Handler[R]) -> Handler[R]:
+    """Audit every call of an AdminService method: its principal, outcome and the detail
+    it noted (the gateway's auth guard admitted it as an admin before it runs)."""
+
+    @functools.wraps(handler)
+    async def call(self: AdminServicer, request: Any, context: Context) -> R:
+        ctx = current_request()
+        if self._audit is None or ctx is None:
+            return await handler(self, request, context)
+        principal = ctx.principal if ctx.principal is not None else "unknown"
+        async with self._audit.audited(principal=principal, action=ctx.method):
+            return await handler(self, request, context)
+
+    return call
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -88,6 +109,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         self._keys = keys
         self._audit = audit
 
+    @audited
     async def ListWorkers(
         self, request: gateway_pb2.ListWorkersRequest, context: Context
     ) -> gateway_pb2.ListWorkersResponse:
@@ -101,6 +123,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             workers=workers, staleness_seconds=self._cache.staleness_s
         )
 
+    @audited
     async def DrainWorker(
         self, request: gateway_pb2.DrainWorkerRequest, context: Context
     ) -> gateway_pb2.DrainWorkerResponse:
@@ -146,6 +169,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             raise next(r for r in results if isinstance(r, BaseException))
         return done
 
+    @audited
     async def LoadModel(
         self, request: gateway_pb2.LoadModelRequest, context: Context
     ) -> gateway_pb2.LoadModelResponse:
@@ -159,6 +183,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         )
         return gateway_pb2.LoadModelResponse(worker_ids=done)
 
+    @audited
     async def UnloadModel(
         self, request: gateway_pb2.UnloadModelRequest, context: Context
     ) -> gateway_pb2.UnloadModelResponse:
@@ -172,6 +197,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         )
         return gateway_pb2.UnloadModelResponse(worker_ids=done)
 
+    @audited
     async def CreateApiKey(
         self, request: gateway_pb2.CreateApiKeyRequest, context: Context
     ) -> gateway_pb2.CreateApiKeyResponse:
@@ -186,12 +212,14 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         record = created.record
         return gateway_pb2.CreateApiKeyResponse(api_key=created.api_key, info=key_info(record))
 
+    @audited
     async def RevokeApiKey(
         self, request: gateway_pb2.RevokeApiKeyRequest, context: Context
     ) -> gateway_pb2.RevokeApiKeyResponse:
         record = await key_admin.revoke_key(self._keys, request.key_id)
         return gateway_pb2.RevokeApiKeyResponse(info=key_info(record))
 
+    @audited
     async def ListApiKeys(
         self, request: gateway_pb2.ListApiKeysRequest, context: Context
     ) -> gateway_pb2.ListApiKeysResponse:
@@ -206,6 +234,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             keys=[key_info(r) for r in page], next_page_token=token
         )
 
+    @audited
     async def ListAuditEvents(
         self, request: gateway_pb2.ListAuditEventsRequest, context: Context
     ) -> gateway_pb2.ListAuditEventsResponse:

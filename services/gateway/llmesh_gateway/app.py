@@ -36,10 +36,10 @@ def main(argv: Sequence[str]) -> int:
     """``llmesh serve gateway [flags]``; returns the exit code (2 for bad settings)."""
     settings, _ = parse_service_args(GatewaySettings, build_parser(), argv, extra=_overrides)
 
-    from llmesh_gateway.auth import AuthInterceptor
+    from llmesh_gateway.auth import AuthGuard
     from llmesh_gateway.wiring import SERVICE_NAMES, wire
 
-    auth = AuthInterceptor()
+    auth = AuthGuard()
 
     @contextlib.asynccontextmanager
     async def setup(host: ServiceHost) -> AsyncIterator[None]:
@@ -51,5 +51,5 @@ def main(argv: Sequence[str]) -> int:
         service="gateway",
         service_names=list(SERVICE_NAMES),
         setup=setup,
-        interceptors=[auth],
+        guards=[auth],
     )

@@ -1,21 +1,21 @@
-"""Authentication and authorization: the server interceptor and the authenticator.
+"""Authentication and authorization: the kernel guard and the authenticator.
 
 Every call but health and reflection needs ``authorization: Bearer <api key | JWT>``.
-The principal goes into the kernel's request context; the AdminService needs role
-admin. Auth failures and every admin call are audited; cheap calls are rate-limited
-here (generation calls are admitted by the servicer, which knows ``max_tokens``).
+:class:`AuthGuard` runs inside the kernel interceptor, after the request is decoded and
+validated (:mod:`llmesh.kernel.guards`). The principal goes into the kernel's request
+context; the AdminService needs role admin. Auth failures are audited here (admin calls
+by the AdminService); cheap calls are rate-limited here (generation calls are admitted
+by the servicer, which knows ``max_tokens``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from llmesh.kernel.context import current_request
 from llmesh.kernel.errors import PermissionDenied, Unauthenticated, Unavailable
-from llmesh.kernel.interceptors import WrappingInterceptor
 from llmesh.kernel.logging import fingerprint as log_fingerprint
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
@@ -80,11 +80,11 @@ def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-class AuthInterceptor(WrappingInterceptor):
-    """Authenticates, authorizes by role, audits and rate-limits cheap calls."""
+class AuthGuard:
+    """Authenticates, authorizes by role, audits refusals and rate-limits cheap calls
+    (a :class:`llmesh.kernel.guards.Guard`)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._deps: tuple[Authenticator, AuditLog, RateLimiter] | None = None
         m = meter("llmesh.gateway")
         self._rejections = m.create_counter(
@@ -98,8 +98,13 @@ class AuthInterceptor(WrappingInterceptor):
     def unbind(self) -> None:
         self._deps = None
 
-    def passes(self, method: str) -> bool:
-        return method.startswith(PUBLIC_PREFIXES)
+    def applies(self, method: str) -> bool:
+        return not method.startswith(PUBLIC_PREFIXES)
+
+    async def check(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self.admit(method, _authorization(context))
 
     async def admit(self, method: str, authorization: str | None) -> Principal:
         """Authenticate and authorize one call; installs the principal in the context."""
@@ -137,33 +142,3 @@ class AuthInterceptor(WrappingInterceptor):
         if method not in GENERATION_METHODS:
             await limiter.check_request(principal)
         return principal
-
-    def wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
-    ) -> Callable[..., Awaitable[Any]]:
-        audited = method.startswith(ADMIN_PREFIX)
-
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = await self.admit(method, _authorization(context))
-            if not audited or self._deps is None:
-                return await behavior(request, context)
-            async with self._deps[1].audited(principal=principal, action=method):
-                return await behavior(request, context)
-
-        return handle
-
-    def wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await self.admit(method, _authorization(context))
-            stream = behavior(request, context)
-            try:
-                async for item in stream:
-                    yield item
-            finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
-        return handle

@@ -17,7 +17,7 @@ from llmesh.v1 import gateway_pb2_grpc, memory_pb2_grpc, registry_pb2_grpc
 from llmesh_gateway.admin import AdminServicer
 from llmesh_gateway.apikeys import ApiKeyManager
 from llmesh_gateway.audit import AuditLog
-from llmesh_gateway.auth import Authenticator, AuthInterceptor
+from llmesh_gateway.auth import Authenticator, AuthGuard
 from llmesh_gateway.balancer import Balancer, RetryBudget
 from llmesh_gateway.chat import ChatBudget
 from llmesh_gateway.jwt_auth import JwtConfig, JwtVerifier
@@ -87,7 +87,7 @@ def rate_limiter(settings: GatewaySettings) -> RateLimiter:
 
 @contextlib.asynccontextmanager
 async def wire(
-    host: ServiceHost, settings: GatewaySettings, auth: AuthInterceptor
+    host: ServiceHost, settings: GatewaySettings, auth: AuthGuard
 ) -> AsyncIterator[Gateway]:
     """Open the store, start the registry watch and register both servicers."""
     store = await open_store(settings.resolved_store_url)

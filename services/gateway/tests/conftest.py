@@ -28,7 +28,7 @@ from llmesh.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from llmesh_gateway.auth import AuthInterceptor
+from llmesh_gateway.auth import AuthGuard
 from llmesh_gateway.settings import GatewaySettings
 from llmesh_gateway.wiring import SERVICE_NAMES, Gateway, wire
 
@@ -380,13 +380,13 @@ async def start_mesh(tmp_path: Path, *, workers: int = 2, **settings: Any) -> As
             memory_address=memory_address,
             **settings,
         )
-        auth = AuthInterceptor()
+        auth = AuthGuard()
         served = await stack.enter_async_context(
             serving(
                 gw_settings,
                 SERVICE_NAMES,
                 lambda host: wire(host, gw_settings, auth),
-                interceptors=[auth],
+                guards=[auth],
             )
         )
         gateway, port = served.parts, served.host.port

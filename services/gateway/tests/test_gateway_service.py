@@ -149,18 +149,29 @@ async def test_stream_fails_over_before_first_token_and_breaker_cycles(
         w0, w1 = mesh.workers["w0"], mesh.workers["w1"]
         w0.mode = "fail_first"
         meta = mesh.auth(mesh.user_key)
-        for _ in range(6):
+        breaker = mesh.gateway.balancer.breaker("w0")
+
+        async def stream_once() -> None:
             chunks = [
                 c
                 async for c in mesh.stub().GenerateStream(
                     gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=meta
                 )
             ]
-            assert chunks[0].start.worker_id == "w1"
+            assert chunks[0].start.worker_id == "w1"  # w0's failure never reaches the client
             assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
-        assert w0.calls == 2  # breaker opened after two failures: w0 no longer tried
-        breaker = mesh.gateway.balancer.breaker("w0")
+
+        # The balancer picks at random between the two, so w0 is tried on some calls only:
+        # stream until it has failed twice (bounded), then it must not be tried again.
+        for _ in range(60):
+            await stream_once()
+            if w0.calls >= 2:
+                break
+        assert w0.calls == 2
         assert breaker.current() == "open"
+        for _ in range(6):
+            await stream_once()
+        assert w0.calls == 2  # breaker open after two failures: w0 no longer tried
         w0.mode = "ok"
         await await_until(
             lambda: _async(breaker.current() == "half_open"), timeout_s=5, what="half-open"

@@ -66,9 +66,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GenerateRequest, context: Context
     ) -> gateway_pb2.GenerateResponse:
         principal = current_principal()
-        charged = await self._limiter.admit_generation(
-            principal, max_tokens_of(request.sampling)
-        )
+        charged = await self._limiter.admit_generation(principal, max_tokens_of(request.sampling))
         used = 0
         try:
             async with self._limiter.stream_slot(principal):
@@ -91,9 +89,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GenerateStreamRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.GenerateStreamResponse]:
         principal = current_principal()
-        charged = await self._limiter.admit_generation(
-            principal, max_tokens_of(request.sampling)
-        )
+        charged = await self._limiter.admit_generation(principal, max_tokens_of(request.sampling))
         used = 0
         try:
             async with self._limiter.stream_slot(principal):
@@ -121,9 +117,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         principal = current_principal()
-        charged = await self._limiter.admit_generation(
-            principal, max_tokens_of(request.sampling)
-        )
+        charged = await self._limiter.admit_generation(principal, max_tokens_of(request.sampling))
         used = 0
         try:
             async with self._limiter.stream_slot(principal):

@@ -22,7 +22,8 @@ from google.protobuf import message as pb_message
 
 from llmesh.kernel.errors import FieldViolation, InvalidArgument
 from llmesh.kernel.reasons import ErrorReason
-from llmesh.kernel.rulecheck import RuleChecker, Violation, subscript
+from llmesh.kernel.rulecheck import RuleChecker
+from llmesh.kernel.violations import Violation, subscript
 
 MALFORMED_REQUEST = ErrorReason.MALFORMED_REQUEST
 Deserializer = Callable[[bytes], Any]

@@ -14,7 +14,7 @@ from typing import Any
 from buf.validate import validate_pb2
 from google.protobuf import descriptor as pb_descriptor
 
-from llmesh.kernel.rulecheck import format_value
+from llmesh.kernel.scalar_rules import format_value
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "api.md"

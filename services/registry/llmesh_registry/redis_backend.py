@@ -14,6 +14,7 @@ Layout (every key under one hash tag, default ``{llmesh-registry}``):
 
 Every write is one Lua script (atomic renew, revision and event together), and
 the clock is Redis's own ``TIME``, so replicas never disagree about expiry.
+The scripts and the record encoding are in ``redis_codec``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -47,24 +47,19 @@ from llmesh_registry.model import (
     LeasePolicy,
     Snapshot,
 )
-from llmesh_registry.records import timestamp_ms
 from llmesh_registry.redis_batch import ScriptBatcher
+from llmesh_registry.redis_codec import (
+    decode_worker,
+    event_from_entry,
+    load_scripts,
+    pairs,
+    static_record,
+)
 from llmesh_registry.watch import WatchHub
 
 log = get_logger(__name__)
 _tracer = tracer(__name__)
 T = TypeVar("T")
-
-_SCRIPTS = ("register", "heartbeat", "deregister", "set_state", "snapshot", "sweep")
-
-
-def _load_scripts() -> dict[str, str]:
-    folder = resources.files("llmesh_registry").joinpath("lua")
-    prelude = folder.joinpath("prelude.lua").read_text(encoding="utf-8")
-    return {
-        name: prelude + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPTS
-    }
 
 
 def _reraise_cancel(exc: BaseException | None) -> None:
@@ -73,56 +68,6 @@ def _reraise_cancel(exc: BaseException | None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
-
-
-def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-
-
-def _static_record(worker: common_pb2.WorkerInfo) -> bytes:
-    """The parts of a worker that only Register changes."""
-    static = common_pb2.WorkerInfo(
-        worker_id=worker.worker_id,
-        address=worker.address,
-        labels=dict(worker.labels),
-        models_available=list(worker.models_available),
-        capacity=worker.capacity,
-        models=list(worker.models),
-    )
-    return static.SerializeToString(deterministic=True)
-
-
-def decode_worker(worker_id: str, fields: dict[bytes, bytes]) -> common_pb2.WorkerInfo:
-    """Rebuild a ``WorkerInfo`` from a worker hash (or an event's fields)."""
-    worker = common_pb2.WorkerInfo()
-    if b"static" in fields:
-        worker.ParseFromString(fields[b"static"])
-    worker.worker_id = worker_id
-    if fields.get(b"models"):
-        worker.models_loaded.extend(json.loads(fields[b"models"]))
-    if b"state" in fields:
-        worker.state = int(fields[b"state"])  # type: ignore[assignment]
-    worker.state_reason = fields.get(b"reason", b"").decode()
-    if fields.get(b"load"):
-        worker.load.ParseFromString(fields[b"load"])
-    for name, field_name in (
-        (b"reg", "registered_at"),
-        (b"hb", "last_heartbeat_at"),
-        (b"exp", "lease_expires_at"),
-    ):
-        if name in fields:
-            getattr(worker, field_name).CopyFrom(timestamp_ms(int(fields[name])))
-    return worker
-
-
-def _event_from_entry(entry_id: bytes, data: dict[bytes, bytes]) -> Event:
-    revision = int(entry_id.split(b"-", 1)[0])
-    worker_id = data.get(b"id", b"").decode()
-    return Event(
-        revision=revision,
-        type=int(data[b"t"]),
-        worker=decode_worker(worker_id, data),
-    )
 
 
 class RedisBackend(RegistryBackend):
@@ -176,7 +121,7 @@ class RedisBackend(RegistryBackend):
             self._url, socket_timeout=None, socket_connect_timeout=self._op_timeout_s
         )
         self._scripts = {
-            name: self._client.register_script(source) for name, source in _load_scripts().items()
+            name: self._client.register_script(source) for name, source in load_scripts().items()
         }
         self._batcher = ScriptBatcher(self._client)
         start_rev = 0
@@ -250,7 +195,7 @@ class RedisBackend(RegistryBackend):
     async def register(self, worker: common_pb2.WorkerInfo, lease_id: str) -> Lease:
         args = [
             worker.worker_id,
-            _static_record(worker),
+            static_record(worker),
             json.dumps(list(worker.models_loaded)),
             int(worker.state),
             worker.state_reason,
@@ -311,7 +256,7 @@ class RedisBackend(RegistryBackend):
             "set_state", lambda: script(keys=self._keys(worker_id), args=args)
         )
         self._raise_for(int(result[0]), worker_id, "")
-        return decode_worker(worker_id, _pairs(result[1])), int(result[0])
+        return decode_worker(worker_id, pairs(result[1])), int(result[0])
 
     async def snapshot(self) -> Snapshot:
         script = self._scripts["snapshot"]
@@ -319,7 +264,7 @@ class RedisBackend(RegistryBackend):
             "snapshot",
             lambda: script(keys=[self._leases, self._rev], args=[f"{self._prefix}:w:"]),
         )
-        workers = [decode_worker(item[0].decode(), _pairs(item[1])) for item in result[1:]]
+        workers = [decode_worker(item[0].decode(), pairs(item[1])) for item in result[1:]]
         workers.sort(key=lambda w: w.worker_id)
         return Snapshot(revision=int(result[0]), workers=workers)
 
@@ -338,7 +283,7 @@ class RedisBackend(RegistryBackend):
             return None
         if since_revision == current:
             return []
-        events = [_event_from_entry(eid, data) for eid, data in entries]
+        events = [event_from_entry(eid, data) for eid, data in entries]
         if not events or events[0].revision != since_revision + 1:
             return None
         return events
@@ -386,7 +331,7 @@ class RedisBackend(RegistryBackend):
                         self.hub.resync()
                     continue
                 for entry_id, data in reply[0][1]:
-                    event = _event_from_entry(entry_id, data)
+                    event = event_from_entry(entry_id, data)
                     if event.revision != last + 1:
                         self.hub.resync()
                     last = event.revision

@@ -1,0 +1,185 @@
+"""The gateway e2e mesh: registry, memory (SQLite), two MLX inference workers (tiny model)
+and the gateway, each its own process (`llmesh serve ...`, from the plan of `llmesh up`).
+Every process exports spans over OTLP to a collector in the test process.
+
+Workers are registered in the registry by the test with a long lease (standing in for
+the registrar), so a killed worker stays READY in the registry: exactly the case the
+gateway's failover and circuit breaker exist for.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmesh.testing.rpc import Collector
+from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import build_plan
+
+MODEL = "tiny-llama-test"
+JWT_SECRET = b"e2e-secret-" + b"x" * 40
+LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
+
+
+@dataclass
+class Proc:
+    """One child of the mesh, as the tests below handle it."""
+
+    mesh: LocalMesh
+    name: str
+
+    @property
+    def port(self) -> int:
+        return self.mesh.port(self.name)
+
+    @property
+    def log(self) -> Path:
+        return self.mesh.log(self.name)
+
+    def start(self) -> None:
+        self.mesh.spawn(self.name)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.mesh.stop(self.name, sig=sig)
+
+
+@dataclass
+class Mesh:
+    gateway: str
+    registry: str
+    workers: dict[str, Proc]
+    procs: list[Proc]
+    metrics_port: int
+    collector: Collector
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read()
+        total = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def _register(registry: str, worker_id: str, port: int) -> None:
+    with grpc.insecure_channel(registry) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).Register(
+            registry_pb2.RegisterRequest(
+                worker=common_pb2.WorkerInfo(
+                    worker_id=worker_id,
+                    address=f"127.0.0.1:{port}",
+                    models_loaded=[MODEL],
+                    models_available=[MODEL],
+                    capacity=8,
+                    state=common_pb2.WORKER_STATE_READY,
+                )
+            ),
+            timeout=5,
+        )
+
+
+def _gateway_env(tmp: Path) -> dict[str, str]:
+    return {
+        "LLMESH_GATEWAY_JWT__HS256_SECRET_FILE": str(tmp / "jwt.secret"),
+        "LLMESH_GATEWAY_JWT__AUDIENCE": "llmesh",
+        "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
+        "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "120",
+        "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
+        "LLMESH_GATEWAY_ROUTING__BREAKER_THRESHOLD": "3",
+        "LLMESH_GATEWAY_ROUTING__BREAKER_COOLDOWN_S": "3.0",
+    }
+
+
+@contextmanager
+def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
+    """Start the mesh in ``tmp`` with keys for admin (tenant ops), alice and carol (acme),
+    bob (globex) and dave (initech); stop it on exit."""
+    collector = Collector()
+    otlp = collector.start()
+    (tmp / "jwt.secret").write_bytes(JWT_SECRET)
+
+    # The plan of `llmesh up`, two workers and no registrar: workers are registered below
+    # with a long lease, so a killed worker stays READY in the registry.
+    workers = {"w0": "inference", "w1": "inference-1"}
+    options = mesh_options(
+        tmp,
+        models_dir=models_dir,
+        default_model=MODEL,
+        services=("registry", "inference", "memory", "gateway"),
+        workers=2,
+        metrics=("gateway",),
+        args={
+            "registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"],
+            **{
+                name: ["--max-batch-size", "4", "--data-dir", str(tmp / wid)]
+                for wid, name in workers.items()
+            },
+        },
+        env={"gateway": _gateway_env(tmp)},
+    )
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+        local.start(wait=False)
+        for wid, name in workers.items():
+            local.wait_ready(name)
+            _register(local.address("registry"), wid, local.port(name))
+        for name in ("registry", "memory", "gateway"):
+            local.wait_ready(name)
+        mesh = Mesh(
+            gateway=local.address("gateway"),
+            registry=local.address("registry"),
+            workers={wid: Proc(local, name) for wid, name in workers.items()},
+            procs=[Proc(local, name) for name in local.specs],
+            metrics_port=options.metrics_ports["gateway"] if options.metrics_ports else 0,
+            collector=collector,
+        )
+        # Bootstrap: the first admin key straight into the store, the rest over the API.
+        mesh.keys = {"admin": local.create_key(role="admin", tenant="ops")}
+        with grpc.insecure_channel(mesh.gateway) as channel:
+            admin = gateway_pb2_grpc.AdminServiceStub(channel)
+            for name, tenant in (
+                ("alice", "acme"),
+                ("bob", "globex"),
+                ("carol", "acme"),
+                ("dave", "initech"),
+            ):
+                mesh.keys[name] = admin.CreateApiKey(
+                    gateway_pb2.CreateApiKeyRequest(
+                        name=name, role=gateway_pb2.ROLE_USER, tenant=tenant
+                    ),
+                    metadata=bearer(mesh.keys["admin"]),
+                    timeout=10,
+                ).api_key
+        try:
+            yield mesh
+        finally:
+            collector.stop()
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``key`` as a Bearer token."""
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def error(awaitable: Any) -> grpc.aio.AioRpcError:
+    """The error ``awaitable`` fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable
+    return info.value
+
+
+def greedy(max_tokens: int) -> common_pb2.SamplingParams:
+    """Deterministic sampling of at most ``max_tokens``."""
+    return common_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens)

@@ -14,8 +14,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmesh.kernel.errors import DeadlineExceeded
+
 # Margin kept back from every outbound call so the caller still has time to answer.
 OUTBOUND_MARGIN_S = 0.02
+# Margin kept back from a local statement (SQL, a Redis command), so the service reports
+# the cut-off itself (DEADLINE_EXCEEDED, reason STATEMENT_TIMEOUT) before the RPC ends.
+STATEMENT_MARGIN_S = 0.03
 
 
 @dataclass
@@ -88,3 +93,39 @@ def outbound_timeout(default_s: float | None = None, *, share: float | None = No
     if share is not None:
         budget = max(0.001, budget * share)
     return budget if default_s is None else min(budget, default_s)
+
+
+def statement_timeout(cap_s: float) -> float:
+    """Seconds a local statement (SQL ``statement_timeout``, a Redis socket timeout) may
+    run now on behalf of the current request.
+
+    The one place a store reads the deadline: the caller's remaining time minus
+    :data:`STATEMENT_MARGIN_S`, never more than ``cap_s``; ``cap_s`` when there is no
+    caller deadline. Raises :class:`DeadlineExceeded` when no more than the margin is
+    left: a statement started then could not finish and be reported in time.
+    """
+    left = remaining_s()
+    if left is None:
+        return cap_s
+    if left <= STATEMENT_MARGIN_S:
+        raise DeadlineExceeded(
+            "deadline passed before the statement ran", reason="STATEMENT_TIMEOUT"
+        )
+    return min(cap_s, max(0.001, left - STATEMENT_MARGIN_S))
+
+
+def statement_deadline() -> float | None:
+    """The instant (``time.monotonic()`` clock) a local statement that checks the clock
+    itself (SQLite's progress handler) must stop by: the caller's deadline minus
+    :data:`STATEMENT_MARGIN_S`, or None without a caller deadline."""
+    ctx = _current.get()
+    if ctx is None or ctx.deadline is None:
+        return None
+    return ctx.deadline - STATEMENT_MARGIN_S
+
+
+def deadline_passed() -> bool:
+    """True when the current request has a deadline and it is (all but) spent: a store
+    that gave up waiting (a pool, a lock) reports DEADLINE_EXCEEDED, not UNAVAILABLE."""
+    left = remaining_s()
+    return left is not None and left <= STATEMENT_MARGIN_S

@@ -1,6 +1,8 @@
 """PostgreSQL backend of the gateway store (several gateway replicas share it).
 
-psycopg's async driver and pool: nothing blocks the event loop. Failures map through
+psycopg's async driver and pool: nothing blocks the event loop. Every statement runs
+with ``statement_timeout`` set from the caller's remaining time (the kernel's
+``statement_timeout``: DEADLINE_EXCEEDED when it fires). Failures map through
 the kernel's one store error table (connection lost, pool exhausted: ``UNAVAILABLE`` +
 retry hint; a value PostgreSQL cannot hold: ``INVALID_ARGUMENT``).
 """
@@ -11,13 +13,21 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from llmesh.kernel.context import deadline_passed, statement_timeout
+from llmesh.kernel.errors import DeadlineExceeded
 from llmesh.kernel.store_errors import postgres_error
 from llmesh.kernel.timestamps import check_expiry, stored_expiry
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord
+
+# Statements run with the caller's remaining time (kernel statement_timeout), at most
+# this long; background work (the audit writer) without a deadline gets this.
+STATEMENT_TIMEOUT_S = 10.0
+POOL_WAIT_S = 5.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS llmesh_api_keys (
@@ -80,12 +90,20 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=statement_timeout(POOL_WAIT_S)) as conn:
+                # Session-level on this checkout (autocommit): every checkout sets it anew.
+                limit_ms = max(1, round(statement_timeout(STATEMENT_TIMEOUT_S) * 1000))
+                await conn.execute(f"SET statement_timeout = {limit_ms}")
                 yield conn
         except Exception as exc:
             mapped = postgres_error(exc, store="key store")
             if mapped is None:
                 raise
+            if mapped.code is grpc.StatusCode.UNAVAILABLE and deadline_passed():
+                raise DeadlineExceeded(
+                    "deadline passed while waiting for the key store",
+                    reason="STATEMENT_TIMEOUT",
+                ) from None
             raise mapped from None
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:

@@ -9,13 +9,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from llmesh.kernel.errors import AlreadyExists, InvalidArgument, Unavailable
+from llmesh.kernel.context import deadline_scope
+from llmesh.kernel.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, Unavailable
 from llmesh_gateway.admin import key_info
 from llmesh_gateway.apikeys import ApiKeyManager
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord, GatewayStore
@@ -179,3 +181,26 @@ async def test_sqlite_locked_by_another_process_is_unavailable_with_retry(tmp_pa
     finally:
         holder.close()
         await store.close()
+
+
+async def test_postgres_statement_ends_at_the_callers_deadline(
+    postgres_dsn_factory: Callable[[], str],
+) -> None:
+    """A key lookup waiting on a lock gives up at the caller's deadline (statement_timeout
+    from the remaining time): DEADLINE_EXCEEDED, not a hang and not UNAVAILABLE."""
+    dsn = postgres_dsn_factory()
+    opened = await open_store(dsn)
+    blocker = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await blocker.execute("LOCK TABLE llmesh_api_keys IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with deadline_scope(0.4, name="t"), pytest.raises(DeadlineExceeded) as info:
+            await asyncio.wait_for(opened.get_key("k1"), 5.0)
+        assert info.value.reason == "STATEMENT_TIMEOUT"
+        assert 0.3 < time.monotonic() - started < 1.5
+        with deadline_scope(0.0, name="t"), pytest.raises(DeadlineExceeded):
+            await opened.get_key("k1")
+    finally:
+        await blocker.rollback()
+        await blocker.close()
+        await opened.close()

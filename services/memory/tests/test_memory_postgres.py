@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 
-from llmesh.kernel.context import RequestContext, reset_request, set_request
+from llmesh.kernel.context import (
+    STATEMENT_MARGIN_S,
+    RequestContext,
+    reset_request,
+    set_request,
+)
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import start_postgres
@@ -165,3 +171,89 @@ async def test_database_down_mid_write_loses_nothing_acknowledged() -> None:
 
 async def _ready(value: bool) -> bool:
     return value
+
+
+class SleepyStore(PostgresStore):
+    """Test-only: runs arbitrary SQL in the store's own transaction (deadline plumbing)."""
+
+    async def run_sql(self, sql: str) -> Any:
+        async with self._transaction() as conn:
+            cur = await conn.execute(sql)
+            row = await cur.fetchone()
+            return None if row is None else row[0]
+
+
+def _deadline_in(seconds: float) -> object:
+    return set_request(
+        RequestContext(request_id="r", method="/t", deadline=time.monotonic() + seconds)
+    )
+
+
+async def test_statement_timeout_is_the_remaining_time(
+    postgres_dsn_factory: Callable[[], str],
+) -> None:
+    store = SleepyStore(postgres_dsn_factory(), statement_timeout_s=30)
+    await store.start()
+    try:
+        token = _deadline_in(2.0)
+        try:
+            shown = await store.run_sql("SHOW statement_timeout")
+        finally:
+            reset_request(token)
+        # "1970ms" and the like: the remaining time less the kernel's margin, not the cap.
+        assert shown.endswith("ms"), shown
+        assert 1500 <= int(shown[:-2]) <= 2000 - int(STATEMENT_MARGIN_S * 1000)
+        # Without a caller deadline: the configured cap.
+        assert await store.run_sql("SHOW statement_timeout") == "30s"
+        # Behaviour: a statement that outlives the caller is cut off at its deadline.
+        token = _deadline_in(0.4)
+        started = time.monotonic()
+        try:
+            with pytest.raises(DeadlineExceeded) as info:
+                await store.run_sql("SELECT pg_sleep(5)")
+        finally:
+            reset_request(token)
+        assert info.value.reason == "STATEMENT_TIMEOUT"
+        assert 0.3 < time.monotonic() - started < 1.5
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("left_s", [0.0, 0.001, 0.02])
+async def test_tiny_remaining_deadline_is_deadline_exceeded(
+    postgres_dsn_factory: Callable[[], str], left_s: float
+) -> None:
+    store = PostgresStore(postgres_dsn_factory())
+    await store.start()
+    try:
+        for op in ("append", "search"):
+            token = _deadline_in(left_s)
+            try:
+                with pytest.raises(DeadlineExceeded):
+                    if op == "append":
+                        await store.append_messages(
+                            NS,
+                            "s1",
+                            [MessageIn(2, "hello")],
+                            expected_version=-1,
+                            idempotency_key="",
+                            ttl_s=None,
+                            now=time.time(),
+                        )
+                    else:
+                        await store.search(NS, SearchQuery(None, ["hello"], 5), now=time.time())
+            finally:
+                reset_request(token)
+        # Nothing was half-written: the session does not exist.
+        result = await store.append_messages(
+            NS,
+            "s1",
+            [MessageIn(2, "hello")],
+            expected_version=0,
+            idempotency_key="",
+            ttl_s=None,
+            now=time.time(),
+        )
+        assert result.version == 1
+    finally:
+        await store.close()

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from llmesh.kernel.context import remaining_s
+from llmesh.kernel.context import statement_timeout
+from llmesh.kernel.errors import DeadlineExceeded
 from llmesh.kernel.logging import get_logger
 
 from .base import (
@@ -137,12 +138,12 @@ class RedisSessionCache(MemoryStore):
         """Run a Redis operation; on failure start a bypass window and return None."""
         if self.bypassed:
             return None
-        left = remaining_s()
-        timeout = self.op_timeout_s if left is None else max(0.001, min(left, self.op_timeout_s))
         try:
-            async with asyncio.timeout(timeout):
+            # A spent deadline counts as a failed call: a write-through skipped after
+            # the store committed must bypass the (now stale) cache like any failure.
+            async with asyncio.timeout(statement_timeout(self.op_timeout_s)):
                 return await op()
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except (redis.exceptions.RedisError, OSError, TimeoutError, DeadlineExceeded) as exc:
             self._bypass_until = time.monotonic() + self.ttl_s
             log.warning(
                 "session cache bypassed for %.0fs after a redis failure: %s",

@@ -24,7 +24,7 @@ from psycopg.adapt import Dumper
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool
 
-from llmesh.kernel.context import remaining_s
+from llmesh.kernel.context import deadline_passed, statement_timeout
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.store_errors import postgres_error
@@ -47,8 +47,6 @@ from . import memories as memory_sql
 from . import schema, search, sessions
 
 log = get_logger(__name__)
-
-STATEMENT_MARGIN_S = 0.03
 
 
 class PostgresStore(MemoryStore):
@@ -101,28 +99,31 @@ class PostgresStore(MemoryStore):
             mapped = postgres_error(exc, store="memory store")
             if mapped is None:
                 raise
+            if mapped.code is grpc.StatusCode.UNAVAILABLE and deadline_passed():
+                # It gave up waiting (for a pooled connection) because the caller's
+                # time ran out: the caller's deadline, not an outage.
+                raise DeadlineExceeded(
+                    "deadline passed while waiting for the memory store",
+                    reason="STATEMENT_TIMEOUT",
+                ) from None
             if mapped.code is grpc.StatusCode.INTERNAL:
                 log.error("postgres store fault", exc_info=exc)
             raise mapped from None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
-        left = remaining_s()
-        budget = self.statement_timeout_s if left is None else left
-        if budget <= 0:
-            raise DeadlineExceeded("deadline passed before the query ran")
         async with self._errors():
+            wait_s = statement_timeout(self.connect_timeout_s)  # DEADLINE_EXCEEDED if spent
             if not self._opened:
                 await self.start()
             async with (
-                self._pool.connection(timeout=min(budget, self.connect_timeout_s)) as conn,
+                self._pool.connection(timeout=wait_s) as conn,
                 conn.transaction(),
             ):
-                # A little under the caller's time, so the cut-off is reported by us
-                # (DEADLINE_EXCEEDED with a reason) before the RPC itself times out.
-                left_s = remaining_s()
-                limit_s = budget if left_s is None else max(0.001, left_s - STATEMENT_MARGIN_S)
-                await conn.execute(f"SET LOCAL statement_timeout = {max(1, int(limit_s * 1000))}")
+                # The caller's time left (the kernel keeps a margin back, so the cut-off
+                # is reported by us before the RPC itself times out).
+                limit_ms = max(1, round(statement_timeout(self.statement_timeout_s) * 1000))
+                await conn.execute(f"SET LOCAL statement_timeout = {limit_ms}")
                 yield conn
 
     async def start(self) -> None:

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import grpc
 
-from llmesh.kernel.context import remaining_s
+from llmesh.kernel.context import statement_deadline
 from llmesh.kernel.errors import DeadlineExceeded, Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.store_errors import sqlite_error
@@ -84,8 +84,7 @@ class SqliteStore(MemoryStore):
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         if self._closed:
             raise Unavailable("memory store is closed", retry_after_s=1.0)
-        left = remaining_s()
-        deadline = None if left is None else time.monotonic() + left
+        deadline = statement_deadline()
 
         def call() -> T:
             conn = self._connection()

@@ -1,10 +1,12 @@
-"""``llmesh remember`` / ``llmesh recall`` against a real gateway and memory service."""
+"""``llmesh remember`` / ``llmesh recall`` (and how the client commands report errors)
+against a real gateway and memory service."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -98,3 +100,29 @@ async def test_remember_then_recall_through_the_gateway(
         assert "INVALID_ARGUMENT" in capsys.readouterr().err
         assert await run_cli(["recall", "x", *t], "not-a-key", monkeypatch) == 1
         assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+async def test_client_errors_print_precisely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused call prints its code, message, reason and each field violation on a
+    line of its own, and exits 1: no traceback."""
+    async with mesh(tmp_path) as (target, alice, _bob):
+        t = ["--target", target, "--timeout", "5"]
+        too_long = "x" * 70_000
+        assert await run_cli(["generate", too_long, *t], alice, monkeypatch) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert lines[0].startswith("llmesh generate: INVALID_ARGUMENT: ")
+        assert "  reason: INVALID_FIELD" in lines
+        fields = [line for line in lines if line.startswith("  field ")]
+        assert len(fields) == 1 and re.fullmatch(
+            r"  field (input\.)?prompt: must be at most 65536 bytes", fields[0]
+        ), lines
+        # Nothing listens there: UNAVAILABLE, promptly (the kernel deadline scope), exit 1.
+        dead = ["--target", f"127.0.0.1:{free_port()}", "--timeout", "2"]
+        assert await run_cli(["recall", "x", *dead], alice, monkeypatch) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.startswith("llmesh recall: UNAVAILABLE: ")

@@ -1,7 +1,8 @@
 """``llmesh chat``: an interactive, memory-augmented chat through the gateway.
 
 Each turn is sent once with its own idempotency key; a turn that failed before any
-text arrived is retried with the same key, so it is stored in the session once.
+text arrived is retried with the same key and request id (one kernel deadline scope of
+``--timeout`` per turn), so it is stored in the session once.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import sys
 import uuid
 from typing import Any
 
-from llmesh_cli.generate import (
+from llmesh_cli.client import (
     add_client_flags,
-    add_sampling_flags,
     api_key,
+    bearer,
     describe_error,
-    open_channel,
-    sampling_from,
+    gateway_channel,
+    stream,
+    unary,
 )
+from llmesh_cli.generate import add_sampling_flags, sampling_from
 
 HELP = "commands: /quit, /session (show the session), /new (start a new session)"
 
@@ -44,13 +47,20 @@ def register(subparsers: Any) -> None:
 
 async def _turn(stub: Any, request: Any, metadata: Any, deadline_s: float) -> int:
     """Stream one turn to stdout; returns the new session version."""
+    from llmesh.kernel.context import deadline_scope
+
+    with deadline_scope(deadline_s, name="llmesh chat"):
+        return await _send_turn(stub, request, metadata)
+
+
+async def _send_turn(stub: Any, request: Any, metadata: Any) -> int:
     import grpc
 
     for attempt in range(2):
         wrote = False
         try:
             version = 0
-            async for chunk in stub.Chat(request, metadata=metadata, timeout=deadline_s):
+            async for chunk in stream(stub.Chat, request, metadata=metadata):
                 if chunk.delta.text:
                     wrote = True
                     sys.stdout.write(chunk.delta.text)
@@ -68,12 +78,13 @@ async def _turn(stub: Any, request: Any, metadata: Any, deadline_s: float) -> in
 async def _chat(args: argparse.Namespace) -> int:
     import grpc
 
+    from llmesh.kernel.context import deadline_scope
     from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {api_key(args)}"),)
+    metadata = bearer(api_key(args))
     session_id = args.session_id or f"cli-{uuid.uuid4().hex[:12]}"
     print(f"session {session_id} ({HELP})", file=sys.stderr)
-    async with open_channel(args) as channel:
+    async with gateway_channel(args) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         loop = asyncio.get_running_loop()
         while True:
@@ -93,11 +104,12 @@ async def _chat(args: argparse.Namespace) -> int:
                 continue
             if text == "/session":
                 try:
-                    reply = await stub.GetSession(
-                        gateway_pb2.GetSessionRequest(session_id=session_id),
-                        metadata=metadata,
-                        timeout=args.timeout,
-                    )
+                    with deadline_scope(args.timeout, name="llmesh chat"):
+                        reply = await unary(
+                            stub.GetSession,
+                            gateway_pb2.GetSessionRequest(session_id=session_id),
+                            metadata=metadata,
+                        )
                 except grpc.aio.AioRpcError as exc:
                     print(describe_error(exc), file=sys.stderr)
                     continue

@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llmesh_cli.generate import add_client_flags, api_key, describe_error, open_channel
+from llmesh_cli.client import (
+    add_client_flags,
+    api_key,
+    bearer,
+    describe_error,
+    gateway_channel,
+    unary,
+)
 
 MODES = ("weighted", "rrf", "semantic", "keyword")
 
@@ -76,13 +83,15 @@ def register(subparsers: Any) -> None:
 async def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
     import grpc
 
+    from llmesh.kernel.context import deadline_scope
     from llmesh.v1 import gateway_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {api_key(args)}"),)
-    async with open_channel(args) as channel:
+    metadata = bearer(api_key(args))
+    async with gateway_channel(args) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
-            return await getattr(stub, method)(request, metadata=metadata, timeout=args.timeout)
+            with deadline_scope(args.timeout, name=f"llmesh {method.lower()}"):
+                return await unary(getattr(stub, method), request, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             print(f"llmesh {method.lower()}: {describe_error(exc)}", file=sys.stderr)
             return None

@@ -168,14 +168,17 @@ async def run_up(options: UpOptions) -> int:
 
 
 async def _workers(address: str) -> list[object] | str:
+    from llmesh.kernel.context import deadline_scope
     from llmesh.v1 import registry_pb2, registry_pb2_grpc
+    from llmesh_cli.client import open_channel, unary
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         try:
-            reply = await stub.ListWorkers(
-                registry_pb2.RegistryServiceListWorkersRequest(), timeout=2.0
-            )
+            with deadline_scope(2.0, name="llmesh status"):
+                reply = await unary(
+                    stub.ListWorkers, registry_pb2.RegistryServiceListWorkersRequest()
+                )
         except grpc.aio.AioRpcError as exc:
             return f"registry at {address} unreachable ({exc.code().name})"
         return list(reply.workers)

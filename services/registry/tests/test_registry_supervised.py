@@ -13,12 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import RestartPolicy, Supervisor
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
-from llmesh_registry.servicer import SERVICE_NAME
 from llmesh_registry.settings import RegistrySettings
-from llmesh_registry.wiring import wire
+from llmesh_registry.wiring import SERVICE_NAMES, wire
 
 FAST = RestartPolicy(min_backoff_s=0.01, max_backoff_s=0.05, max_crashes=3, stable_after_s=0.5)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -49,17 +49,20 @@ class Registry:
 async def registry(fault: Callable[[RegistryBackend], None]) -> AsyncIterator[Registry]:
     """A real registry on port 0 whose backend ``fault`` tampers with (on the instance)."""
     settings = RegistrySettings(port=0, lease_ttl_ms=300, evict_after_ms=60_000)
-    host = ServiceHost(settings, service_names=[SERVICE_NAME])
-    supervisor = Supervisor(health=host.health, policy=FAST)
-    async with wire(host, settings, supervisor=supervisor) as backend:
-        fault(backend)
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    @contextlib.asynccontextmanager
+    async def faulty(host: ServiceHost) -> AsyncIterator[RegistryBackend]:
+        supervisor = Supervisor(health=host.health, policy=FAST)
+        async with wire(host, settings, supervisor=supervisor) as backend:
+            fault(backend)
+            yield backend
+
+    async with serving(settings, SERVICE_NAMES, faulty, grace_s=0.5) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         try:
             yield Registry(registry_pb2_grpc.RegistryServiceStub(channel), channel)  # type: ignore[arg-type]
         finally:
             await channel.close(None)
-            await host.stop(0.5)
 
 
 def register(worker_id: str) -> registry_pb2.RegisterRequest:

@@ -13,8 +13,8 @@ import pytest
 
 from llmesh.kernel.channels import create_channel
 from llmesh.kernel.health import HealthReporter
-from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import RestartPolicy, Supervisor
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
@@ -23,17 +23,12 @@ from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
 @contextlib.asynccontextmanager
 async def registry() -> AsyncIterator[str]:
     from llmesh_registry.settings import RegistrySettings
-    from llmesh_registry.wiring import wire
+    from llmesh_registry.wiring import SERVICE_NAMES, wire
 
     settings = RegistrySettings(port=0, lease_ttl_ms=600_000, evict_after_ms=600_000)
-    host = ServiceHost(settings, service_names=["llmesh.v1.RegistryService"])
-    async with wire(host, settings):
-        port = await host.start()
-        await register(f"127.0.0.1:{port}", "a")
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            await host.stop(0)
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        await register(served.address, "a")
+        yield served.address
 
 
 async def register(address: str, worker_id: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import RestartPolicy, Supervisor
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh_memory.settings import MemorySettings
 from llmesh_memory.store.base import MemoryStore, PendingEmbedding
@@ -24,14 +26,12 @@ FAST = RestartPolicy(min_backoff_s=0.01, max_backoff_s=0.05, max_crashes=3, stab
 
 @contextlib.asynccontextmanager
 async def memory(store: MemoryStore, settings: MemorySettings) -> AsyncIterator[ServiceHost]:
-    host = ServiceHost(settings, service_names=SERVICE_NAMES)
-    supervisor = Supervisor(health=host.health, policy=FAST)
-    async with wire(host, settings, store=store, supervisor=supervisor):
-        await host.start()
-        try:
-            yield host
-        finally:
-            await host.stop(0)
+    def supervised(host: ServiceHost) -> AbstractAsyncContextManager[object]:
+        supervisor = Supervisor(health=host.health, policy=FAST)
+        return wire(host, settings, store=store, supervisor=supervisor)
+
+    async with serving(settings, SERVICE_NAMES, supervised) as served:
+        yield served.host
 
 
 async def liveness(port: int) -> int:

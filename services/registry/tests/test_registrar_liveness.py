@@ -12,8 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from llmesh.kernel.health import HealthReporter
-from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.tasks import Supervisor
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from llmesh_registry.probe import WorkerProbe
@@ -51,15 +51,12 @@ async def fake_worker() -> AsyncIterator[tuple[HealthReporter, str]]:
 @contextlib.asynccontextmanager
 async def registry() -> AsyncIterator[grpc.aio.Channel]:
     settings = RegistrySettings(port=0, lease_ttl_ms=3000, evict_after_ms=60_000)
-    host = ServiceHost(settings, service_names=SERVICE_NAMES)
-    async with wire(host, settings):
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         try:
             yield channel
         finally:
             await channel.close(None)
-            await host.stop(0)
 
 
 async def test_a_worker_whose_liveness_fails_is_reported_unhealthy() -> None:

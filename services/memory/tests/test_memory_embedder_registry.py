@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from llmesh.kernel.server import ServiceHost
+from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.v1 import (
     common_pb2,
@@ -23,17 +23,6 @@ from llmesh.v1 import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@contextlib.asynccontextmanager
-async def _host(settings: Any, names: list[str], wire: Callable[..., Any]) -> AsyncIterator[str]:
-    host = ServiceHost(settings, service_names=names)
-    async with wire(host, settings):
-        port = await host.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            await host.stop(0)
 
 
 async def _register(registry: str, worker_id: str, address: str) -> None:
@@ -65,9 +54,12 @@ async def test_embeddings_fail_over_to_another_registered_worker(
         second_cm = start_minilm(None)
         second = second_cm.__enter__()
         try:
-            async with _host(
-                registry_settings, ["llmesh.v1.RegistryService"], registry_wiring.wire
-            ) as registry:
+            async with serving(
+                registry_settings,
+                registry_wiring.SERVICE_NAMES,
+                lambda host: registry_wiring.wire(host, registry_settings),
+            ) as served_registry:
+                registry = served_registry.address
                 # A long lease: the killed worker stays READY in the registry, so only the
                 # embedder's own failover keeps embeddings working.
                 await _register(registry, "e0", first)
@@ -80,12 +72,12 @@ async def test_embeddings_fail_over_to_another_registered_worker(
                     embedder_cooldown_s=60,
                 )
                 async with (
-                    _host(
+                    serving(
                         memory_settings,
-                        ["llmesh.v1.MemoryService"],
-                        memory_wiring.wire,
+                        memory_wiring.SERVICE_NAMES,
+                        lambda host: memory_wiring.wire(host, memory_settings),
                     ) as memory,
-                    grpc.aio.insecure_channel(memory) as channel,
+                    grpc.aio.insecure_channel(memory.address) as channel,
                 ):
                     stub = memory_pb2_grpc.MemoryServiceStub(channel)
 

@@ -22,15 +22,15 @@ from llmesh.kernel.errors import (
     LlmeshError,
     Unavailable,
 )
-from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.store_errors import postgres_error, sqlite_error
+from llmesh.testing.inprocess import serving
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from llmesh_memory.settings import MemorySettings
 from llmesh_memory.store.base import MessageIn, NewMemory, SearchQuery
 from llmesh_memory.store.postgres import PostgresStore
 from llmesh_memory.store.sqlite import SqliteStore
 from llmesh_memory.text import dedupe_key, index_terms, query_terms
-from llmesh_memory.wiring import wire
+from llmesh_memory.wiring import SERVICE_NAMES, wire
 
 NS = "tenant"
 NOW = 1_700_000_000.0
@@ -196,15 +196,12 @@ def test_sqlite_classification_of_real_errors(tmp_path: Path) -> None:
 @contextlib.asynccontextmanager
 async def memory_server(**overrides: Any) -> AsyncIterator[memory_pb2_grpc.MemoryServiceStub]:
     settings = MemorySettings(port=0, **overrides)
-    host = ServiceHost(settings, service_names=["llmesh.v1.MemoryService"])
-    async with wire(host, settings):
-        port = await host.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
+        channel = grpc.aio.insecure_channel(served.address)
         try:
             yield memory_pb2_grpc.MemoryServiceStub(channel)
         finally:
             await channel.close(None)
-            await host.stop(0)
 
 
 async def test_legacy_far_expiry_does_not_break_recall_over_grpc(

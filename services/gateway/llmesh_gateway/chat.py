@@ -15,13 +15,17 @@ and the request's fingerprint: never from the text alone, so the same message la
 in a session is a new turn. The reply streams through; the user and assistant
 messages are appended with ``expected_version`` (retried on a concurrent append),
 the key, the fingerprint and the finish reason and usage as annotations.
+
+A call whose key is already being generated in this process waits for that turn,
+then replays it (``chat_inflight``); across replicas the keyed append still stores
+the turn once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,6 +37,7 @@ from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import tracer
 from llmesh.kernel.upstream import Share, unary
 from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, memory_pb2_grpc
+from llmesh_gateway.chat_inflight import TurnsInFlight
 from llmesh_gateway.defaults import DEFAULT_HISTORY
 from llmesh_gateway.principal import Principal
 from llmesh_gateway.router import Router
@@ -164,10 +169,12 @@ class ChatTurns:
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
         router: Router,
         budget: ChatBudget | None = None,
+        inflight: TurnsInFlight | None = None,
     ) -> None:
         self._memory = memory
         self._router = router
         self._budget = budget or ChatBudget()
+        self._inflight = inflight or TurnsInFlight()
 
     async def _stored(self, namespace: str, key: str) -> memory_pb2.GetAppendResponse | None:
         try:
@@ -328,9 +335,27 @@ class ChatTurns:
     async def run(
         self, principal: Principal, request: gateway_pb2.ChatRequest
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
-        """Stream one turn: ``start``, ``delta``s, then ``done`` once the turn is stored."""
+        """Stream one turn: ``start``, ``delta``s, then ``done`` once the turn is stored.
+
+        Holds the turn's key in this process while it runs: a call with the same key
+        waits, then replays the stored turn instead of generating it again.
+        """
         fingerprint = request_fingerprint(principal, request)
         key = idempotency_key(request, fingerprint)
+        async with (
+            self._inflight.claim(principal.tenant, key),
+            contextlib.aclosing(self._turn(principal, request, fingerprint, key)) as events,
+        ):
+            async for event in events:
+                yield event
+
+    async def _turn(
+        self,
+        principal: Principal,
+        request: gateway_pb2.ChatRequest,
+        fingerprint: str,
+        key: str,
+    ) -> AsyncGenerator[gateway_pb2.ChatResponse, None]:
         context = await self._context(principal, request, key)
         stored = context.stored
         if stored is not None:

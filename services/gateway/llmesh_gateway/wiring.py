@@ -20,6 +20,7 @@ from llmesh_gateway.audit import AuditLog
 from llmesh_gateway.auth import Authenticator, AuthGuard
 from llmesh_gateway.balancer import Balancer, RetryBudget
 from llmesh_gateway.chat import ChatBudget
+from llmesh_gateway.chat_inflight import TurnsInFlight
 from llmesh_gateway.jwt_auth import JwtConfig, JwtVerifier
 from llmesh_gateway.ratelimit import (
     InProcessBackend,
@@ -49,6 +50,7 @@ class Gateway:
     keys: ApiKeyManager
     limiter: RateLimiter
     audit: AuditLog
+    chat_inflight: TurnsInFlight
 
 
 def jwt_verifier(settings: GatewaySettings) -> JwtVerifier | None:
@@ -100,6 +102,7 @@ async def wire(
     memory_channel = create_channel(settings.memory_address, tls=tls)
     pool = ChannelPool(tls=tls)
     cache = RegistryCache()
+    chat_inflight = TurnsInFlight()
 
     async def on_change(current: RegistryCache) -> None:
         ready = current.has_snapshot and current.routable()
@@ -132,6 +135,7 @@ async def wire(
                 context=Share(settings.chat.context_share, settings.chat.context_cap_s),
                 append=Share(settings.chat.append_share, settings.chat.append_cap_s),
             ),
+            chat_inflight=chat_inflight,
         ),
         host.server,
     )
@@ -157,6 +161,7 @@ async def wire(
             keys=keys,
             limiter=limiter,
             audit=audit,
+            chat_inflight=chat_inflight,
         )
     finally:
         await watcher.stop()

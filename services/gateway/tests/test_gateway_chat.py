@@ -3,12 +3,14 @@ gateway's translation of worker errors and mid-stream deadlines."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import grpc
 import pytest
 
+from llmesh.testing.polling import await_until
 from llmesh.v1 import common_pb2, gateway_pb2
 
 
@@ -104,3 +106,67 @@ async def test_a_deadline_passing_mid_stream_is_deadline_exceeded(mesh: Any) -> 
     details = mesh.details(err.value)
     assert details["error_info"].metadata["tokens_delivered"] == "1"
     assert "retry_info" not in details
+
+
+async def test_two_concurrent_calls_with_one_key_generate_the_turn_once(mesh: Any) -> None:
+    """The same request sent twice at once (one key): one call generates, the other
+    waits for it in the gateway and replays the same text; one turn is stored."""
+    gate = asyncio.Event()
+    for worker in mesh.workers.values():
+        worker.gate = gate  # the first call's tokens wait until the second one is queued
+    inflight = mesh.gateway.chat_inflight
+    request = gateway_pb2.ChatRequest(session_id="twice", message="hello", idempotency_key="T")
+
+    async def calls(n: int) -> bool:
+        return _calls(mesh) == n
+
+    async def waiting() -> bool:
+        return bool(inflight.waiting == 1)
+
+    first = asyncio.create_task(_chat(mesh, request))
+    await await_until(lambda: calls(1), what="the first call generating")
+    second = asyncio.create_task(_chat(mesh, request))
+    await await_until(waiting, what="the second call waiting for the first")
+    gate.set()
+    one, two = await asyncio.gather(first, second)
+    text = "".join(c.delta.text for c in one)
+    assert text and "".join(c.delta.text for c in two) == text
+    assert not one[-1].done.replayed and two[-1].done.replayed
+    assert one[-1].done.session_version == two[-1].done.session_version == 1
+    assert two[-1].done.usage == one[-1].done.usage
+    assert _calls(mesh) == 1 and mesh.memory.appends == 1
+    assert inflight.running == 0 and inflight.waiting == 0
+
+
+async def test_a_waiting_call_generates_when_the_first_fails(mesh: Any) -> None:
+    """The first call with a key fails before storing anything: the call that waited
+    for it generates the turn itself."""
+    gate = asyncio.Event()
+    for worker in mesh.workers.values():
+        worker.gate = gate
+        worker.mode = "fail_after"  # a token, then the worker crashes
+    inflight = mesh.gateway.chat_inflight
+    request = gateway_pb2.ChatRequest(session_id="retry", message="hi", idempotency_key="F")
+
+    async def calls(n: int) -> bool:
+        return _calls(mesh) == n
+
+    async def waiting() -> bool:
+        return bool(inflight.waiting == 1)
+
+    first = asyncio.create_task(_chat(mesh, request))
+    await await_until(lambda: calls(1), what="the first call generating")
+    second = asyncio.create_task(_chat(mesh, request))
+    await await_until(waiting, what="the second call waiting for the first")
+    later = asyncio.Event()
+    for worker in mesh.workers.values():
+        worker.gate = later  # the second call's tokens wait for this one
+    gate.set()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await first
+    for worker in mesh.workers.values():
+        worker.mode = "ok"
+    later.set()
+    events = await second
+    assert not events[-1].done.replayed and events[-1].done.session_version == 1
+    assert _calls(mesh) == 2 and mesh.memory.appends == 1

@@ -18,19 +18,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bench.inference_contenders import (
+    BLAS_THREADS,
+    Baseline,
+    baseline_main,
+    mlx_complete,
+    mlx_server,
+    mlx_server_16,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 MODEL = "tiny-llama-bench"
@@ -84,139 +89,44 @@ def prompts(n: int, words: int = 20) -> list[str]:
     return out
 
 
-BLAS_THREADS: list[int | None] = [None]
-
-
-def blas_env(mode: str) -> dict[str, str]:
-    """Environment for a child process on the given BLAS (and OpenBLAS thread count)."""
-    from llmesh_inference.blas import REEXEC_MARKER, find_openblas_preload
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
-    env.pop("LD_PRELOAD", None)
-    if mode == "openblas":
-        preload = find_openblas_preload()
-        if preload is None:
-            raise SystemExit("no optimized OpenBLAS found")
-        env = preload.apply(env)
-        if BLAS_THREADS[0] is not None:
-            env["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS[0])
-        return env
-    env[REEXEC_MARKER] = "1"  # do not re-execute: stay on the reference BLAS
-    env["LLMESH_INFERENCE_BLAS_PRELOAD"] = "0"
-    return env
-
-
-def free_port() -> int:
-    from llmesh.testing.servers import free_port as fp
-
-    return fp()
-
-
-# ----- in-process baseline (runs in a child process with the chosen BLAS) -----------
-
-
-def baseline_main(model_dir: str, tokens: int) -> None:
-    """Child: one ``mlx_lm.stream_generate`` stream per line read from stdin.
-
-    Prints one JSON line per run: decode tokens/s (first to last token).
-    """
-    from mlx_lm import load, stream_generate
-
-    from llmesh_inference.blas import detect_blas
-
-    loaded: Any = load(model_dir)
-    model, tokenizer = loaded[0], loaded[1]
-    print(json.dumps({"ready": True, "blas": detect_blas()}), flush=True)
-    for line in sys.stdin:
-        prompt = line.strip()
-        stamps = [
-            time.perf_counter()
-            for _ in stream_generate(model, tokenizer, prompt, max_tokens=tokens)
-        ]
-        tps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        print(json.dumps({"decode_tps": tps}), flush=True)
-
-
-class Baseline:
-    """The in-process baseline in a child process with the chosen BLAS."""
-
-    def __init__(self, model_dir: Path, tokens: int, mode: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.bench_inference"),
-                *("--baseline", str(model_dir), "--tokens", str(tokens)),
-            ],
-            env=blas_env(mode),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.blas = str(self._read()["blas"])
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("baseline process died")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def run(self, prompt: str) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(prompt + "\n")
-        self.proc.stdin.flush()
-        return float(self._read()["decode_tps"])
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(30)
-
-
 # ----- our worker over gRPC ------------------------------------------------------------
 
 
 @contextmanager
-def worker(models_dir: Path, mode: str, log: Path) -> Iterator[int]:
-    port = free_port()
-    args = [sys.executable, "-m", "llmesh_cli.main", "serve", "inference", "--port", str(port)]
-    args += ["--models-dir", str(models_dir), "--default-model", MODEL, "--no-embeddings"]
-    args += ["--max-batch-size", "16", "--queue-capacity", "64", "--log-level", "WARNING"]
+def worker(models_dir: Path, mode: str, home: Path) -> Iterator[int]:
+    """Our worker: the inference child of the ``llmesh up`` plan, on ``mode``'s BLAS
+    (log in ``home/logs/inference.log``); yields its port once ready."""
+    from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+    from llmesh_cli.supervisor.plan import build_plan
+
+    args = ["--max-batch-size", "16", "--queue-capacity", "64"]
     if mode != "openblas":
         args.append("--no-blas-preload")
     elif BLAS_THREADS[0] is not None:
         args += ["--blas-threads", str(BLAS_THREADS[0])]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
-    env.pop("LD_PRELOAD", None)
-    # The reference BLAS on a busy CPU needs minutes for 16 streams.
-    env["LLMESH_INFERENCE_MAX_DEADLINE_S"] = "3600"
-    env["LLMESH_INFERENCE_METHOD_DEADLINES"] = '{"Generate": 3600}'
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            _wait_ready(port)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def _wait_ready(port: int, timeout_s: float = 120) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError("worker not ready")
+    options = mesh_options(
+        home,
+        models_dir=models_dir,
+        default_model=MODEL,
+        services=("inference",),
+        embeddings=False,
+        log_level="WARNING",
+        args={"inference": args},
+        # The reference BLAS on a busy CPU needs minutes for 16 streams.
+        env={
+            "inference": {
+                "LLMESH_INFERENCE_MAX_DEADLINE_S": "3600",
+                "LLMESH_INFERENCE_METHOD_DEADLINES": '{"Generate": 3600}',
+            }
+        },
+    )
+    # No LLMESH_* settings or preload from this shell: the mode decides the BLAS.
+    base_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("LLMESH_") and k != "LD_PRELOAD"
+    }
+    with LocalMesh(build_plan(options), home=home, base_env=base_env) as mesh:
+        mesh.start()
+        yield mesh.port("inference")
 
 
 async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
@@ -279,7 +189,7 @@ async def _mode_suite(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         await _stream(stub, next(pool), 8)  # warm-up
-        await asyncio.to_thread(_complete, mlx_port, next(pool), 8)
+        await asyncio.to_thread(mlx_complete, mlx_port, next(pool), 8)
         base.run(next(pool))
         inproc, single_decode, single_e2e = [], [], []
         for _ in range(3):
@@ -320,68 +230,6 @@ def _percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-# ----- mlx_lm.server ------------------------------------------------------------------
-
-
-@contextmanager
-def mlx_server(model_dir: Path, mode: str, log: Path) -> Iterator[int]:
-    port = free_port()
-    args = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir)]
-    args += ["--port", str(port), "--decode-concurrency", "16", "--prompt-concurrency", "8"]
-    args += ["--log-level", "WARNING"]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(args, env=blas_env(mode), stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise TimeoutError("mlx_lm.server did not start") from None
-                    time.sleep(0.2)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def _complete(port: int, prompt: str, tokens: int) -> int:
-    body = json.dumps(
-        {"prompt": prompt, "max_tokens": tokens, "temperature": 0.0, "stream": False}
-    ).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    for attempt in range(5):
-        try:
-            with urllib.request.urlopen(req, timeout=900) as resp:
-                reply = json.loads(resp.read())
-            return int(reply["usage"]["completion_tokens"])
-        except (ConnectionError, http.client.RemoteDisconnected):
-            # ThreadingHTTPServer's listen backlog is 5: a burst of 16 connects can be reset.
-            time.sleep(0.05 * (attempt + 1))
-    return 0
-
-
-def mlx_server_16(port: int, pool: Iterator[str], tokens: int) -> float:
-    """Aggregate tokens/s of 16 concurrent completions on ``mlx_lm.server``."""
-    counts: list[int] = []
-    threads = [
-        threading.Thread(target=lambda p=p: counts.append(_complete(port, p, tokens)))
-        for p in [next(pool) for _ in range(16)]
-    ]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
-
-
 # ----- driver ---------------------------------------------------------------------------
 
 
@@ -404,7 +252,7 @@ def run(tokens: int, modes: list[str], quick: bool, output: Path = RESULTS) -> d
         base = Baseline(model_dir, tokens, mode)
         try:
             with (
-                worker(models_dir, mode, work / f"worker-{mode}.log") as port,
+                worker(models_dir, mode, work / f"worker-{mode}") as port,
                 mlx_server(model_dir, mode, work / f"mlx-server-{mode}.log") as mlx_port,
             ):
                 r = asyncio.run(

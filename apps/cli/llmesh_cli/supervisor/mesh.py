@@ -93,12 +93,15 @@ class LocalMesh:
         *,
         home: Path,
         env: Mapping[str, str] | None = None,
+        base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
         self.specs = {spec.name: spec for spec in specs}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # Children start from ``base_env`` (default: this process's environment) plus ``env``.
         # Every child carries LLMESH_HOME, so `llmesh keys` and the gateway share a store.
-        self._env = {**os.environ, "LLMESH_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+        base = os.environ if base_env is None else base_env
+        self._env = {**base, "LLMESH_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
 
     # -- addresses and files ------------------------------------------------------
 

@@ -7,7 +7,8 @@ another request's fingerprint is INVALID_ARGUMENT; with this request's fingerpri
 the stored turn is replayed (reply, finish reason, usage, version) and nothing is
 generated. A recall that fails or runs out of its share leaves the memories out
 (``recall_degraded``); history or the key lookup failing fails the turn fast with
-UNAVAILABLE, since it could not be stored exactly once.
+UNAVAILABLE, since it could not be stored exactly once (so there is no "history
+degraded": the contract has no such field).
 
 The key is the client's ``idempotency_key`` or, without one, derived from the
 request id (``x-request-id`` metadata, which a client's transparent retry reuses)
@@ -117,7 +118,6 @@ class Context:
     history: list[common_pb2.ChatMessage]
     hits: list[common_pb2.MemoryHit]
     degraded: bool
-    history_degraded: bool = False
     degraded_reason: str = ""
     stored: memory_pb2.GetAppendResponse | None = None
 
@@ -132,7 +132,6 @@ class Context:
                 worker_id=worker_id,
                 memory_ids=[hit.memory.id for hit in self.hits],
                 recall_degraded=self.degraded,
-                history_degraded=self.history_degraded,
                 degraded_reason=reason,
                 history_messages=len(self.history),
             )

@@ -170,3 +170,10 @@ async def test_a_waiting_call_generates_when_the_first_fails(mesh: Any) -> None:
     events = await second
     assert not events[-1].done.replayed and events[-1].done.session_version == 1
     assert _calls(mesh) == 2 and mesh.memory.appends == 1
+
+
+def test_the_contract_promises_no_history_degraded_turn() -> None:
+    """A turn whose history cannot be read fails fast (UNAVAILABLE, see the hung-memory
+    test): nothing can set a "history degraded" flag, so the contract has none."""
+    assert "history_degraded" not in gateway_pb2.ChatStart.DESCRIPTOR.fields_by_name
+    assert "recall_degraded" in gateway_pb2.ChatStart.DESCRIPTOR.fields_by_name

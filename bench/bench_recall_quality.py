@@ -5,8 +5,8 @@ For every query of the set (paraphrase, exact-token and mixed kinds) it asks for
 default) and reciprocal-rank fusion -- and reports hit@1, recall@5 and MRR per kind.
 
 The default run goes through the REAL services: an inference worker started the
-ordinary way (``llmesh serve inference``, embeddings only, optimized BLAS where the
-entry point arranges it) computes the real all-MiniLM-L6-v2 vectors, and the memory
+ordinary way (the inference child of the ``llmesh up`` plan, embeddings only, optimized
+BLAS where the entry point arranges it) computes the real all-MiniLM-L6-v2 vectors, and the memory
 service runs in-process on a loopback port with a throwaway SQLite store; every memory
 is stored with ``Remember`` and every query is a ``Recall`` RPC. Writes
 ``bench/results/recall_quality.json`` and prints a table. Usage::
@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -122,51 +120,35 @@ def format_table(scores: Mapping[str, Mapping[str, Scores]]) -> str:
 
 
 @contextmanager
-def inference_worker(log_path: Path, *, ready_timeout_s: float = 300.0) -> Iterator[str]:
-    """Start ``llmesh serve inference`` (no generation model: embeddings only) on a free
-    loopback port; yield ``host:port`` once ``Embed`` answers; stop it on exit."""
+def inference_worker(home: Path) -> Iterator[str]:
+    """The inference child of the ``llmesh up`` plan with no generation model (embeddings
+    only), on a free loopback port, its log in ``home/logs``; yield ``host:port`` once
+    ``Embed`` answers; stop it on exit."""
     import grpc
 
-    from llmesh.testing.servers import free_port
     from llmesh.v1 import inference_pb2, inference_pb2_grpc
+    from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+    from llmesh_cli.supervisor.plan import build_plan
 
-    port = free_port()
-    data_dir = tempfile.TemporaryDirectory(prefix="llmesh-recall-eval-")
-    cli = Path(sys.executable).with_name("llmesh")
-    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "llmesh_cli.main"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                *command,
-                *("serve", "inference", "--host", "127.0.0.1", "--port", str(port)),
-                *("--data-dir", data_dir.name, "--log-level", "WARNING"),
-                # One OpenBLAS thread: faster and steadier on a CPU shared with others.
-                *("--blas-threads", "1"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    target = f"127.0.0.1:{port}"
-    try:
+    options = mesh_options(
+        home,
+        models_dir=home / "models",
+        default_model="",
+        services=("inference",),
+        log_level="WARNING",
+        # One OpenBLAS thread: faster and steadier on a CPU shared with others.
+        args={"inference": ["--data-dir", str(home / "inference"), "--blas-threads", "1"]},
+    )
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("LLMESH_")}
+    with LocalMesh(build_plan(options), home=home, base_env=base_env) as mesh:
+        mesh.start()
+        target = mesh.address("inference")
         with grpc.insecure_channel(target) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            # wait_for_ready: the call waits (up to the timeout) for the server to listen.
-            stub.Embed(
-                inference_pb2.InferenceServiceEmbedRequest(texts=["warm-up"]),
-                timeout=ready_timeout_s,
-                wait_for_ready=True,
+            # The first Embed loads the embedding model.
+            inference_pb2_grpc.InferenceServiceStub(channel).Embed(
+                inference_pb2.InferenceServiceEmbedRequest(texts=["warm-up"]), timeout=300
             )
         yield target
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        data_dir.cleanup()
 
 
 async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict[str, Any]:
@@ -174,7 +156,7 @@ async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict
     import grpc
 
     from llmesh.kernel.config import load_settings
-    from llmesh.kernel.server import ServiceHost
+    from llmesh.testing.inprocess import serving
     from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
     from llmesh_memory.settings import MemorySettings
     from llmesh_memory.wiring import SERVICE_NAMES, wire
@@ -195,50 +177,47 @@ async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict
             embedder_target=embedder_target,
             embed_timeout_s=120.0,
         )
-        host = ServiceHost(settings, service_names=SERVICE_NAMES)
-        async with wire(host, settings):
-            port = await host.start()
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = memory_pb2_grpc.MemoryServiceStub(channel)
-                    to_dataset: dict[str, str] = {}
-                    started = time.perf_counter()
-                    for ns in dataset.namespaces:
-                        for memory in ns.memories:
-                            reply = await stub.Remember(
-                                memory_pb2.MemoryServiceRememberRequest(
-                                    namespace=ns.name,
-                                    text=memory.text,
-                                    metadata={"eval_id": memory.id},
-                                    idempotency_key=f"eval-{memory.id}",
-                                ),
-                                timeout=120,
-                            )
-                            if not reply.embedded:
-                                raise SystemExit(f"{memory.id} was stored without a vector")
-                            to_dataset[reply.id] = memory.id
-                    remember_s = time.perf_counter() - started
-                    degraded: list[str] = []
-                    latencies: list[float] = []
+        async with (
+            serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served,
+            grpc.aio.insecure_channel(served.address) as channel,
+        ):
+            stub = memory_pb2_grpc.MemoryServiceStub(channel)
+            to_dataset: dict[str, str] = {}
+            started = time.perf_counter()
+            for ns in dataset.namespaces:
+                for memory in ns.memories:
+                    reply = await stub.Remember(
+                        memory_pb2.MemoryServiceRememberRequest(
+                            namespace=ns.name,
+                            text=memory.text,
+                            metadata={"eval_id": memory.id},
+                            idempotency_key=f"eval-{memory.id}",
+                        ),
+                        timeout=120,
+                    )
+                    if not reply.embedded:
+                        raise SystemExit(f"{memory.id} was stored without a vector")
+                    to_dataset[reply.id] = memory.id
+            remember_s = time.perf_counter() - started
+            degraded: list[str] = []
+            latencies: list[float] = []
 
-                    async def recall(namespace: str, query: str, mode: str) -> list[str]:
-                        t0 = time.perf_counter()
-                        reply = await stub.Recall(
-                            memory_pb2.MemoryServiceRecallRequest(
-                                namespace=namespace,
-                                query=query,
-                                options=common_pb2.RecallOptions(k=k, mode=fusion[mode]),
-                            ),
-                            timeout=60,
-                        )
-                        latencies.append(time.perf_counter() - t0)
-                        if reply.degraded:
-                            degraded.append(f"{mode}: {query} ({reply.degraded_reason})")
-                        return [to_dataset.get(h.memory.id, h.memory.id) for h in reply.hits]
+            async def recall(namespace: str, query: str, mode: str) -> list[str]:
+                t0 = time.perf_counter()
+                reply = await stub.Recall(
+                    memory_pb2.MemoryServiceRecallRequest(
+                        namespace=namespace,
+                        query=query,
+                        options=common_pb2.RecallOptions(k=k, mode=fusion[mode]),
+                    ),
+                    timeout=60,
+                )
+                latencies.append(time.perf_counter() - t0)
+                if reply.degraded:
+                    degraded.append(f"{mode}: {query} ({reply.degraded_reason})")
+                return [to_dataset.get(h.memory.id, h.memory.id) for h in reply.hits]
 
-                    rankings = await evaluate_async(dataset, recall)
-            finally:
-                await host.stop(0)
+            rankings = await evaluate_async(dataset, recall)
     if degraded:
         raise SystemExit(f"{len(degraded)} recalls were degraded, e.g. {degraded[0]}")
     latencies.sort()
@@ -257,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     dataset = load_dataset()
-    log_path = Path(tempfile.gettempdir()) / "llmesh-recall-eval-inference.log"
     if args.embedder:
         run = asyncio.run(run_service(dataset, args.embedder, k=args.k))
         embedder = f"external inference worker at {args.embedder}"
     else:
-        with inference_worker(log_path) as target:
+        home = Path(tempfile.mkdtemp(prefix="llmesh-recall-eval-"))
+        with inference_worker(home) as target:
             run = asyncio.run(run_service(dataset, target, k=args.k))
         embedder = "llmesh serve inference --blas-threads 1 (embeddings only), started here"
     scores = summarize(dataset, run["rankings"])

@@ -1,0 +1,1 @@
+"""Helpers of the gateway's service tests (importable through ../conftest.py)."""

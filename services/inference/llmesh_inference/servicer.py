@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from llmesh.kernel.context import current_request, remaining_s
+from llmesh.kernel.context import current_request
 from llmesh.kernel.errors import NotFound, invalid
 from llmesh.kernel.telemetry import tracer
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -92,7 +92,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             default_temperature=self.settings.default_temperature,
             default_max_tokens=self.settings.default_max_tokens,
         )
-        left = remaining_s()
         kwargs: dict[str, Any] = {}
         ctx = current_request()
         if ctx is not None and ctx.request_id:
@@ -102,7 +101,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             options=options,
             prompt=request.prompt if request.WhichOneof("input") == "prompt" else None,
             messages=messages,
-            deadline=time.monotonic() + left if left is not None else None,
+            deadline=ctx.deadline if ctx is not None else None,  # the caller's, as is
             **kwargs,
         )
 

@@ -68,6 +68,13 @@ class Mesh:
     def details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
         return error_details(exc)
 
+    @staticmethod
+    async def failure(awaitable: Any) -> grpc.aio.AioRpcError:
+        """The error ``awaitable`` fails with (the test fails if it succeeds)."""
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await awaitable
+        return info.value
+
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)

@@ -1,5 +1,5 @@
-"""The gateway served in-process over real gRPC: auth, roles, audit, validation, routing,
-failover, breakers, interruption, cancel, rate limits, chat and admin."""
+"""The gateway served in-process over real gRPC: auth, roles, audit, validation, rate
+limits, chat, tenants and admin (routing and failover: ``test_gateway_routing.py``)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,15 @@ from llmesh.v1 import common_pb2, gateway_pb2
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _code(awaitable: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await awaitable
-    return info.value
-
-
 async def test_auth_outcomes_and_audit(mesh: Any) -> None:
     stub, admin = mesh.stub(), mesh.admin()
     request = gateway_pb2.GenerateRequest(prompt="hi")
-    missing = await _code(stub.Generate(request))
+    missing = await mesh.failure(stub.Generate(request))
     assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
     assert mesh.details(missing)["error_info"].reason == "MISSING_CREDENTIALS"
-    bad = await _code(stub.Generate(request, metadata=mesh.auth("lmk_0011_nope")))
+    bad = await mesh.failure(stub.Generate(request, metadata=mesh.auth("lmk_0011_nope")))
     assert bad.code() == grpc.StatusCode.UNAUTHENTICATED
-    denied = await _code(
+    denied = await mesh.failure(
         admin.ListWorkers(gateway_pb2.ListWorkersRequest(), metadata=mesh.auth(mesh.user_key))
     )
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -86,13 +80,15 @@ async def test_key_lifecycle_through_admin_api(mesh: Any) -> None:
         gateway_pb2.RevokeApiKeyRequest(key_id=created.info.key_id), metadata=meta
     )
     assert revoked.info.HasField("revoked_at")
-    refused = await _code(
+    refused = await mesh.failure(
         mesh.stub().Generate(
             gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(created.api_key)
         )
     )
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
-    bad = await _code(admin.CreateApiKey(gateway_pb2.CreateApiKeyRequest(name=""), metadata=meta))
+    bad = await mesh.failure(
+        admin.CreateApiKey(gateway_pb2.CreateApiKeyRequest(name=""), metadata=meta)
+    )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = {v.field for v in mesh.details(bad)["bad_request"].field_violations}
     assert fields == {"name", "role", "tenant"}
@@ -124,13 +120,13 @@ async def test_create_api_key_retry_with_request_id_returns_the_same_key(mesh: A
         gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(first.api_key)
     )
     request.role = gateway_pb2.ROLE_ADMIN
-    reused = await _code(admin.CreateApiKey(request, metadata=meta))
+    reused = await mesh.failure(admin.CreateApiKey(request, metadata=meta))
     assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert mesh.details(reused)["error_info"].reason == "IDEMPOTENCY_KEY_REUSED"
 
 
 async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:
-    error = await _code(
+    error = await mesh.failure(
         mesh.stub().Generate(
             gateway_pb2.GenerateRequest(prompt="", sampling=common_pb2.SamplingParams(top_p=2.0)),
             metadata=mesh.auth(mesh.user_key),
@@ -142,105 +138,6 @@ async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:
     assert all(w.calls == 0 for w in mesh.workers.values())
 
 
-async def test_stream_fails_over_before_first_token_and_breaker_cycles(
-    mesh_factory: Any,
-) -> None:
-    async with mesh_factory(routing={"breaker_threshold": 2, "breaker_cooldown_s": 2.0}) as mesh:
-        w0, w1 = mesh.workers["w0"], mesh.workers["w1"]
-        w0.mode = "fail_first"
-        meta = mesh.auth(mesh.user_key)
-        breaker = mesh.gateway.balancer.breaker("w0")
-
-        async def stream_once() -> None:
-            chunks = [
-                c
-                async for c in mesh.stub().GenerateStream(
-                    gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=meta
-                )
-            ]
-            assert chunks[0].start.worker_id == "w1"  # w0's failure never reaches the client
-            assert chunks[-1].done.finish_reason == common_pb2.FINISH_REASON_LENGTH
-
-        # The balancer picks at random between the two, so w0 is tried on some calls only:
-        # stream until it has failed twice (bounded), then it must not be tried again.
-        for _ in range(60):
-            await stream_once()
-            if w0.calls >= 2:
-                break
-        assert w0.calls == 2
-        assert breaker.current() == "open"
-        for _ in range(6):
-            await stream_once()
-        assert w0.calls == 2  # breaker open after two failures: w0 no longer tried
-        w0.mode = "ok"
-        await await_until(
-            lambda: _async(breaker.current() == "half_open"), timeout_s=5, what="half-open"
-        )
-        seen = set()
-        for _ in range(20):
-            reply = await mesh.stub().Generate(
-                gateway_pb2.GenerateRequest(prompt="p"), metadata=meta
-            )
-            seen.add(reply.worker_id)
-        assert "w0" in seen and breaker.current() == "closed"
-        assert w1.calls >= 6
-
-
-async def _async(value: bool) -> bool:
-    return value
-
-
-async def test_every_worker_failing_is_unavailable_with_retry_info(mesh: Any) -> None:
-    for worker in mesh.workers.values():
-        worker.mode = "fail_first"
-    error = await _code(
-        mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
-        )
-    )
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert mesh.details(error)["retry_info"].retry_delay.ToMilliseconds() > 0
-    unknown = await _code(
-        mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p", model="nope"),
-            metadata=mesh.auth(mesh.user_key),
-        )
-    )
-    assert unknown.code() == grpc.StatusCode.NOT_FOUND
-
-
-async def test_failure_after_first_token_is_stream_interrupted(mesh: Any) -> None:
-    for worker in mesh.workers.values():
-        worker.mode = "fail_after"
-    received = []
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for chunk in mesh.stub().GenerateStream(
-            gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
-        ):
-            received.append(chunk)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    error_info = mesh.details(info.value)["error_info"]
-    assert error_info.reason == "STREAM_INTERRUPTED"
-    assert error_info.metadata["tokens_delivered"] == "1"
-    assert [c.WhichOneof("event") for c in received] == ["start", "delta"]
-    assert received[0].start.model == "tiny" and received[0].start.worker_id
-    assert sum(w.calls for w in mesh.workers.values()) == 1  # no retry after a token
-
-
-async def test_client_cancel_cancels_the_worker_stream(mesh: Any) -> None:
-    for worker in mesh.workers.values():
-        worker.mode = "hang"
-    call = mesh.stub().GenerateStream(
-        gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
-    )
-    first = await call.read()
-    busy = mesh.workers[first.start.worker_id]
-    assert busy.active
-    call.cancel()
-    await await_until(lambda: _async(not busy.active), timeout_s=5, what="worker cancel")
-    assert busy.cancelled == 1
-
-
 async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any) -> None:
     async with mesh_factory(
         rate_limit={"generations_per_minute": 6, "burst_seconds": 10, "requests_per_minute": 6}
@@ -248,7 +145,7 @@ async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any
         meta = mesh.auth(mesh.user_key)
         for _ in range(1):
             await mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
-        error = await _code(
+        error = await mesh.failure(
             mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
         )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -260,7 +157,9 @@ async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any
             gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.other_tenant_key)
         )
         await mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
-        cheap = await _code(mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta))
+        cheap = await mesh.failure(
+            mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
+        )
         assert cheap.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -345,7 +244,7 @@ async def test_tenants_are_isolated(mesh: Any) -> None:
     ]
     found = await stub.Recall(gateway_pb2.RecallRequest(query="secret plans"), metadata=globex)
     assert list(found.hits) == []
-    missing = await _code(
+    missing = await mesh.failure(
         stub.GetSession(gateway_pb2.GetSessionRequest(session_id="s"), metadata=globex)
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
@@ -370,7 +269,7 @@ async def test_admin_workers_drain_and_models(mesh: Any) -> None:
             gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
         )
         assert reply.worker_id == "w1"
-    missing = await _code(
+    missing = await mesh.failure(
         admin.DrainWorker(gateway_pb2.DrainWorkerRequest(worker_id="ghost"), metadata=meta)
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
@@ -378,7 +277,9 @@ async def test_admin_workers_drain_and_models(mesh: Any) -> None:
         gateway_pb2.LoadModelRequest(model="big", worker_id="w1"), metadata=meta
     )
     assert list(loaded.worker_ids) == ["w1"] and "big" in mesh.workers["w1"].loaded
-    nope = await _code(admin.LoadModel(gateway_pb2.LoadModelRequest(model="zzz"), metadata=meta))
+    nope = await mesh.failure(
+        admin.LoadModel(gateway_pb2.LoadModelRequest(model="zzz"), metadata=meta)
+    )
     assert nope.code() == grpc.StatusCode.NOT_FOUND
     models = await mesh.stub().ListModels(
         gateway_pb2.ListModelsRequest(), metadata=mesh.auth(mesh.user_key)
@@ -401,22 +302,6 @@ async def test_embed_routes_to_a_worker(mesh: Any) -> None:
     assert reply.dimensions == 2 and [e.values[1] for e in reply.embeddings] == [1.0, 3.0]
 
 
-async def test_registry_down_keeps_routing_from_the_last_snapshot(mesh_factory: Any) -> None:
-    async with mesh_factory() as mesh:
-        watcher = mesh.gateway.watcher
-        await watcher.stop()  # the registry stream is gone
-        mesh.gateway.cache.mark(connected=False)
-        reply = await mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
-        )
-        assert reply.worker_id in mesh.workers
-        await asyncio.sleep(0)  # staleness grows from the disconnect
-        listed = await mesh.admin().ListWorkers(
-            gateway_pb2.ListWorkersRequest(), metadata=mesh.auth(mesh.admin_key)
-        )
-        assert listed.staleness_seconds > 0 and len(listed.workers) == 2
-
-
 async def test_redis_backed_rate_limits_in_a_running_gateway(
     mesh_factory: Any, redis_server: Any
 ) -> None:
@@ -430,6 +315,12 @@ async def test_redis_backed_rate_limits_in_a_running_gateway(
     async with mesh_factory(rate_limit=limits) as mesh:
         meta = mesh.auth(mesh.user_key)
         await mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
-        error = await _code(mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta))
+        error = await mesh.failure(
+            mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
+        )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert mesh.details(error)["retry_info"].retry_delay.ToMilliseconds() > 0
+
+
+async def _async(value: bool) -> bool:
+    return value

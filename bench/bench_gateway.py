@@ -181,10 +181,9 @@ def make_calls(ports: dict[str, int], key: str) -> tuple[Any, Any, Call, Call]:
     gateway_channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['gateway']}")
     inference = inference_pb2_grpc.InferenceServiceStub(proxy_channel)
     gateway = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
-    worker_request = inference_pb2.InferenceServiceGenerateRequest(
-        prompt="hello", sampling=sampling
-    )
-    gateway_request = gateway_pb2.GenerateRequest(prompt="hello", sampling=sampling)
+    generation = common_pb2.GenerationInput(prompt="hello", sampling=sampling)
+    worker_request = inference_pb2.InferenceServiceGenerateRequest(input=generation)
+    gateway_request = gateway_pb2.GenerateRequest(input=generation)
     metadata = (("authorization", f"Bearer {key}"),)
 
     async def via_proxy() -> Any:
@@ -355,7 +354,9 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
         balancer = Balancer(cache)
         validator = RequestValidator()
         request = gateway_pb2.GenerateRequest(
-            prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0)
+            input=common_pb2.GenerationInput(
+                prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0)
+            )
         )
         method = "/llmesh.v1.GatewayService/Generate"
         set_request(RequestContext(request_id="r", method=method, deadline=time.monotonic() + 1e6))
@@ -366,12 +367,10 @@ async def own_code_us(iterations: int = 20000) -> dict[str, float]:
             validator.check(request)
             charged = await limiter.admit_generation(principal, 1)
             async with limiter.stream_slot(principal):
-                worker = balancer.choose(request.model)
+                worker = balancer.choose(request.input.model)
                 balancer.started(worker.worker_id)
                 outbound = OutboundCall("llmesh.v1.InferenceService/Generate")
-                inference_pb2.InferenceServiceGenerateRequest(
-                    model=request.model, prompt=request.prompt, sampling=request.sampling
-                )
+                inference_pb2.InferenceServiceGenerateRequest(input=request.input)
                 outbound.finish()
                 balancer.finished(worker.worker_id)
             await limiter.settle_tokens(principal, charged, 1)

@@ -133,7 +133,9 @@ async def _stream(stub: Any, prompt: str, tokens: int) -> dict[str, float]:
     from llmesh.v1 import common_pb2, inference_pb2
 
     req = inference_pb2.InferenceServiceGenerateRequest(
-        prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=tokens, temperature=0)
+        input=common_pb2.GenerationInput(
+            prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=tokens, temperature=0)
+        )
     )
     start = time.perf_counter()
     first = last = 0.0

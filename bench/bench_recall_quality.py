@@ -189,9 +189,11 @@ async def run_service(dataset: Dataset, embedder_target: str, *, k: int) -> dict
                     reply = await stub.Remember(
                         memory_pb2.MemoryServiceRememberRequest(
                             namespace=ns.name,
-                            text=memory.text,
-                            metadata={"eval_id": memory.id},
-                            idempotency_key=f"eval-{memory.id}",
+                            memory=common_pb2.MemoryDraft(
+                                text=memory.text,
+                                metadata=common_pb2.Metadata(entries={"eval_id": memory.id}),
+                                idempotency_key=f"eval-{memory.id}",
+                            ),
                         ),
                         timeout=120,
                     )

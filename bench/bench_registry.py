@@ -93,7 +93,7 @@ async def _fleet(
                 worker=common_pb2.WorkerInfo(
                     worker_id=f"sim-{i:05d}",
                     address=f"10.0.{i // 250}.{i % 250}:50054",
-                    labels={"zone": f"z{i % 3}"},
+                    labels=common_pb2.Labels(entries={"zone": f"z{i % 3}"}),
                     models_loaded=["tiny-llama-small"],
                     models_available=["tiny-llama-small"],
                     capacity=16,

@@ -150,7 +150,9 @@ async def test_a_stream_deadline_is_deadline_exceeded_with_tokens_delivered(mesh
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         for call in (
             stub.GenerateStream(
-                gateway_pb2.GenerateStreamRequest(prompt="count", sampling=_sampling(8192)),
+                gateway_pb2.GenerateStreamRequest(
+                    input=common_pb2.GenerationInput(prompt="count", sampling=_sampling(8192))
+                ),
                 metadata=mesh.meta(),
                 timeout=0.7,
             ),
@@ -179,7 +181,9 @@ async def test_a_peer_client_fault_stays_a_client_fault(mesh: Mesh) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Generate(
                 gateway_pb2.GenerateRequest(
-                    prompt="x " * 30000, model=MODEL, sampling=_sampling(1)
+                    input=common_pb2.GenerationInput(
+                        prompt="x " * 30000, model=MODEL, sampling=_sampling(1)
+                    )
                 ),
                 metadata=mesh.meta(),
             )

@@ -21,7 +21,9 @@ async def test_every_auth_and_role_outcome(gateway_mesh: Mesh) -> None:
     async with grpc.aio.insecure_channel(gateway_mesh.gateway) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         admin = gateway_pb2_grpc.AdminServiceStub(channel)
-        request = gateway_pb2.GenerateRequest(prompt="hello", sampling=greedy(2))
+        request = gateway_pb2.GenerateRequest(
+            input=common_pb2.GenerationInput(prompt="hello", sampling=greedy(2))
+        )
 
         missing = await error(stub.Generate(request))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -91,7 +93,10 @@ async def test_tenant_a_never_sees_tenant_b(gateway_mesh: Mesh) -> None:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         alice, bob, carol = (bearer(gateway_mesh.keys[n]) for n in ("alice", "bob", "carol"))
         kept = await stub.Remember(
-            gateway_pb2.RememberRequest(text="acme launches the rocket on friday"), metadata=alice
+            gateway_pb2.RememberRequest(
+                memory=common_pb2.MemoryDraft(text="acme launches the rocket on friday")
+            ),
+            metadata=alice,
         )
         turn = [
             c

@@ -24,7 +24,10 @@ async def test_chat_turn_appended_once_when_retried_and_traced(gateway_mesh: Mes
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         meta = bearer(gateway_mesh.keys["carol"])
         await stub.Remember(
-            gateway_pb2.RememberRequest(text="carol prefers green tea"), metadata=meta
+            gateway_pb2.RememberRequest(
+                memory=common_pb2.MemoryDraft(text="carol prefers green tea")
+            ),
+            metadata=meta,
         )
         request = gateway_pb2.ChatRequest(
             session_id="retry-1",
@@ -81,10 +84,12 @@ async def test_cancel_reaches_the_worker(gateway_mesh: Mesh) -> None:
             request_id = f"cancel-me-{attempt}"
             call = stub.GenerateStream(
                 gateway_pb2.GenerateStreamRequest(
-                    prompt=f"tell me a long story {attempt}",
-                    sampling=common_pb2.SamplingParams(
-                        temperature=1.0, seed=attempt, max_tokens=900
-                    ),
+                    input=common_pb2.GenerationInput(
+                        prompt=f"tell me a long story {attempt}",
+                        sampling=common_pb2.SamplingParams(
+                            temperature=1.0, seed=attempt, max_tokens=900
+                        ),
+                    )
                 ),
                 metadata=(*bearer(gateway_mesh.keys["alice"]), ("x-request-id", request_id)),
             )

@@ -31,7 +31,9 @@ async def test_registry_down_routing_goes_on_from_the_last_snapshot(gateway_mesh
     async with grpc.aio.insecure_channel(gateway_mesh.gateway) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         reply = await stub.Generate(
-            gateway_pb2.GenerateRequest(prompt="still there?", sampling=greedy(1)),
+            gateway_pb2.GenerateRequest(
+                input=common_pb2.GenerationInput(prompt="still there?", sampling=greedy(1))
+            ),
             metadata=bearer(gateway_mesh.keys["alice"]),
         )
         assert reply.worker_id in gateway_mesh.workers
@@ -54,7 +56,10 @@ async def test_failover_and_breaker_when_a_worker_dies(gateway_mesh: Mesh) -> No
         to_w0: list[str] = []
         for i in range(60):
             reply = await stub.Generate(
-                gateway_pb2.GenerateRequest(prompt="hi", sampling=greedy(1), session_id=f"s{i}"),
+                gateway_pb2.GenerateRequest(
+                    input=common_pb2.GenerationInput(prompt="hi", sampling=greedy(1)),
+                    session_id=f"s{i}",
+                ),
                 metadata=meta,
             )
             if reply.worker_id == "w0":
@@ -70,7 +75,8 @@ async def test_failover_and_breaker_when_a_worker_dies(gateway_mesh: Mesh) -> No
                 c
                 async for c in stub.GenerateStream(
                     gateway_pb2.GenerateStreamRequest(
-                        prompt="hi", sampling=greedy(2), session_id=session_id
+                        input=common_pb2.GenerationInput(prompt="hi", sampling=greedy(2)),
+                        session_id=session_id,
                     ),
                     metadata=meta,
                 )
@@ -86,7 +92,10 @@ async def test_failover_and_breaker_when_a_worker_dies(gateway_mesh: Mesh) -> No
 
         async def served_by_w0() -> bool:
             reply = await stub.Generate(
-                gateway_pb2.GenerateRequest(prompt="hi", sampling=greedy(1), session_id=to_w0[0]),
+                gateway_pb2.GenerateRequest(
+                    input=common_pb2.GenerationInput(prompt="hi", sampling=greedy(1)),
+                    session_id=to_w0[0],
+                ),
                 metadata=meta,
             )
             return reply.worker_id == "w0"

@@ -66,7 +66,9 @@ def _generate(running: Running) -> Any:
     with grpc.insecure_channel(running.gateway) as channel:
         return gateway_pb2_grpc.GatewayServiceStub(channel).Generate(
             gateway_pb2.GenerateRequest(
-                prompt="hi", sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0)
+                input=common_pb2.GenerationInput(
+                    prompt="hi", sampling=common_pb2.SamplingParams(max_tokens=1, temperature=0)
+                )
             ),
             metadata=(("authorization", f"Bearer {running.key}"),),
             timeout=10,

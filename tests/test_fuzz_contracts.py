@@ -247,7 +247,9 @@ async def test_fuzzed_payloads_never_unknown_or_internal(
             )
             reply = await generate(
                 gateway_pb2.GenerateRequest(
-                    prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=2)
+                    input=common_pb2.GenerationInput(
+                        prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=2)
+                    )
                 ),
                 timeout=30,
                 metadata=(("authorization", f"Bearer {running.admin_key}"),),
@@ -258,7 +260,9 @@ async def test_fuzzed_payloads_never_unknown_or_internal(
                 response_deserializer=memory_pb2.MemoryServiceRememberResponse.FromString,
             )
             stored = await remember(
-                memory_pb2.MemoryServiceRememberRequest(namespace="after", text="still fine"),
+                memory_pb2.MemoryServiceRememberRequest(
+                    namespace="after", memory=common_pb2.MemoryDraft(text="still fine")
+                ),
                 timeout=10,
             )
         finally:

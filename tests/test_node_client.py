@@ -31,7 +31,7 @@ def test_node_encodes_what_python_decodes() -> None:
     assert request.history_limit == 7
     assert request.recall.k == 3
     assert request.recall.HasField("semantic_weight") and request.recall.semantic_weight == 0.5
-    assert dict(request.recall.metadata_filter) == {"topic": "ops"}
+    assert dict(request.recall.metadata_filter.entries) == {"topic": "ops"}
     assert request.disable_recall
 
 
@@ -50,8 +50,9 @@ def test_node_and_python_agree_on_the_v1_shapes() -> None:
     generate = gateway_pb2.GenerateStreamRequest.FromString(
         base64.b64decode(out["generate_request_b64"])
     )
-    assert generate.WhichOneof("input") == "messages"
-    assert [m.content for m in generate.messages.messages] == ["hi"]
+    assert generate.input.WhichOneof("content") == "messages"
+    assert [m.content for m in generate.input.messages.messages] == ["hi"]
+    assert generate.session_id == "s-1"
     key = gateway_pb2.CreateApiKeyRequest.FromString(base64.b64decode(out["create_key_b64"]))
     assert key.ttl.ToSeconds() == 3600 and key.request_id == "req-1"
     assert out["chat_event"] == {"case": "done", "sessionVersion": 3, "replayed": True}

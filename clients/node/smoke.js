@@ -18,13 +18,15 @@ const request = create(ChatRequestSchema, {
   sessionId: "s-1",
   message: "héllo from node",
   historyLimit: 7,
-  recall: { k: 3, semanticWeight: 0.5, metadataFilter: { topic: "ops" } },
+  recall: { k: 3, semanticWeight: 0.5, metadataFilter: { entries: { topic: "ops" } } },
   disableRecall: true,
 });
 const b64 = (schema, message) => Buffer.from(toBinary(schema, message)).toString("base64");
-// The v1 shapes: a oneof input, a Duration and an idempotency request id.
+// The v1 shapes: one shared generation input (a oneof prompt | messages), a
+// Duration and an idempotency request id.
 const generate = create(GenerateStreamRequestSchema, {
-  input: { case: "messages", value: { messages: [{ role: 2, content: "hi" }] } },
+  input: { content: { case: "messages", value: { messages: [{ role: 2, content: "hi" }] } } },
+  sessionId: "s-1",
 });
 const createKey = create(CreateApiKeyRequestSchema, {
   name: "ci",
@@ -56,9 +58,9 @@ if (process.argv[2] === "registry") {
 if (process.argv[2] === "validate") {
   const huge = { seconds: 10n ** 12n, nanos: 0 };
   const cases = [
-    [RememberRequestSchema, { text: "a\u0000b", ttl: huge, metadata: { "": "v" } }],
+    [RememberRequestSchema, { memory: { text: "a\u0000b", ttl: huge, metadata: { entries: { "": "v" } } } }],
     [CreateApiKeyRequestSchema, { name: "", role: 0, tenant: "UP", ttl: huge }],
-    [GenerateRequestSchema, { sampling: { topP: 0, topK: 1001, stop: [""] } }],
+    [GenerateRequestSchema, { input: { sampling: { topP: 0, topK: 1001, stop: [""] } } }],
     [ForgetRequestSchema, { ids: Array.from({ length: 1001 }, (_, i) => `m${i}`) }],
     [ChatRequestSchema, { sessionId: "bad id", message: "   ", recall: { k: 101 } }],
     [RegisterRequestSchema, { worker: { workerId: "-w", address: "nowhere" } }],

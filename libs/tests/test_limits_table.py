@@ -18,7 +18,24 @@ def test_table_lists_the_limits_that_were_findings() -> None:
         for m, f, r in rows([gateway_pb2.DESCRIPTOR, common_pb2.DESCRIPTOR, memory_pb2.DESCRIPTOR])
     }
     assert found[("CreateApiKeyRequest", "ttl")] == "0s..315576000s"
-    assert found[("RememberRequest", "ttl")] == "0s..315576000s"
+    assert found[("MemoryDraft", "ttl")] == "0s..315576000s"
     assert found[("ForgetRequest", "ids")].startswith("at most 1000 items")
-    assert "no NUL" in found[("MemoryServiceRememberRequest", "text")]
-    assert found[("GenerateRequest", "input")] == "exactly one of prompt \\| messages"
+    assert "no NUL" in found[("MemoryDraft", "text")]
+    assert found[("GenerationInput", "content")] == "exactly one of prompt \\| messages"
+
+
+def test_a_shared_message_is_named_where_a_request_uses_it() -> None:
+    """The limits of a shared message stand once; each request field points to them."""
+    from llmesh.v1 import common_pb2, gateway_pb2, memory_pb2
+
+    found = {
+        (m, f): r
+        for m, f, r in rows([gateway_pb2.DESCRIPTOR, common_pb2.DESCRIPTOR, memory_pb2.DESCRIPTOR])
+    }
+    assert found[("RememberRequest", "memory")] == "required; the rules of `MemoryDraft`"
+    assert found[("MemoryServiceRememberRequest", "memory")] == (
+        "required; the rules of `MemoryDraft`"
+    )
+    assert found[("ForgetRequest", "metadata_filter")] == "the rules of `Metadata`"
+    assert found[("Metadata", "entries")].startswith("at most 32 pairs")
+    assert ("Memory", "metadata") not in found  # an output: no limits to show

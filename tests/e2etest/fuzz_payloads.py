@@ -121,11 +121,19 @@ def seed_requests() -> dict[str, bytes]:
     hours = duration_pb2.Duration(seconds=3600)
     sampling = common_pb2.SamplingParams(max_tokens=2, temperature=0)
     samples: list[Any] = [
-        gateway_pb2.GenerateRequest(prompt="hello", sampling=sampling),
-        gateway_pb2.GenerateStreamRequest(prompt="hello", sampling=sampling),
+        gateway_pb2.GenerateRequest(
+            input=common_pb2.GenerationInput(prompt="hello", sampling=sampling)
+        ),
+        gateway_pb2.GenerateStreamRequest(
+            input=common_pb2.GenerationInput(prompt="hello", sampling=sampling)
+        ),
         gateway_pb2.ChatRequest(session_id="fuzz", message="hi", sampling=sampling),
         gateway_pb2.EmbedRequest(texts=["a"]),
-        gateway_pb2.RememberRequest(text="fact", metadata={"k": "v"}, ttl=hours),
+        gateway_pb2.RememberRequest(
+            memory=common_pb2.MemoryDraft(
+                text="fact", metadata=common_pb2.Metadata(entries={"k": "v"}), ttl=hours
+            )
+        ),
         gateway_pb2.RecallRequest(query="fact"),
         gateway_pb2.ForgetRequest(ids=["m1"]),
         gateway_pb2.GetSessionRequest(session_id="fuzz"),
@@ -165,10 +173,14 @@ def seed_requests() -> dict[str, bytes]:
         memory_pb2.MemoryServiceGetSessionRequest(namespace="fuzz", session_id="s"),
         memory_pb2.MemoryServiceListSessionsRequest(namespace="fuzz"),
         memory_pb2.MemoryServiceDeleteSessionRequest(namespace="fuzz", session_id="nope"),
-        memory_pb2.MemoryServiceRememberRequest(namespace="fuzz", text="fact", ttl=hours),
+        memory_pb2.MemoryServiceRememberRequest(
+            namespace="fuzz", memory=common_pb2.MemoryDraft(text="fact", ttl=hours)
+        ),
         memory_pb2.MemoryServiceRecallRequest(namespace="fuzz", query="fact"),
         memory_pb2.MemoryServiceForgetRequest(namespace="fuzz", ids=["m1"]),
-        inference_pb2.InferenceServiceGenerateRequest(prompt="hello", sampling=sampling),
+        inference_pb2.InferenceServiceGenerateRequest(
+            input=common_pb2.GenerationInput(prompt="hello", sampling=sampling)
+        ),
         inference_pb2.InferenceServiceEmbedRequest(texts=["a"]),
         inference_pb2.InferenceServiceLoadModelRequest(model="no-such-model"),
         inference_pb2.InferenceServiceUnloadModelRequest(model="no-such-model"),

@@ -61,15 +61,15 @@ async def _generate(args: argparse.Namespace, prompt: str) -> int:
     import grpc
 
     from llmesh.kernel.context import deadline_scope
-    from llmesh.v1 import gateway_pb2, gateway_pb2_grpc
+    from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
     metadata = bearer(api_key(args))
     async with gateway_channel(args) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         request = gateway_pb2.GenerateStreamRequest(
-            model=args.model,
-            prompt=prompt,
-            sampling=sampling_from(args),
+            input=common_pb2.GenerationInput(
+                model=args.model, prompt=prompt, sampling=sampling_from(args)
+            ),
             session_id=args.session_id,
         )
         try:

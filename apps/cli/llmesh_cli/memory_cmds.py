@@ -101,13 +101,15 @@ def _run_remember(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from llmesh.kernel.durations import duration
-    from llmesh.v1 import gateway_pb2
+    from llmesh.v1 import common_pb2, gateway_pb2
 
     request = gateway_pb2.RememberRequest(
-        text=_text(args.text),
-        metadata=_pairs(args.meta, "--meta"),
-        ttl=duration(args.ttl),
-        idempotency_key=args.idempotency_key,
+        memory=common_pb2.MemoryDraft(
+            text=_text(args.text),
+            metadata=common_pb2.Metadata(entries=_pairs(args.meta, "--meta")),
+            ttl=duration(args.ttl),
+            idempotency_key=args.idempotency_key,
+        )
     )
     reply = asyncio.run(_call(args, "Remember", request))
     if reply is None:
@@ -135,7 +137,7 @@ def _run_recall(args: argparse.Namespace) -> int:
         k=args.k,
         min_score=args.min_score,
         mode=getattr(common_pb2, f"FUSION_MODE_{args.mode.upper()}"),
-        metadata_filter=_pairs(args.filter, "--filter"),
+        metadata_filter=common_pb2.Metadata(entries=_pairs(args.filter, "--filter")),
     )
     if args.semantic_weight is not None:
         options.semantic_weight = args.semantic_weight

@@ -24,6 +24,7 @@ _RANGE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 KNOWN_PATTERNS = {
     "^[^\\x00]*$": "no NUL (U+0000)",
     "^[^\\x00]*[^\\s\\x00][^\\x00]*$": "not blank; no NUL (U+0000)",
+    "^[^\\x00]{1,128}$": "1..128 chars; no NUL (U+0000)",
 }
 
 
@@ -82,8 +83,30 @@ def describe(rules: Any) -> list[str]:
     return out
 
 
+def _has_rules(message: pb_descriptor.Descriptor) -> bool:
+    if any(f.GetOptions().HasExtension(validate_pb2.field) for f in message.fields):
+        return True
+    return any(o.GetOptions().HasExtension(validate_pb2.oneof) for o in message.oneofs)
+
+
+def _inputs(files: list[pb_descriptor.FileDescriptor]) -> set[str]:
+    """Full names of the messages a request can contain (method inputs and below)."""
+    todo = [m.input_type for f in files for s in f.services_by_name.values() for m in s.methods]
+    seen: set[str] = set()
+    while todo:
+        message = todo.pop()
+        if message.full_name in seen:
+            continue
+        seen.add(message.full_name)
+        todo += [f.message_type for f in message.fields if f.message_type is not None]
+    return seen
+
+
 def rows(files: list[pb_descriptor.FileDescriptor]) -> list[tuple[str, str, str]]:
-    """``(message, field, rules)`` for every field with a rule, in file order."""
+    """``(message, field, rules)`` for every field with a rule, in file order. A field
+    of a request whose message type carries rules of its own (a shared ``Metadata``,
+    ``MemoryDraft``, ``GenerationInput`` ...) says so, so the reader finds its limits."""
+    inputs = _inputs(files)
     out: list[tuple[str, str, str]] = []
     for file in files:
         for message in file.message_types_by_name.values():
@@ -97,9 +120,17 @@ def rows(files: list[pb_descriptor.FileDescriptor]) -> list[tuple[str, str, str]
                     out.append((message.name, oneof.name, f"exactly one of {fields}"))
             for field in message.fields:
                 options = field.GetOptions()
-                if not options.HasExtension(validate_pb2.field):
-                    continue
-                phrases = describe(options.Extensions[validate_pb2.field])
+                phrases = []
+                if options.HasExtension(validate_pb2.field):
+                    phrases = describe(options.Extensions[validate_pb2.field])
+                kind = field.message_type
+                if (
+                    kind is not None
+                    and message.full_name in inputs
+                    and not kind.GetOptions().map_entry
+                    and _has_rules(kind)
+                ):
+                    phrases.append(f"the rules of `{kind.name}`")
                 if phrases:
                     out.append((message.name, field.name, "; ".join(phrases)))
     return out

@@ -101,10 +101,10 @@ def turn_annotations(model: str, done: gateway_pb2.ChatDone) -> dict[str, str]:
 def replayed_done(stored: memory_pb2.GetAppendResponse) -> gateway_pb2.ChatDone:
     """The ``done`` event of a stored turn, with its original finish reason and usage."""
     done = gateway_pb2.ChatDone(session_version=stored.version, replayed=True)
-    reason = stored.annotations.get("finish_reason", "")
+    reason = stored.annotations.entries.get("finish_reason", "")
     if reason in common_pb2.FinishReason.keys():  # noqa: SIM118 (an enum wrapper)
         done.finish_reason = common_pb2.FinishReason.Value(reason)
-    usage = stored.annotations.get("usage")
+    usage = stored.annotations.entries.get("usage")
     if usage:
         json_format.Parse(usage, done.usage, ignore_unknown_fields=True)
     return done
@@ -278,7 +278,7 @@ class ChatTurns:
                             expected_version=version,
                             idempotency_key=key,
                             request_fingerprint=fingerprint,
-                            annotations=notes,
+                            annotations=common_pb2.Metadata(entries=notes),
                         ),
                         what="appending the turn",
                         share=self._budget.append,
@@ -301,7 +301,10 @@ class ChatTurns:
             await unary(
                 self._memory.Remember,
                 memory_pb2.MemoryServiceRememberRequest(
-                    namespace=principal.tenant, text=text, idempotency_key=f"{key}:remember"[:128]
+                    namespace=principal.tenant,
+                    memory=common_pb2.MemoryDraft(
+                        text=text, idempotency_key=f"{key}:remember"[:128]
+                    ),
                 ),
                 what="remembering the message",
                 share=self._budget.append,
@@ -364,14 +367,16 @@ class ChatTurns:
                 (m.content for m in stored.messages if m.role == common_pb2.CHAT_ROLE_ASSISTANT),
                 "",
             )
-            yield context.start(stored.annotations.get("model", request.model), "")
+            yield context.start(stored.annotations.entries.get("model", request.model), "")
             yield gateway_pb2.ChatResponse(delta=common_pb2.GenerationDelta(text=reply))
             yield gateway_pb2.ChatResponse(done=replayed_done(stored))
             return
         upstream = inference_pb2.InferenceServiceGenerateRequest(
-            model=request.model,
-            messages=common_pb2.ChatMessages(messages=build_messages(request, context)),
-            sampling=request.sampling,
+            input=common_pb2.GenerationInput(
+                model=request.model,
+                messages=common_pb2.ChatMessages(messages=build_messages(request, context)),
+                sampling=request.sampling,
+            )
         )
         first = True
         model = request.model

@@ -135,7 +135,7 @@ class Router:
         started = time.perf_counter()
         while True:
             attempt += 1
-            worker = self._choose(request.model, tried, session_id, last)
+            worker = self._choose(request.input.model, tried, session_id, last)
             outbound = OutboundCall(_GENERATE)
             call = self._stub(worker).Generate(
                 request, timeout=outbound.timeout, metadata=outbound.metadata
@@ -197,7 +197,7 @@ class Router:
         attempt = 0
         while True:
             attempt += 1
-            worker = self._choose(request.model, tried, session_id, last)
+            worker = self._choose(request.input.model, tried, session_id, last)
             outbound = OutboundCall(_GENERATE)
             call = self._stub(worker).Generate(
                 request, timeout=outbound.timeout, metadata=outbound.metadata

@@ -55,20 +55,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def _upstream(
         request: gateway_pb2.GenerateRequest | gateway_pb2.GenerateStreamRequest,
     ) -> inference_pb2.InferenceServiceGenerateRequest:
-        upstream = inference_pb2.InferenceServiceGenerateRequest(
-            model=request.model, sampling=request.sampling
-        )
-        if request.WhichOneof("input") == "messages":
-            upstream.messages.CopyFrom(request.messages)
-        else:
-            upstream.prompt = request.prompt
-        return upstream
+        return inference_pb2.InferenceServiceGenerateRequest(input=request.input)
 
     async def Generate(
         self, request: gateway_pb2.GenerateRequest, context: Context
     ) -> gateway_pb2.GenerateResponse:
         principal = current_principal()
-        charged = await self._limiter.admit_generation(principal, max_tokens_of(request.sampling))
+        charged = await self._limiter.admit_generation(
+            principal, max_tokens_of(request.input.sampling)
+        )
         used = 0
         try:
             async with self._limiter.stream_slot(principal):
@@ -91,7 +86,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GenerateStreamRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.GenerateStreamResponse]:
         principal = current_principal()
-        charged = await self._limiter.admit_generation(principal, max_tokens_of(request.sampling))
+        charged = await self._limiter.admit_generation(
+            principal, max_tokens_of(request.input.sampling)
+        )
         used = 0
         try:
             async with self._limiter.stream_slot(principal):
@@ -146,11 +143,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         response = await unary(
             self._memory.Remember,
             memory_pb2.MemoryServiceRememberRequest(
-                namespace=principal.tenant,
-                text=request.text,
-                metadata=request.metadata,
-                ttl=request.ttl,
-                idempotency_key=request.idempotency_key,
+                namespace=principal.tenant, memory=request.memory
             ),
             what="Remember",
         )

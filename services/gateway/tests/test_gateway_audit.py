@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmesh.testing.polling import await_until
-from llmesh.v1 import gateway_pb2
+from llmesh.v1 import common_pb2, gateway_pb2
 
 HOLD_LOCK = """
 import sqlite3, sys
@@ -76,7 +76,7 @@ class LoopLag:
 
 async def _unauthenticated(stub: Any, count: int) -> float:
     """Send ``count`` calls with a bad key; returns the slowest answer in seconds."""
-    request = gateway_pb2.GenerateRequest(prompt="hi")
+    request = gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="hi"))
     slowest = 0.0
     for _ in range(count):
         started = time.monotonic()
@@ -102,7 +102,7 @@ async def test_locked_key_store_never_blocks_the_event_loop(
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             # An authenticated call reads the key store meanwhile (WAL: readers go on).
             ok = await stub.Generate(
-                gateway_pb2.GenerateRequest(prompt="hi"),
+                gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="hi")),
                 metadata=mesh.auth(mesh.user_key),
                 timeout=2,
             )
@@ -196,7 +196,7 @@ async def test_keys_made_by_the_cli_are_audited(
         assert event.request_id
         # The key works at the gateway: the CLI and the API share one code path.
         ok = await mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="hi"),
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="hi")),
             metadata=mesh.auth(json.loads(made.stdout)["api_key"]),
         )
         assert ok.text

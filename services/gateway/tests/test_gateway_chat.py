@@ -96,7 +96,7 @@ async def test_a_deadline_passing_mid_stream_is_deadline_exceeded(mesh: Any) -> 
     received = 0
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for event in mesh.stub().GenerateStream(
-            gateway_pb2.GenerateStreamRequest(prompt="p"),
+            gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
             metadata=mesh.auth(mesh.user_key),
             timeout=0.5,
         ):
@@ -177,3 +177,22 @@ def test_the_contract_promises_no_history_degraded_turn() -> None:
     test): nothing can set a "history degraded" flag, so the contract has none."""
     assert "history_degraded" not in gateway_pb2.ChatStart.DESCRIPTOR.fields_by_name
     assert "recall_degraded" in gateway_pb2.ChatStart.DESCRIPTOR.fields_by_name
+
+
+async def test_a_deadline_after_the_reply_streamed_says_what_was_delivered(mesh: Any) -> None:
+    """The reply streamed, then storing it ran out of time: DEADLINE_EXCEEDED that
+    carries tokens_delivered like any deadline passing mid-stream."""
+    mesh.memory.hang.add("AppendMessages")
+    received = 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in mesh.stub().Chat(
+            gateway_pb2.ChatRequest(session_id="late", message="hi"),
+            metadata=mesh.auth(mesh.user_key),
+            timeout=1.0,
+        ):
+            received += len(event.delta.token_ids)
+    assert received == 3
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    details = mesh.details(err.value)
+    assert details["error_info"].metadata["tokens_delivered"] == "3"
+    assert "retry_info" not in details

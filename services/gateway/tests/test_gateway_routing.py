@@ -29,7 +29,8 @@ async def test_stream_fails_over_before_first_token_and_breaker_cycles(
             chunks = [
                 c
                 async for c in mesh.stub().GenerateStream(
-                    gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=meta
+                    gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
+                    metadata=meta,
                 )
             ]
             assert chunks[0].start.worker_id == "w1"  # w0's failure never reaches the client
@@ -53,7 +54,8 @@ async def test_stream_fails_over_before_first_token_and_breaker_cycles(
         seen = set()
         for _ in range(20):
             reply = await mesh.stub().Generate(
-                gateway_pb2.GenerateRequest(prompt="p"), metadata=meta
+                gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+                metadata=meta,
             )
             seen.add(reply.worker_id)
         assert "w0" in seen and breaker.current() == "closed"
@@ -69,14 +71,15 @@ async def test_every_worker_failing_is_unavailable_with_retry_info(mesh: Any) ->
         worker.mode = "fail_first"
     error = await mesh.failure(
         mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+            metadata=mesh.auth(mesh.user_key),
         )
     )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert mesh.details(error)["retry_info"].retry_delay.ToMilliseconds() > 0
     unknown = await mesh.failure(
         mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p", model="nope"),
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p", model="nope")),
             metadata=mesh.auth(mesh.user_key),
         )
     )
@@ -89,7 +92,8 @@ async def test_failure_after_first_token_is_stream_interrupted(mesh: Any) -> Non
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for chunk in mesh.stub().GenerateStream(
-            gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+            gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
+            metadata=mesh.auth(mesh.user_key),
         ):
             received.append(chunk)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -105,7 +109,8 @@ async def test_client_cancel_cancels_the_worker_stream(mesh: Any) -> None:
     for worker in mesh.workers.values():
         worker.mode = "hang"
     call = mesh.stub().GenerateStream(
-        gateway_pb2.GenerateStreamRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+        gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
+        metadata=mesh.auth(mesh.user_key),
     )
     first = await call.read()
     busy = mesh.workers[first.start.worker_id]
@@ -121,7 +126,8 @@ async def test_registry_down_keeps_routing_from_the_last_snapshot(mesh_factory: 
         await watcher.stop()  # the registry stream is gone
         mesh.gateway.cache.mark(connected=False)
         reply = await mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+            metadata=mesh.auth(mesh.user_key),
         )
         assert reply.worker_id in mesh.workers
         await asyncio.sleep(0)  # staleness grows from the disconnect

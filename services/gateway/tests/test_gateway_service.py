@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_auth_outcomes_and_audit(mesh: Any) -> None:
     stub, admin = mesh.stub(), mesh.admin()
-    request = gateway_pb2.GenerateRequest(prompt="hi")
+    request = gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="hi"))
     missing = await mesh.failure(stub.Generate(request))
     assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
     assert mesh.details(missing)["error_info"].reason == "MISSING_CREDENTIALS"
@@ -71,7 +71,8 @@ async def test_key_lifecycle_through_admin_api(mesh: Any) -> None:
     )
     assert created.api_key.startswith("lmk_") and created.info.fingerprint
     await mesh.stub().Generate(
-        gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(created.api_key)
+        gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="x")),
+        metadata=mesh.auth(created.api_key),
     )
     listed = await admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(), metadata=meta)
     assert created.info.key_id in [k.key_id for k in listed.keys]
@@ -82,7 +83,8 @@ async def test_key_lifecycle_through_admin_api(mesh: Any) -> None:
     assert revoked.info.HasField("revoked_at")
     refused = await mesh.failure(
         mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(created.api_key)
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="x")),
+            metadata=mesh.auth(created.api_key),
         )
     )
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -117,7 +119,8 @@ async def test_create_api_key_retry_with_request_id_returns_the_same_key(mesh: A
     listed = await admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(), metadata=meta)
     assert [k.key_id for k in listed.keys].count(first.info.key_id) == 1
     await mesh.stub().Generate(
-        gateway_pb2.GenerateRequest(prompt="x"), metadata=mesh.auth(first.api_key)
+        gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="x")),
+        metadata=mesh.auth(first.api_key),
     )
     request.role = gateway_pb2.ROLE_ADMIN
     reused = await mesh.failure(admin.CreateApiKey(request, metadata=meta))
@@ -128,13 +131,17 @@ async def test_create_api_key_retry_with_request_id_returns_the_same_key(mesh: A
 async def test_validation_reaches_the_client_as_bad_request(mesh: Any) -> None:
     error = await mesh.failure(
         mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="", sampling=common_pb2.SamplingParams(top_p=2.0)),
+            gateway_pb2.GenerateRequest(
+                input=common_pb2.GenerationInput(
+                    prompt="", sampling=common_pb2.SamplingParams(top_p=2.0)
+                )
+            ),
             metadata=mesh.auth(mesh.user_key),
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = {v.field for v in mesh.details(error)["bad_request"].field_violations}
-    assert fields == {"prompt", "sampling.top_p"}
+    assert fields == {"input.prompt", "input.sampling.top_p"}
     assert all(w.calls == 0 for w in mesh.workers.values())
 
 
@@ -144,9 +151,15 @@ async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any
     ) as mesh:
         meta = mesh.auth(mesh.user_key)
         for _ in range(1):
-            await mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
+            await mesh.stub().Generate(
+                gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+                metadata=meta,
+            )
         error = await mesh.failure(
-            mesh.stub().Generate(gateway_pb2.GenerateRequest(prompt="p"), metadata=meta)
+            mesh.stub().Generate(
+                gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+                metadata=meta,
+            )
         )
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         details = mesh.details(error)
@@ -154,7 +167,8 @@ async def test_rate_limits_return_retry_info_and_quota_failure(mesh_factory: Any
         assert details["quota_failure"].violations[0].subject.startswith("principal:")
         # Another principal is unaffected.
         await mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.other_tenant_key)
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+            metadata=mesh.auth(mesh.other_tenant_key),
         )
         await mesh.stub().Recall(gateway_pb2.RecallRequest(query="q"), metadata=meta)
         cheap = await mesh.failure(
@@ -167,7 +181,10 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
     stub = mesh.stub()
     # A transparent client retry resends the request with the same request id.
     meta = (*mesh.auth(mesh.user_key), ("x-request-id", "turn-1"))
-    await stub.Remember(gateway_pb2.RememberRequest(text="the user likes tea"), metadata=meta)
+    await stub.Remember(
+        gateway_pb2.RememberRequest(memory=common_pb2.MemoryDraft(text="the user likes tea")),
+        metadata=meta,
+    )
     request = gateway_pb2.ChatRequest(
         session_id="s1",
         message="do I like tea or not",
@@ -235,7 +252,10 @@ async def test_chat_retries_a_concurrent_append(mesh: Any) -> None:
 async def test_tenants_are_isolated(mesh: Any) -> None:
     stub = mesh.stub()
     acme, globex = mesh.auth(mesh.user_key), mesh.auth(mesh.other_tenant_key)
-    await stub.Remember(gateway_pb2.RememberRequest(text="acme secret plans"), metadata=acme)
+    await stub.Remember(
+        gateway_pb2.RememberRequest(memory=common_pb2.MemoryDraft(text="acme secret plans")),
+        metadata=acme,
+    )
     [
         c
         async for c in stub.Chat(
@@ -266,7 +286,8 @@ async def test_admin_workers_drain_and_models(mesh: Any) -> None:
     assert drained.worker.state == common_pb2.WORKER_STATE_DRAINING
     for _ in range(5):
         reply = await mesh.stub().Generate(
-            gateway_pb2.GenerateRequest(prompt="p"), metadata=mesh.auth(mesh.user_key)
+            gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(prompt="p")),
+            metadata=mesh.auth(mesh.user_key),
         )
         assert reply.worker_id == "w1"
     missing = await mesh.failure(

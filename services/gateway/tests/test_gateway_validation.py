@@ -29,29 +29,34 @@ def _violations(mesh: Any, error: grpc.aio.AioRpcError) -> dict[str, str]:
 
 async def test_generate_names_each_bad_field_with_its_rule(mesh: Any) -> None:
     request = gateway_pb2.GenerateRequest(
-        model="../etc",
-        prompt="",
-        sampling=common_pb2.SamplingParams(
-            temperature=3.0, top_p=0.0, top_k=1001, max_tokens=0, stop=["", "x" * 65]
+        input=common_pb2.GenerationInput(
+            model="../etc",
+            prompt="",
+            sampling=common_pb2.SamplingParams(
+                temperature=3.0, top_p=0.0, top_k=1001, max_tokens=0, stop=["", "x" * 65]
+            ),
         ),
         session_id="bad id!",
     )
     error = await _error(mesh.stub().Generate(request, metadata=mesh.auth(mesh.user_key)))
     assert _violations(mesh, error) == {
-        "model": "string.pattern",
-        "prompt": "string.min_bytes",
-        "sampling.temperature": "float.gte_lte",
-        "sampling.top_p": "float.gt_lte",
-        "sampling.top_k": "int32.gte_lte",
-        "sampling.max_tokens": "int32.gte_lte",
-        "sampling.stop[0]": "string.min_bytes",
-        "sampling.stop[1]": "string.max_bytes",
+        "input.model": "string.pattern",
+        "input.prompt": "string.min_bytes",
+        "input.sampling.temperature": "float.gte_lte",
+        "input.sampling.top_p": "float.gt_lte",
+        "input.sampling.top_k": "int32.gte_lte",
+        "input.sampling.max_tokens": "int32.gte_lte",
+        "input.sampling.stop[0]": "string.min_bytes",
+        "input.sampling.stop[1]": "string.max_bytes",
         "session_id": "string.pattern",
     }
     neither = await _error(
         mesh.stub().Generate(gateway_pb2.GenerateRequest(), metadata=mesh.auth(mesh.user_key))
     )
     assert _violations(mesh, neither) == {"input": "required"}
+    empty = gateway_pb2.GenerateRequest(input=common_pb2.GenerationInput(model="tiny"))
+    no_content = await _error(mesh.stub().Generate(empty, metadata=mesh.auth(mesh.user_key)))
+    assert _violations(mesh, no_content) == {"input.content": "required"}
     assert all(w.calls == 0 for w in mesh.workers.values())
 
 
@@ -73,21 +78,23 @@ async def test_chat_and_messages_rules(mesh: Any) -> None:
         "idempotency_key": "string.max_len",
     }
     no_role = gateway_pb2.GenerateRequest(
-        messages=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(content="x")])
+        input=common_pb2.GenerationInput(
+            messages=common_pb2.ChatMessages(messages=[common_pb2.ChatMessage(content="x")])
+        )
     )
     error = await _error(mesh.stub().Generate(no_role, metadata=mesh.auth(mesh.user_key)))
-    assert _violations(mesh, error) == {"messages.messages[0].role": "enum.not_in"}
+    assert _violations(mesh, error) == {"input.messages.messages[0].role": "enum.not_in"}
 
 
 async def test_out_of_range_ttls_are_refused_and_store_nothing(mesh: Any) -> None:
     huge = duration_pb2.Duration(seconds=10**12)
     remember = await _error(
         mesh.stub().Remember(
-            gateway_pb2.RememberRequest(text="a fact", ttl=huge),
+            gateway_pb2.RememberRequest(memory=common_pb2.MemoryDraft(text="a fact", ttl=huge)),
             metadata=mesh.auth(mesh.user_key),
         )
     )
-    assert _violations(mesh, remember) == {"ttl": "duration.gte_lte"}
+    assert _violations(mesh, remember) == {"memory.ttl": "duration.gte_lte"}
     assert (
         f"{TEN_YEARS_S}s" in mesh.details(remember)["bad_request"].field_violations[0].description
     )
@@ -124,11 +131,18 @@ async def test_nul_bytes_in_stored_text_are_refused(mesh: Any) -> None:
     meta = mesh.auth(mesh.user_key)
     error = await _error(
         mesh.stub().Remember(
-            gateway_pb2.RememberRequest(text="before\x00after", metadata={"k": "v\x00"}),
+            gateway_pb2.RememberRequest(
+                memory=common_pb2.MemoryDraft(
+                    text="before\x00after", metadata=common_pb2.Metadata(entries={"k": "v\x00"})
+                )
+            ),
             metadata=meta,
         )
     )
-    assert _violations(mesh, error) == {"text": "string.pattern", 'metadata["k"]': "string.pattern"}
+    assert _violations(mesh, error) == {
+        "memory.text": "string.pattern",
+        'memory.metadata.entries["k"]': "string.pattern",
+    }
     chat = await _error(
         mesh.stub()
         .Chat(gateway_pb2.ChatRequest(session_id="s", message="hi\x00"), metadata=meta)
@@ -165,6 +179,8 @@ async def test_malformed_bytes_are_refused_before_authentication(mesh: Any) -> N
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert mesh.details(error)["error_info"].reason == "MALFORMED_REQUEST"
     # The same call with a valid body still needs credentials.
-    valid = gateway_pb2.GenerateRequest(prompt="hi").SerializeToString()
+    valid = gateway_pb2.GenerateRequest(
+        input=common_pb2.GenerationInput(prompt="hi")
+    ).SerializeToString()
     unauthenticated = await _error(call(valid, timeout=5))
     assert unauthenticated.code() == grpc.StatusCode.UNAUTHENTICATED

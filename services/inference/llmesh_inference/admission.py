@@ -149,7 +149,7 @@ class Admission(EngineCore):
         active.prompt_tokens = len(tokens)
         room = model.context_length - len(tokens)
         if room < 1:
-            field_name = "prompt" if req.prompt is not None else "messages"
+            field_name = "input.prompt" if req.prompt is not None else "input.messages"
             raise InvalidArgument(
                 f"prompt has {len(tokens)} tokens; model {model.name} holds "
                 f"{model.context_length} (prompt + at least one generated token)",

@@ -83,12 +83,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _request(self, request: inference_pb2.InferenceServiceGenerateRequest) -> GenerationRequest:
         # The kernel has checked the contract: exactly one of a non-empty prompt or
         # 1..256 messages with defined roles, sizes, sampling ranges.
+        generation = request.input
+        content = generation.WhichOneof("content")
         messages = None
-        if request.WhichOneof("input") == "messages":
-            chat = request.messages.messages
+        if content == "messages":
+            chat = generation.messages.messages
             messages = [{"role": _ROLES[m.role], "content": m.content} for m in chat]
         options = parse_sampling(
-            request.sampling if request.HasField("sampling") else None,
+            generation.sampling if generation.HasField("sampling") else None,
             default_temperature=self.settings.default_temperature,
             default_max_tokens=self.settings.default_max_tokens,
         )
@@ -97,9 +99,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if ctx is not None and ctx.request_id:
             kwargs["request_id"] = ctx.request_id
         return GenerationRequest(
-            model=self._resolve_model(request.model),
+            model=self._resolve_model(generation.model),
             options=options,
-            prompt=request.prompt if request.WhichOneof("input") == "prompt" else None,
+            prompt=generation.prompt if content == "prompt" else None,
             messages=messages,
             deadline=ctx.deadline if ctx is not None else None,  # the caller's, as is
             **kwargs,

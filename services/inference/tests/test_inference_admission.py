@@ -18,7 +18,9 @@ def long_request(
     prompt: str = "Tell me a long story",
 ) -> inference_pb2.InferenceServiceGenerateRequest:
     return inference_pb2.InferenceServiceGenerateRequest(
-        prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=LONG, temperature=0)
+        input=common_pb2.GenerationInput(
+            prompt=prompt, sampling=common_pb2.SamplingParams(max_tokens=LONG, temperature=0)
+        )
     )
 
 

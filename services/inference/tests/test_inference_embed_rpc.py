@@ -50,8 +50,9 @@ async def test_generate_records_queue_prefill_and_decode_spans(start_worker: Any
             c
             async for c in w.stub.Generate(
                 inference_pb2.InferenceServiceGenerateRequest(
-                    prompt="spans please",
-                    sampling=common_pb2.SamplingParams(max_tokens=5),
+                    input=common_pb2.GenerationInput(
+                        prompt="spans please", sampling=common_pb2.SamplingParams(max_tokens=5)
+                    )
                 ),
                 metadata=(("x-request-id", "span-req"),),
             )

@@ -19,7 +19,9 @@ def request(
     prompt: str = PROMPT, model: str = "", **sampling: Any
 ) -> inference_pb2.InferenceServiceGenerateRequest:
     return inference_pb2.InferenceServiceGenerateRequest(
-        model=model, prompt=prompt, sampling=common_pb2.SamplingParams(**sampling)
+        input=common_pb2.GenerationInput(
+            model=model, prompt=prompt, sampling=common_pb2.SamplingParams(**sampling)
+        )
     )
 
 
@@ -110,13 +112,19 @@ async def test_chat_messages_are_rendered_with_the_chat_template(
     expected = len(tok.encode(rendered).ids)
     async with start_worker() as w:
         req = inference_pb2.InferenceServiceGenerateRequest(
-            messages=common_pb2.ChatMessages(
-                messages=[
-                    common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_SYSTEM, content="Be brief."),
-                    common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="Hello there"),
-                ]
-            ),
-            sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0),
+            input=common_pb2.GenerationInput(
+                messages=common_pb2.ChatMessages(
+                    messages=[
+                        common_pb2.ChatMessage(
+                            role=common_pb2.CHAT_ROLE_SYSTEM, content="Be brief."
+                        ),
+                        common_pb2.ChatMessage(
+                            role=common_pb2.CHAT_ROLE_USER, content="Hello there"
+                        ),
+                    ]
+                ),
+                sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0),
+            )
         )
         chunks = await collect(w.stub, req)
     assert chunks[-1].done.usage.prompt_tokens == expected
@@ -161,10 +169,10 @@ async def test_errors_are_precise(
     assert rpc_details(missing.value)["ErrorInfo"].reason == "MODEL_NOT_FOUND"
     assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = [v.field for v in rpc_details(too_long.value)["BadRequest"].field_violations]
-    assert fields == ["prompt"]
+    assert fields == ["input.prompt"]
     assert bad_sampling.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = [v.field for v in rpc_details(bad_sampling.value)["BadRequest"].field_violations]
-    assert fields == ["sampling.temperature", "sampling.top_p"]
+    assert fields == ["input.sampling.temperature", "input.sampling.top_p"]
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(tokens(ok)) == 2
 
@@ -188,8 +196,10 @@ async def test_generation_stops_when_the_context_is_full(
             await collect(
                 w.stub,
                 inference_pb2.InferenceServiceGenerateRequest(
-                    messages=common_pb2.ChatMessages(
-                        messages=[common_pb2.ChatMessage(content="no role")]
+                    input=common_pb2.GenerationInput(
+                        messages=common_pb2.ChatMessages(
+                            messages=[common_pb2.ChatMessage(content="no role")]
+                        )
                     )
                 ),
             )

@@ -48,9 +48,11 @@ async def test_lru_eviction_keeps_the_default_model(
             c
             async for c in w.stub.Generate(
                 inference_pb2.InferenceServiceGenerateRequest(
-                    model="b",
-                    prompt="hi",
-                    sampling=common_pb2.SamplingParams(max_tokens=3, temperature=0),
+                    input=common_pb2.GenerationInput(
+                        model="b",
+                        prompt="hi",
+                        sampling=common_pb2.SamplingParams(max_tokens=3, temperature=0),
+                    )
                 )
             )
         ]

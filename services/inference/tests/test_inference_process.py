@@ -83,7 +83,9 @@ def test_serve_inference_runs_on_openblas_and_stops_cleanly(
         chunks = list(
             stub.Generate(
                 inference_pb2.InferenceServiceGenerateRequest(
-                    prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=3)
+                    input=common_pb2.GenerationInput(
+                        prompt="hello", sampling=common_pb2.SamplingParams(max_tokens=3)
+                    )
                 ),
                 timeout=30,
             )

@@ -25,8 +25,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def long_request() -> inference_pb2.InferenceServiceGenerateRequest:
     return inference_pb2.InferenceServiceGenerateRequest(
-        prompt="Tell me a long story",
-        sampling=common_pb2.SamplingParams(max_tokens=1000, temperature=0),
+        input=common_pb2.GenerationInput(
+            prompt="Tell me a long story",
+            sampling=common_pb2.SamplingParams(max_tokens=1000, temperature=0),
+        )
     )
 
 

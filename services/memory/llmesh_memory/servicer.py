@@ -62,7 +62,7 @@ def memory_message(record: MemoryRecord) -> common_pb2.Memory:
     return common_pb2.Memory(
         id=record.id,
         text=record.text,
-        metadata=dict(record.metadata),
+        metadata=common_pb2.Metadata(entries=record.metadata),
         created_at=_timestamp(record.created_at),
         expires_at=_timestamp(record.expires_at),
         embedded=record.embedded,
@@ -109,7 +109,7 @@ def recall_params(query: str, options: common_pb2.RecallOptions) -> RecallParams
         mode=_MODES.get(options.mode, Fusion.WEIGHTED),
         semantic_weight=semantic,
         keyword_weight=keyword,
-        metadata_filter=dict(options.metadata_filter),
+        metadata_filter=dict(options.metadata_filter.entries),
     )
 
 
@@ -130,10 +130,12 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             idempotency_key=request.idempotency_key,
             ttl_s=seconds_of(request.ttl),
             request_fingerprint=request.request_fingerprint,
-            annotations=request.annotations,
+            annotations=request.annotations.entries,
         )
         return memory_pb2.AppendMessagesResponse(
-            version=result.version, replayed=result.replayed, annotations=result.annotations
+            version=result.version,
+            replayed=result.replayed,
+            annotations=common_pb2.Metadata(entries=result.annotations),
         )
 
     async def GetAppend(
@@ -148,7 +150,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
                 common_pb2.ChatMessage(role=m.role, content=m.content)  # type: ignore[arg-type]
                 for m in stored.messages
             ],
-            annotations=stored.annotations,
+            annotations=common_pb2.Metadata(entries=stored.annotations),
         )
 
     async def GetSession(
@@ -187,12 +189,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Remember(
         self, request: memory_pb2.MemoryServiceRememberRequest, context: Any
     ) -> memory_pb2.MemoryServiceRememberResponse:
+        memory = request.memory
         result = await self.engine.remember(
             request.namespace,
-            request.text,
-            metadata=dict(request.metadata),
-            ttl_s=seconds_of(request.ttl),
-            idempotency_key=request.idempotency_key,
+            memory.text,
+            metadata=dict(memory.metadata.entries),
+            ttl_s=seconds_of(memory.ttl),
+            idempotency_key=memory.idempotency_key,
         )
         return memory_pb2.MemoryServiceRememberResponse(
             id=result.id, duplicate=result.duplicate, embedded=result.embedded
@@ -220,7 +223,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Forget(
         self, request: memory_pb2.MemoryServiceForgetRequest, context: Any
     ) -> memory_pb2.MemoryServiceForgetResponse:
-        if not request.ids and not request.metadata_filter:
+        if not request.ids and not request.metadata_filter.entries:
             raise invalid("ids", "give ids, a metadata_filter, or both")
         before = (
             request.created_before.ToNanoseconds() / 1e9
@@ -230,7 +233,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         deleted = await self.engine.forget(
             request.namespace,
             ids=list(request.ids),
-            metadata_filter=dict(request.metadata_filter),
+            metadata_filter=dict(request.metadata_filter.entries),
             created_before=before,
         )
         return memory_pb2.MemoryServiceForgetResponse(deleted=deleted)

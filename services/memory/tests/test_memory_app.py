@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmesh.testing.polling import wait_until
 from llmesh.testing.servers import free_port
-from llmesh.v1 import memory_pb2, memory_pb2_grpc
+from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 
 def _serve(*args: str, home: Path) -> subprocess.Popen[bytes]:
@@ -46,7 +46,10 @@ def test_serve_memory_then_sigterm_exits_zero(tmp_path: Path) -> None:
         wait_until(ready, timeout_s=60, interval_s=0.1, what="memory readiness")
         stub = memory_pb2_grpc.MemoryServiceStub(channel)
         reply = stub.Remember(
-            memory_pb2.MemoryServiceRememberRequest(namespace="n", text="kept on disk"), timeout=10
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace="n", memory=common_pb2.MemoryDraft(text="kept on disk")
+            ),
+            timeout=10,
         )
         assert reply.id and not reply.embedded
         assert (tmp_path / "memory.db").exists()

@@ -83,7 +83,9 @@ async def test_embeddings_fail_over_to_another_registered_worker(
 
                     async def remember(text: str) -> bool:
                         reply = await stub.Remember(
-                            memory_pb2.MemoryServiceRememberRequest(namespace="t", text=text),
+                            memory_pb2.MemoryServiceRememberRequest(
+                                namespace="t", memory=common_pb2.MemoryDraft(text=text)
+                            ),
                             timeout=30,
                         )
                         return bool(reply.embedded)

@@ -65,7 +65,11 @@ MEMORIES = [
 
 async def remember_all(stub: Any, texts: list[str], ns: str = NS) -> list[Any]:
     return [
-        await stub.Remember(memory_pb2.MemoryServiceRememberRequest(namespace=ns, text=t))
+        await stub.Remember(
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace=ns, memory=common_pb2.MemoryDraft(text=t)
+            )
+        )
         for t in texts
     ]
 
@@ -206,14 +210,16 @@ async def test_bad_requests_name_every_field(tmp_path: Path) -> None:
             await stub.Remember(
                 memory_pb2.MemoryServiceRememberRequest(
                     namespace="",
-                    text="",
-                    ttl=duration_pb2.Duration(seconds=10**11),
-                    metadata={f"k{i}": "v" for i in range(40)},
+                    memory=common_pb2.MemoryDraft(
+                        text="",
+                        ttl=duration_pb2.Duration(seconds=10**11),
+                        metadata=common_pb2.Metadata(entries={f"k{i}": "v" for i in range(40)}),
+                    ),
                 )
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         fields = {v.field for v in details(info.value)["BadRequest"].field_violations}
-        assert {"namespace", "text", "ttl", "metadata"} <= fields
+        assert {"namespace", "memory.text", "memory.ttl", "memory.metadata.entries"} <= fields
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Recall(
                 memory_pb2.MemoryServiceRecallRequest(
@@ -241,18 +247,23 @@ async def test_forget_and_dedupe_over_grpc(tmp_path: Path) -> None:
     async with memory_server(sqlite_path=tmp_path / "m.db", embedder_target="") as (stub, _):
         a = await stub.Remember(
             memory_pb2.MemoryServiceRememberRequest(
-                namespace=NS, text="Standup is at 10", metadata={"src": "chat"}
+                namespace=NS,
+                memory=common_pb2.MemoryDraft(
+                    text="Standup is at 10", metadata=common_pb2.Metadata(entries={"src": "chat"})
+                ),
             )
         )
         b = await stub.Remember(
-            memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="standup  is at 10")
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace=NS, memory=common_pb2.MemoryDraft(text="standup  is at 10")
+            )
         )
         assert b.duplicate and b.id == a.id
         found = await stub.Recall(
             memory_pb2.MemoryServiceRecallRequest(namespace=NS, query="standup")
         )
         assert [h.memory.id for h in found.hits] == [a.id]
-        assert found.hits[0].memory.metadata["src"] == "chat"
+        assert found.hits[0].memory.metadata.entries["src"] == "chat"
         strict = await stub.Recall(
             memory_pb2.MemoryServiceRecallRequest(
                 namespace=NS, query="standup", options=common_pb2.RecallOptions(min_score=1.01)
@@ -263,12 +274,16 @@ async def test_forget_and_dedupe_over_grpc(tmp_path: Path) -> None:
             memory_pb2.MemoryServiceRecallRequest(
                 namespace=NS,
                 query="standup",
-                options=common_pb2.RecallOptions(metadata_filter={"src": "doc"}),
+                options=common_pb2.RecallOptions(
+                    metadata_filter=common_pb2.Metadata(entries={"src": "doc"})
+                ),
             )
         )
         assert list(filtered.hits) == []
         gone = await stub.Forget(
-            memory_pb2.MemoryServiceForgetRequest(namespace=NS, metadata_filter={"src": "chat"})
+            memory_pb2.MemoryServiceForgetRequest(
+                namespace=NS, metadata_filter=common_pb2.Metadata(entries={"src": "chat"})
+            )
         )
         assert gone.deleted == 1
         reply = await stub.Recall(
@@ -290,7 +305,10 @@ async def test_readiness_follows_the_store(tmp_path: Path) -> None:
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Remember(
-                memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="lost?"), timeout=10
+                memory_pb2.MemoryServiceRememberRequest(
+                    namespace=NS, memory=common_pb2.MemoryDraft(text="lost?")
+                ),
+                timeout=10,
             )
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "RetryInfo" in details(info.value)
@@ -305,7 +323,9 @@ async def test_nul_bytes_and_huge_id_lists_are_client_errors(tmp_path: Path) -> 
     async with memory_server(sqlite_path=tmp_path / "m.db", embedder_target="") as (stub, _):
         with pytest.raises(grpc.aio.AioRpcError) as nul:
             await stub.Remember(
-                memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="a\x00b")
+                memory_pb2.MemoryServiceRememberRequest(
+                    namespace=NS, memory=common_pb2.MemoryDraft(text="a\x00b")
+                )
             )
         with pytest.raises(grpc.aio.AioRpcError) as many:
             await stub.Forget(
@@ -314,10 +334,14 @@ async def test_nul_bytes_and_huge_id_lists_are_client_errors(tmp_path: Path) -> 
                 )
             )
         # The store still answers.
-        kept = await stub.Remember(memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="ok"))
+        kept = await stub.Remember(
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace=NS, memory=common_pb2.MemoryDraft(text="ok")
+            )
+        )
     assert nul.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [violation] = details(nul.value)["BadRequest"].field_violations
-    assert (violation.field, violation.reason) == ("text", "string.pattern")
+    assert (violation.field, violation.reason) == ("memory.text", "string.pattern")
     assert many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [violation] = details(many.value)["BadRequest"].field_violations
     assert (violation.field, violation.reason) == ("ids", "repeated.max_items")

@@ -210,7 +210,9 @@ async def test_legacy_far_expiry_does_not_break_recall_over_grpc(
     db = tmp_path / "m.db"
     async with memory_server(sqlite_path=db, embedder_target=minilm_target) as stub:
         await stub.Remember(
-            memory_pb2.MemoryServiceRememberRequest(namespace=NS, text="the deploy key rotates")
+            memory_pb2.MemoryServiceRememberRequest(
+                namespace=NS, memory=common_pb2.MemoryDraft(text="the deploy key rotates")
+            )
         )
         # A row as Remember(ttl=1e12 s) left it before expiries were bounded.
         await asyncio.to_thread(_set_expiry, db, LEGACY_EXPIRY)

@@ -100,4 +100,4 @@ class WorkerFilter:
             return False
         if self.state not in (UNSPECIFIED, worker.state):
             return False
-        return all(worker.labels.get(k) == v for k, v in self.labels.items())
+        return all(worker.labels.entries.get(k) == v for k, v in self.labels.items())

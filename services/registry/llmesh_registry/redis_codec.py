@@ -38,7 +38,7 @@ def static_record(worker: common_pb2.WorkerInfo) -> bytes:
     static = common_pb2.WorkerInfo(
         worker_id=worker.worker_id,
         address=worker.address,
-        labels=dict(worker.labels),
+        labels=worker.labels,
         models_available=list(worker.models_available),
         capacity=worker.capacity,
         models=list(worker.models),

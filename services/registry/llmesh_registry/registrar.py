@@ -91,7 +91,7 @@ class Registrar:
         worker = common_pb2.WorkerInfo(
             worker_id=self._identity.worker_id,
             address=self._identity.address,
-            labels=self._identity.labels,
+            labels=common_pb2.Labels(entries=self._identity.labels),
             models_loaded=result.models_loaded,
             models_available=list(stats.models_available) if stats else [],
             capacity=stats.max_batch_size if stats else 0,

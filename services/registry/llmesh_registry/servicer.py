@@ -109,7 +109,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> registry_pb2.RegistryServiceListWorkersResponse:
         snap = await self._backend.snapshot()
-        wanted = WorkerFilter(model=request.model, state=request.state, labels=dict(request.labels))
+        wanted = WorkerFilter(
+            model=request.model, state=request.state, labels=dict(request.labels.entries)
+        )
         return registry_pb2.RegistryServiceListWorkersResponse(
             workers=[w for w in snap.workers if wanted.matches(w)], revision=snap.revision
         )

@@ -146,7 +146,7 @@ async def test_registrar_registers_marks_hung_worker_and_deregisters(
             figures = {m.name: m for m in info.models}
             assert figures[MODEL].context_length > 0 and figures[MODEL].parameters > 0
             assert figures[MODEL].dtype and not figures[MODEL].embedding
-            assert info.capacity > 0 and info.labels["zone"] == "test"
+            assert info.capacity > 0 and info.labels.entries["zone"] == "test"
             assert info.load.free_slots == info.capacity
 
             # The worker hangs: it must leave READY within one TTL.

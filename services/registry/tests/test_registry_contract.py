@@ -39,7 +39,7 @@ def worker(worker_id: str = "w1", *, model: str = "tiny", zone: str = "a") -> co
     return common_pb2.WorkerInfo(
         worker_id=worker_id,
         address="127.0.0.1:50054",
-        labels={"zone": zone},
+        labels=common_pb2.Labels(entries={"zone": zone}),
         models_loaded=[model],
         models_available=[model, "other"],
         capacity=8,
@@ -150,7 +150,7 @@ async def test_registration_is_idempotent_per_worker_id(factory: BackendFactory)
         await backend.register(worker("w1", zone="b"), "lease-2")
         snap = await backend.snapshot()
         assert len(snap.workers) == 1
-        assert snap.workers[0].labels["zone"] == "b"
+        assert snap.workers[0].labels.entries["zone"] == "b"
         assert snap.workers[0].registered_at == before.registered_at
         with pytest.raises(FailedPrecondition):
             await backend.heartbeat(HeartbeatUpdate("w1", "lease-1"))

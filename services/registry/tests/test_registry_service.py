@@ -52,7 +52,7 @@ def register_request(
         worker=common_pb2.WorkerInfo(
             worker_id=worker_id,
             address="127.0.0.1:50054",
-            labels={"zone": zone},
+            labels=common_pb2.Labels(entries={"zone": zone}),
             models_loaded=[model],
             models_available=[model],
             capacity=4,
@@ -112,7 +112,10 @@ async def test_register_lists_ready_and_streams_to_watcher() -> None:
         )
         assert [w.worker_id for w in by_model.workers] == ["w2"]
         by_label = await stub.ListWorkers(
-            registry_pb2.RegistryServiceListWorkersRequest(labels={"zone": "a"}), timeout=5
+            registry_pb2.RegistryServiceListWorkersRequest(
+                labels=common_pb2.Labels(entries={"zone": "a"})
+            ),
+            timeout=5,
         )
         assert [w.worker_id for w in by_label.workers] == ["w1"]
 

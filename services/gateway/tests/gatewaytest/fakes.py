@@ -44,11 +44,13 @@ class FakeWorker(inference_pb2_grpc.InferenceServiceServicer):
             if self.mode == "full":
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
             yield inference_pb2.InferenceServiceGenerateResponse(
-                start=inference_pb2.InferenceServiceGenerateStart(model=request.model or "tiny")
+                start=inference_pb2.InferenceServiceGenerateStart(
+                    model=request.input.model or "tiny"
+                )
             )
             if self.gate is not None:
                 await self.gate.wait()
-            text = "echo:" + (request.prompt or request.messages.messages[-1].content)
+            text = "echo:" + (request.input.prompt or request.input.messages.messages[-1].content)
             for i in range(self.tokens):
                 if self.mode == "fail_after" and i == 1:
                     await context.abort(grpc.StatusCode.INTERNAL, "worker crashed")
@@ -207,7 +209,7 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
 
     async def Remember(self, request: Any, context: Any) -> Any:
         memory_id = f"m{len(self.memories) + 1}"
-        self.memories[memory_id] = (request.namespace, request.text)
+        self.memories[memory_id] = (request.namespace, request.memory.text)
         return memory_pb2.MemoryServiceRememberResponse(id=memory_id, embedded=True)
 
     async def Recall(self, request: Any, context: Any) -> Any:

@@ -171,6 +171,34 @@ async def test_streaming_call_passes_through(echo_pb: Any, echo: ServiceHost) ->
     assert got == [0, 1, 2, 3, 4]
 
 
+async def test_own_deadline_mid_stream_says_what_was_delivered(echo_pb: Any) -> None:
+    """The server's own deadline (no client deadline: the default) passing mid-stream is
+    DEADLINE_EXCEEDED with ErrorInfo tokens_delivered (messages, for a non-token stream)."""
+    from google.rpc import error_details_pb2
+
+    from llmesh.kernel.upstream import status_details
+
+    host = await _start(echo_pb, default_deadline_s=0.3, max_deadline_s=1.0)
+    try:
+        stub, channel = _stub(echo_pb, host.port or 0)
+        received = 0
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.EchoStream(
+                    echo_pb[0].EchoStreamRequest(count=100, interval_ms=50)
+                ):
+                    received += 1
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert received > 0
+        status = status_details(err.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        assert info.metadata["tokens_delivered"] == str(received)
+    finally:
+        await host.stop(0)
+
+
 async def test_refuses_non_loopback_bind_without_tls(echo_pb: Any) -> None:
     with pytest.raises(ConfigError, match="without TLS"):
         await _start(echo_pb, host="0.0.0.0")

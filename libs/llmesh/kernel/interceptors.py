@@ -28,7 +28,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.trace import Span
 
 from llmesh.kernel.context import RequestContext, reset_request, set_request
-from llmesh.kernel.errors import LlmeshError
+from llmesh.kernel.errors import DeadlineExceeded, LlmeshError
 from llmesh.kernel.guards import Guard
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
@@ -65,6 +65,34 @@ class DeadlinePolicy:
             if client_remaining is None:
                 client_remaining = self.default_s
         return min(client_remaining, self.max_s)
+
+
+def _delivered(item: Any) -> int:
+    """What one sent stream message delivered: its delta's tokens (generation events),
+    else one message (as the upstream client counts a peer's stream)."""
+    ids = getattr(getattr(item, "delta", None), "token_ids", None)
+    return 1 if ids is None else len(ids)
+
+
+def _deadline_mid_stream(exc: BaseException, method: str, delivered: int) -> BaseException:
+    """A deadline that passed after part of a stream was sent (this server's own, or a
+    peer's without the figure) says how much was: ErrorInfo ``tokens_delivered``."""
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceeded(
+            f"deadline exceeded: {method} ran out of time after {delivered} tokens",
+            metadata={"tokens_delivered": str(delivered)},
+        )
+    if (
+        isinstance(exc, LlmeshError)
+        and exc.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        and "tokens_delivered" not in exc.metadata
+    ):
+        return DeadlineExceeded(
+            exc.message,
+            reason=exc.reason,
+            metadata={**exc.metadata, "tokens_delivered": str(delivered)},
+        )
+    return exc
 
 
 def _client_remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -230,6 +258,7 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started = time.perf_counter()
             code, message, error = grpc.StatusCode.OK, "", None
             stream = None
+            sent = delivered = 0
             try:
                 async with asyncio.timeout(budget):
                     result = behavior(await self._admit(call, request, context), context)
@@ -239,7 +268,11 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         stream = result.__aiter__()
                         async for item in stream:
                             await context.write(item)
+                            sent += 1
+                            delivered += _delivered(item)
             except BaseException as exc:
+                if sent:
+                    exc = _deadline_mid_stream(exc, ctx.method, delivered)
                 code, status, error = self._classify(exc, ctx)
                 if status is not None:
                     message = status.message

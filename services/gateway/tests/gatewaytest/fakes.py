@@ -128,6 +128,7 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
             await asyncio.Event().wait()
 
     async def AppendMessages(self, request: Any, context: Any) -> Any:
+        await self._maybe_hang("AppendMessages")
         key = (request.namespace, request.idempotency_key)
         fingerprint = request.request_fingerprint or repr(
             (request.session_id, [(m.role, m.content) for m in request.messages])

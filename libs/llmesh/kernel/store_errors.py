@@ -7,7 +7,8 @@ failure of its driver through :func:`sqlite_error` or :func:`postgres_error`:
   PostgreSQL text, a number out of range, bad encoding, a string too big), too many
   values for one statement, a broken constraint;
 - ``ALREADY_EXISTS``: a unique key taken;
-- ``DEADLINE_EXCEEDED``: a statement cut off at the caller's deadline;
+- ``DEADLINE_EXCEEDED``: a statement cut off at the caller's deadline, or a wait (for a
+  pooled connection, a lock) given up because the caller's time ran out;
 - ``UNAVAILABLE`` with a retry hint, only for what passes on its own: busy or
   locked, connection lost or refused, pool exhausted, serialization failure,
   deadlock, I/O error, disk full, server shutting down;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING
 
+from llmesh.kernel.context import deadline_passed
 from llmesh.kernel.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -120,7 +122,19 @@ def postgres_error(exc: BaseException, *, store: str = "store") -> LlmeshError |
     """The domain error for a failure raised by psycopg or its pool.
 
     None when ``exc`` is not a store failure (a domain error passes through as it is).
+    A transient failure once the caller's deadline is (all but) spent is
+    ``DEADLINE_EXCEEDED``: the store gave up waiting (for a pooled connection, a lock)
+    because the caller's time ran out, which is not an outage to retry.
     """
+    mapped = _postgres_error(exc, store)
+    if isinstance(mapped, Unavailable) and deadline_passed():
+        return DeadlineExceeded(
+            f"deadline passed while waiting for the {store}", reason="STATEMENT_TIMEOUT"
+        )
+    return mapped
+
+
+def _postgres_error(exc: BaseException, store: str) -> LlmeshError | None:
     if isinstance(exc, LlmeshError):
         return None
     import psycopg

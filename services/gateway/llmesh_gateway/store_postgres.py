@@ -13,13 +13,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import grpc
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from llmesh.kernel.context import deadline_passed, statement_timeout
-from llmesh.kernel.errors import DeadlineExceeded
+from llmesh.kernel.context import statement_timeout
 from llmesh.kernel.store_errors import postgres_error
 from llmesh.kernel.timestamps import check_expiry, stored_expiry
 from llmesh_gateway.store import ApiKeyRecord, AuditRecord
@@ -99,11 +97,6 @@ class PostgresStore:
             mapped = postgres_error(exc, store="key store")
             if mapped is None:
                 raise
-            if mapped.code is grpc.StatusCode.UNAVAILABLE and deadline_passed():
-                raise DeadlineExceeded(
-                    "deadline passed while waiting for the key store",
-                    reason="STATEMENT_TIMEOUT",
-                ) from None
             raise mapped from None
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:

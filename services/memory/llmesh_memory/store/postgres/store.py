@@ -24,8 +24,8 @@ from psycopg.adapt import Dumper
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool
 
-from llmesh.kernel.context import deadline_passed, statement_timeout
-from llmesh.kernel.errors import DeadlineExceeded, Unavailable
+from llmesh.kernel.context import statement_timeout
+from llmesh.kernel.errors import Unavailable
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.store_errors import postgres_error
 
@@ -99,13 +99,6 @@ class PostgresStore(MemoryStore):
             mapped = postgres_error(exc, store="memory store")
             if mapped is None:
                 raise
-            if mapped.code is grpc.StatusCode.UNAVAILABLE and deadline_passed():
-                # It gave up waiting (for a pooled connection) because the caller's
-                # time ran out: the caller's deadline, not an outage.
-                raise DeadlineExceeded(
-                    "deadline passed while waiting for the memory store",
-                    reason="STATEMENT_TIMEOUT",
-                ) from None
             if mapped.code is grpc.StatusCode.INTERNAL:
                 log.error("postgres store fault", exc_info=exc)
             raise mapped from None

@@ -118,5 +118,6 @@ def test_readiness_and_routing_follow_the_registrar(running: Running) -> None:
             return False
 
     # The gateway dropped the channel that failed to connect, so routing resumes as soon
-    # as the registry says READY, not after a reconnect backoff.
-    wait_until(served, timeout_s=5, interval_s=0.1, what="routed to the restarted worker")
+    # as the registry says READY, not after a reconnect backoff (by then grpc's backoff
+    # would be 10-20 s). 15 s leaves room for a first generation on a loaded 2-core box.
+    wait_until(served, timeout_s=15, interval_s=0.1, what="routed to the restarted worker")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from opentelemetry import context as otel_context
@@ -50,6 +51,8 @@ def peer_attributes(peer: str | None, attributes: dict[str, Any]) -> None:
         return
     _, _, address = peer.partition(",")[0].partition(":")
     ip, _, port = address.rpartition(":")
+    if "%" in ip:  # grpc may percent-encode an IPv6 address: ipv6:%5B::1%5D:5123
+        ip = unquote(ip)
     if ip:
         attributes["net.peer.ip"] = ip
         attributes["net.peer.port"] = port

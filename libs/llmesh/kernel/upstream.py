@@ -91,8 +91,11 @@ class OutboundCall:
             self.timeout = outbound_timeout(cap, share=share.fraction)
         else:
             self.timeout = outbound_timeout(timeout_s)
+        service, _, method = name.rpartition("/")
         self.span = _tracer.start_span(
-            name, kind=SpanKind.CLIENT, attributes={"rpc.system": "grpc", "rpc.method": name}
+            name,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(self.span))
@@ -106,7 +109,7 @@ class OutboundCall:
         span = self.span
         if span.is_recording():
             span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code != grpc.StatusCode.OK:
+            if code is not grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
 

@@ -26,6 +26,8 @@ from llmesh_gateway.store import ApiKeyRecord, AuditRecord
 # this long; background work (the audit writer) without a deadline gets this.
 STATEMENT_TIMEOUT_S = 10.0
 POOL_WAIT_S = 5.0
+# pg_advisory_xact_lock key held while the schema is created (b"llmeshgw", as a bigint).
+SCHEMA_LOCK = int.from_bytes(b"llmeshgw", "big") >> 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS llmesh_api_keys (
@@ -81,7 +83,10 @@ class PostgresStore:
             dsn, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
         await pool.open(wait=True, timeout=10)
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            # Replicas starting together: CREATE TABLE IF NOT EXISTS is not safe against
+            # itself (UniqueViolation in the catalog), so one creates while the rest wait.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             await conn.execute(SCHEMA)
         return cls(pool)
 

@@ -204,3 +204,17 @@ async def test_postgres_statement_ends_at_the_callers_deadline(
         await blocker.rollback()
         await blocker.close()
         await opened.close()
+
+
+async def test_postgres_replicas_opening_a_fresh_database_at_once_all_start(
+    postgres_dsn_factory: Callable[[], str],
+) -> None:
+    """Gateway replicas starting together on an empty database each create the schema
+    (CREATE TABLE IF NOT EXISTS races in the catalog: UniqueViolation without a lock)."""
+    dsn = postgres_dsn_factory()
+    stores = await asyncio.gather(*(open_store(dsn) for _ in range(6)))
+    try:
+        await stores[0].create_key(record("k1", expires_at=None))
+        assert (await stores[-1].get_key("k1")) is not None
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))

@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -24,7 +25,8 @@ def register(subparsers: Any) -> None:
         help="manage gateway API keys in the key store directly",
         description="Manage gateway API keys directly in the gateway's store (no gateway "
         "needed). The store is the gateway's: --store-url, else LLMESH_GATEWAY_STORE_URL, "
-        "else <data dir>/gateway.db.",
+        "else the PostgreSQL of a running `llmesh up --profile production` in the data "
+        "dir, else <data dir>/gateway.db.",
     )
     parser.add_argument("--store-url", help="sqlite:///path or postgresql://...")
     parser.add_argument("--data-dir", help="gateway data directory (default ~/.llmesh)")
@@ -45,9 +47,19 @@ def register(subparsers: Any) -> None:
 
 
 def _store_url(args: argparse.Namespace) -> str:
+    import os
+
     from llmesh.kernel.config import load_settings
+    from llmesh_cli.supervisor.state import read_state
+    from llmesh_cli.up import default_home
     from llmesh_gateway.settings import GatewaySettings
 
+    if not (args.store_url or args.config or os.environ.get("LLMESH_GATEWAY_STORE_URL")):
+        # A running `llmesh up --profile production` keeps the keys in its PostgreSQL.
+        home = Path(args.data_dir).expanduser() if args.data_dir else default_home()
+        state = read_state(home)
+        if state is not None and state.key_store_url:
+            return state.key_store_url
     settings = load_settings(
         GatewaySettings, args.config, store_url=args.store_url, data_dir=args.data_dir
     )

@@ -27,6 +27,15 @@ def register(subparsers: Any) -> None:
         "--home", type=Path, help="data directory (default $LLMESH_HOME or ~/.llmesh)"
     )
     parser.add_argument(
+        "--profile",
+        choices=["local", "production"],
+        default="local",
+        help="local: one of each, embedded stores (default). production: what the "
+        "Kubernetes production overlay runs: two gateways and two registries on Redis, "
+        "two workers with registrars, memory on PostgreSQL + pgvector with the Redis "
+        "session cache (Redis and PostgreSQL run as children too; see docs/operations.md)",
+    )
+    parser.add_argument(
         "--services", help="comma-separated subset, e.g. registry,inference,registrar"
     )
     parser.add_argument(
@@ -72,5 +81,6 @@ def _up(args: argparse.Namespace) -> int:
         backoff_initial_s=args.backoff_initial_s,
         backoff_max_s=args.backoff_max_s,
         log_level=args.log_level.upper(),
+        profile=args.profile,
     )
     return asyncio.run(run_up(options))

@@ -15,7 +15,7 @@ from llmesh_cli.supervisor.plan import ServiceSpec
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     """Linux: the child gets SIGTERM if the supervisor dies (even by SIGKILL)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -51,7 +51,7 @@ class Child:
                 stderr=log,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if os.name == "posix" else None,
+                preexec_fn=die_with_parent if os.name == "posix" else None,
             )
         self.started_at = time.monotonic()
         self.starts += 1

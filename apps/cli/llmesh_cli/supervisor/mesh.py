@@ -33,6 +33,7 @@ from llmesh_cli.supervisor.plan import (
     child_names,
     llmesh_command,
 )
+from llmesh_cli.supervisor.probe import backing_ready
 
 
 def free_port() -> int:
@@ -49,6 +50,7 @@ def mesh_options(
     default_model: str,
     services: Sequence[str],
     workers: int = 1,
+    replicas: Mapping[str, int] | None = None,
     metrics: Sequence[str] = (),
     embeddings: bool = True,
     args: Mapping[str, Sequence[str]] | None = None,
@@ -56,7 +58,7 @@ def mesh_options(
     log_level: str = "INFO",
 ) -> PlanOptions:
     """Plan options on free ports (metrics ports only for the children in ``metrics``)."""
-    names = child_names(services, workers)
+    names = child_names(services, workers, replicas)
     return PlanOptions(
         home=home,
         models_dir=models_dir,
@@ -67,6 +69,7 @@ def mesh_options(
         embeddings=embeddings,
         log_level=log_level,
         workers=workers,
+        replicas=dict(replicas or {}),
         args=dict(args or {}),
         env=dict(env or {}),
     )
@@ -124,6 +127,8 @@ class LocalMesh:
         chosen = list(names or self.specs)
         for name in chosen:
             self.spawn(name)
+            if self.specs[name].gate:  # a backing server: ready before the next starts
+                self.wait_ready(name)
         if wait:
             for name in chosen:
                 self.wait_ready(name)
@@ -151,13 +156,19 @@ class LocalMesh:
         spec = self.specs[name]
         limit = spec.start_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
-        serving = health_pb2.HealthCheckResponse.SERVING
-        while readiness(spec.address) != serving:
+        while not self.ready(name):
             if not self.running(name):
                 raise RuntimeError(f"{name} exited while starting:\n{tail(spec.log_file, 20)}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not ready after {limit:.0f}s:\n{tail(spec.log_file)}")
             time.sleep(0.1)
+
+    def ready(self, name: str) -> bool:
+        """Whether the child answers its readiness probe now."""
+        spec = self.specs[name]
+        if spec.probe != "grpc":
+            return backing_ready(spec.probe, spec.address)
+        return readiness(spec.address) == int(health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, name: str, *, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> int | None:
         """Signal the child's process group; SIGKILL after ``grace_s``. Returns its code."""

@@ -51,6 +51,11 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Which service it runs (``inference`` for the workers ``inference``, ``inference-1`` ...).
     kind: str = ""
+    # How readiness is probed: ``grpc`` (grpc.health.v1 ``readiness``), or a backing
+    # server's own protocol: ``redis`` (PING), ``postgres`` (SELECT 1).
+    probe: str = "grpc"
+    # Start the children after this one only once it is ready (backing servers).
+    gate: bool = False
 
     @property
     def address(self) -> str:
@@ -74,6 +79,10 @@ class PlanOptions:
     # Inference workers: ``inference``, then ``inference-1``, ``inference-2`` ... each with
     # its registrar (``registrar``, ``registrar-1`` ...) when registrars are in ``services``.
     workers: int = 1
+    # Replicas of ``gateway`` and ``registry``: ``gateway``, ``gateway-1`` ... Gateway i
+    # watches registry i mod R and registrar i registers with registry i mod R (the
+    # registries must then share a backend to see the same workers).
+    replicas: Mapping[str, int] = field(default_factory=dict)
     # Extra flags per child name, after the plan's own (a repeated flag overrides it).
     args: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # Extra environment per child name.
@@ -102,16 +111,27 @@ def worker_name(index: int, kind: str = "inference") -> str:
     return kind if index == 0 else f"{kind}-{index}"
 
 
-def child_names(services: Sequence[str], workers: int = 1) -> list[str]:
+def child_index(name: str) -> int:
+    """0 for ``gateway``, 1 for ``gateway-1`` ..."""
+    _, sep, index = name.partition("-")
+    return int(index) if sep and index.isdigit() else 0
+
+
+def child_names(
+    services: Sequence[str], workers: int = 1, replicas: Mapping[str, int] | None = None
+) -> list[str]:
     """The children of a plan, in start order."""
     names: list[str] = []
     for kind in ALL_SERVICES:
         if kind not in services:
             continue
         if kind in ("inference", "registrar"):
-            names += [worker_name(i, kind) for i in range(workers)]
+            count = workers
+        elif kind in ("gateway", "registry"):
+            count = (replicas or {}).get(kind, 1)
         else:
-            names.append(kind)
+            count = 1
+        names += [worker_name(i, kind) for i in range(count)]
     return names
 
 
@@ -119,10 +139,15 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
     """The children to start, in start order."""
     ports = options.ports
     logs = options.home / "logs"
-    names = child_names(options.services, options.workers)
+    names = child_names(options.services, options.workers, options.replicas)
+    registries = options.replicas.get("registry", 1)
 
     def address(name: str) -> str:
         return f"127.0.0.1:{ports[name]}"
+
+    def registry_for(name: str) -> str:
+        """The registry child ``name`` talks to: registry i mod R for the i-th replica."""
+        return address(worker_name(child_index(name) % registries, "registry"))
 
     def flags(name: str, kind: str) -> tuple[list[str], float]:
         """The service's own flags and its start timeout."""
@@ -137,7 +162,7 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
             worker = name.replace("registrar", "inference", 1)
             return [
                 "--worker", address(worker),
-                "--registry", address("registry"),
+                "--registry", registry_for(name),
                 "--worker-id", f"local-{ports[worker]}",
             ], 60.0  # fmt: skip
         if kind == "memory":
@@ -152,7 +177,7 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
             # The key store at <home>/gateway.db, where `llmesh keys` looks by default.
             args = ["--data-dir", str(options.home)]
             if "registry" in names:
-                args += ["--registry", address("registry")]
+                args += ["--registry", registry_for(name)]
             if "memory" in names:
                 args += ["--memory", address("memory")]
             return args, 60.0

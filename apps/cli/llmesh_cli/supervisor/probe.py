@@ -1,6 +1,9 @@
-"""gRPC health checks of the children (``readiness``)."""
+"""Readiness checks of the children: gRPC health (``readiness``) for the services, the
+backing servers' own protocols for Redis (PING) and PostgreSQL (SELECT 1)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,3 +25,41 @@ async def health_of(address: str, *, service: str = "readiness", timeout_s: floa
                 return "UNKNOWN"
             return UNREACHABLE
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def backing_ready(probe: str, address: str, *, timeout_s: float = 1.0) -> bool:
+    """Whether the Redis (``probe="redis"``) or PostgreSQL server at ``address`` answers."""
+    host, _, port = address.rpartition(":")
+    if probe == "redis":
+        import redis
+
+        client = redis.Redis(
+            host=host, port=int(port), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+    if probe == "postgres":
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=host, port=int(port), user="postgres", dbname="postgres",
+                connect_timeout=max(1, round(timeout_s)),
+            ) as conn:  # fmt: skip
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError):
+            return False
+        return True
+    raise ValueError(f"unknown probe {probe!r}")
+
+
+async def ready_state(probe: str, address: str, *, timeout_s: float = 1.0) -> str:
+    """The child's readiness as ``llmesh status`` prints it, whatever it speaks."""
+    if probe == "grpc":
+        return await health_of(address, timeout_s=timeout_s)
+    ok = await asyncio.to_thread(backing_ready, probe, address, timeout_s=timeout_s)
+    return SERVING if ok else UNREACHABLE

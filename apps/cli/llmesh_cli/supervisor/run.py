@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 
 from llmesh_cli.supervisor.models import ensure_tiny_model
-from llmesh_cli.supervisor.plan import (
-    ALL_SERVICES,
-    DEFAULT_METRICS_PORTS,
-    DEFAULT_PORTS,
-    PlanOptions,
-    build_plan,
-    installed,
+from llmesh_cli.supervisor.plan import ALL_SERVICES, PlanOptions, installed
+from llmesh_cli.supervisor.probe import SERVING
+from llmesh_cli.supervisor.profiles import (
+    build_profile,
+    missing_backing,
+    profile_children,
+    profile_metrics_ports,
+    profile_ports,
 )
-from llmesh_cli.supervisor.probe import SERVING, health_of
 from llmesh_cli.supervisor.restart import RestartPolicy
-from llmesh_cli.supervisor.state import ServiceRecord, read_state
+from llmesh_cli.supervisor.state import read_state
 from llmesh_cli.supervisor.supervisor import Supervisor
-from llmesh_cli.supervisor.table import services_table, workers_table
+from llmesh_cli.supervisor.table import services_table
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,7 @@ class UpOptions:
     backoff_initial_s: float
     backoff_max_s: float
     log_level: str
+    profile: str = "local"
 
 
 def _port_free(port: int) -> bool:
@@ -94,18 +93,23 @@ async def run_up(options: UpOptions) -> int:
     services = _choose_services(options, console)
     if services is None:
         return 2
-    ports = dict(DEFAULT_PORTS)
-    metrics_ports: dict[str, int] | None = dict(DEFAULT_METRICS_PORTS) if options.metrics else None
+    if options.profile == "production":
+        missing = missing_backing()
+        for line in missing:
+            console.print(f"[red]the production profile needs {line}[/]")
+        if missing:
+            return 1
+    names = profile_children(options.profile, services)
+    ports = profile_ports(options.profile, services)
+    metrics_ports = profile_metrics_ports(options.profile, services) if options.metrics else None
     if options.free_ports:
         ports = {name: _free_port() for name in ports}
         if metrics_ports is not None:
             metrics_ports = {name: _free_port() for name in metrics_ports}
-    busy = [f"{ports[n]} ({n})" for n in services if not _port_free(ports[n])]
+    busy = [f"{ports[n]} ({n})" for n in names if not _port_free(ports[n])]
     if metrics_ports is not None:
         busy += [
-            f"{metrics_ports[n]} ({n} metrics)"
-            for n in services
-            if not _port_free(metrics_ports[n])
+            f"{port} ({n} metrics)" for n, port in metrics_ports.items() if not _port_free(port)
         ]
     if busy:
         console.print(
@@ -117,7 +121,8 @@ async def run_up(options: UpOptions) -> int:
         await ensure_tiny_model(
             options.models_dir, size=options.model_size, name=options.model, console=console
         )
-    plan = build_plan(
+    profile = build_profile(
+        options.profile,
         PlanOptions(
             home=options.home,
             models_dir=options.models_dir,
@@ -127,8 +132,9 @@ async def run_up(options: UpOptions) -> int:
             metrics_ports=metrics_ports,
             embeddings=options.embeddings,
             log_level=options.log_level,
-        )
+        ),
     )
+    plan = profile.specs
     for spec in plan:
         spec.env.setdefault("LLMESH_HOME", str(options.home))
 
@@ -146,17 +152,27 @@ async def run_up(options: UpOptions) -> int:
         say=lambda line: console.print(line, markup=False),
         policy=policy,
         grace_s=options.grace_s,
+        profile=profile.name,
+        key_store_url=profile.key_store_url,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)
-    console.print(f"starting {', '.join(services)} (logs in {options.home / 'logs'})")
+    console.print(
+        f"starting the {profile.name} profile: {', '.join(s.name for s in plan)} "
+        f"(logs in {options.home / 'logs'})"
+    )
     try:
         ready = await supervisor.start()
         health = {name: (SERVING if ok else "NOT_READY") for name, ok in ready.items()}
         console.print(services_table(supervisor.records(), health))
         if all(ready.values()):
             console.print("mesh is up. `llmesh status` shows it; Ctrl-C stops it.")
+            if profile.key_store_url:
+                console.print(
+                    f"API keys are in PostgreSQL ({profile.key_store_url}): "
+                    "`llmesh keys create ...` finds it while this runs."
+                )
         else:
             console.print("some services are not ready; see their logs. Ctrl-C stops the rest.")
         await supervisor.wait_stopped()
@@ -165,59 +181,3 @@ async def run_up(options: UpOptions) -> int:
         await supervisor.shutdown()
     console.print("all services stopped")
     return 0
-
-
-async def _workers(address: str) -> list[object] | str:
-    from llmesh.kernel.context import deadline_scope
-    from llmesh.v1 import registry_pb2, registry_pb2_grpc
-    from llmesh_cli.client import open_channel, unary
-
-    async with open_channel(address) as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        try:
-            with deadline_scope(2.0, name="llmesh status"):
-                reply = await unary(
-                    stub.ListWorkers, registry_pb2.RegistryServiceListWorkersRequest()
-                )
-        except grpc.aio.AioRpcError as exc:
-            return f"registry at {address} unreachable ({exc.code().name})"
-        return list(reply.workers)
-
-
-async def status(home: Path, *, registry: str | None, as_json: bool) -> int:
-    """Print services and workers; 0 when every service answers SERVING."""
-    from google.protobuf import json_format
-
-    console = Console(highlight=False)
-    state = read_state(home)
-    if state is not None:
-        records = state.services
-    else:
-        records = [
-            ServiceRecord(name=n, address=f"127.0.0.1:{p}", pid=None, log="", status="unknown")
-            for n, p in sorted(DEFAULT_PORTS.items(), key=lambda kv: ALL_SERVICES.index(kv[0]))
-        ]
-    health_list = await asyncio.gather(*(health_of(r.address) for r in records))
-    health = {r.name: h for r, h in zip(records, health_list, strict=True)}
-    registry_address = registry or next(
-        (r.address for r in records if r.name == "registry"), "127.0.0.1:50052"
-    )
-    workers = await _workers(registry_address)
-    if as_json:
-        payload = {
-            "supervisor_pid": state.supervisor_pid if state else None,
-            "services": [asdict(r) | {"health": health[r.name]} for r in records],
-            "workers": workers
-            if isinstance(workers, str)
-            else [json_format.MessageToDict(w) for w in workers],  # type: ignore[arg-type]
-        }
-        print(json.dumps(payload, indent=2))
-    else:
-        if state is None:
-            console.print(f"llmesh up is not running (no live state in {home}); probing defaults")
-        console.print(services_table(records, health))
-        if isinstance(workers, str):
-            console.print(workers)
-        else:
-            console.print(workers_table(workers))  # type: ignore[arg-type]
-    return 0 if state is not None and all(h == SERVING for h in health.values()) else 1

@@ -18,6 +18,7 @@ class ServiceRecord:
     pid: int | None
     log: str
     status: str = "starting"  # starting | running | restarting | failed | stopped
+    probe: str = "grpc"  # how its readiness is checked (grpc | redis | postgres)
 
 
 @dataclass
@@ -26,6 +27,9 @@ class UpState:
 
     supervisor_pid: int
     services: list[ServiceRecord] = field(default_factory=list)
+    profile: str = "local"
+    # The gateways' key store when not the SQLite file in the home (production profile).
+    key_store_url: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -53,6 +57,8 @@ def read_state(home: Path) -> UpState | None:
     state = UpState(
         supervisor_pid=int(raw["supervisor_pid"]),
         services=[ServiceRecord(**item) for item in raw.get("services", [])],
+        profile=str(raw.get("profile", "local")),
+        key_store_url=raw.get("key_store_url"),
     )
     return state if pid_alive(state.supervisor_pid) else None
 

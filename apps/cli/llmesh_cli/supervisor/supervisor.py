@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmesh_cli.supervisor.child import Child, tail
 from llmesh_cli.supervisor.plan import ServiceSpec
-from llmesh_cli.supervisor.probe import SERVING, health_of
+from llmesh_cli.supervisor.probe import SERVING, ready_state
 from llmesh_cli.supervisor.restart import RestartPolicy
 from llmesh_cli.supervisor.state import ServiceRecord, UpState, clear_state, write_state
 
@@ -30,6 +30,8 @@ class Supervisor:
         policy: Callable[[], RestartPolicy] = RestartPolicy,
         grace_s: float = 15.0,
         ready_poll_s: float = 0.25,
+        profile: str = "local",
+        key_store_url: str | None = None,
     ) -> None:
         self.children = [Child(spec) for spec in specs]
         self._policies = {child.spec.name: policy() for child in self.children}
@@ -38,6 +40,8 @@ class Supervisor:
         self._say = say
         self._grace_s = grace_s
         self._ready_poll_s = ready_poll_s
+        self._profile = profile
+        self._key_store_url = key_store_url
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -52,17 +56,32 @@ class Supervisor:
         self._stop.set()
 
     async def start(self) -> dict[str, bool]:
-        """Start every child, then wait (concurrently) until each is ready."""
+        """Start every child, then wait (concurrently) until each is ready.
+
+        A gate child (a backing server) is waited for before the children after it
+        start; when it does not become ready, those are not started (reported False).
+        """
+        ready: dict[str, bool] = {}
+        waiting: list[Child] = []
         for child in self.children:
+            name = child.spec.name
+            if not all(ready.values()):
+                ready[name] = False
+                self._status[name] = "not started"
+                continue
             await child.start()
-            self._status[child.spec.name] = "starting"
-        self._save()
-        self._tasks = [
-            asyncio.create_task(self._supervise(child), name=f"supervise-{child.spec.name}")
-            for child in self.children
-        ]
-        results = await asyncio.gather(*(self._wait_ready(child) for child in self.children))
-        return {child.spec.name: ok for child, ok in zip(self.children, results, strict=True)}
+            self._status[name] = "starting"
+            self._save()
+            self._tasks.append(
+                asyncio.create_task(self._supervise(child), name=f"supervise-{name}")
+            )
+            if child.spec.gate:
+                ready[name] = await self._wait_ready(child)
+            else:
+                waiting.append(child)
+        results = await asyncio.gather(*(self._wait_ready(child) for child in waiting))
+        ready.update({child.spec.name: ok for child, ok in zip(waiting, results, strict=True)})
+        return {child.spec.name: ready[child.spec.name] for child in self.children}
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
@@ -100,6 +119,7 @@ class Supervisor:
                 pid=child.pid if child.running else None,
                 log=str(child.spec.log_file),
                 status=self._status[child.spec.name],
+                probe=child.spec.probe,
             )
             for child in self.children
         ]
@@ -111,7 +131,15 @@ class Supervisor:
     # -- internals ----------------------------------------------------------
 
     def _save(self) -> None:
-        write_state(self._home, UpState(supervisor_pid=os.getpid(), services=self.records()))
+        write_state(
+            self._home,
+            UpState(
+                supervisor_pid=os.getpid(),
+                services=self.records(),
+                profile=self._profile,
+                key_store_url=self._key_store_url,
+            ),
+        )
 
     async def _wait_ready(self, child: Child) -> bool:
         """Poll the child's readiness until SERVING, its exit, or its start timeout."""
@@ -121,7 +149,7 @@ class Supervisor:
         while time.monotonic() < deadline and not self._stop.is_set():
             if child.process is not process or not child.running:
                 return False
-            if await health_of(child.spec.address, timeout_s=1.0) == SERVING:
+            if await ready_state(child.spec.probe, child.spec.address) == SERVING:
                 self._status[child.spec.name] = "running"
                 self._save()
                 self._say(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.table import Table
 
@@ -30,16 +30,26 @@ def services_table(records: Sequence[ServiceRecord], health: dict[str, str]) -> 
     return table
 
 
-def workers_table(workers: Sequence[common_pb2.WorkerInfo]) -> Table:
-    """worker | address | state | models | load."""
-    table = Table(title="inference workers (registry)", title_justify="left")
-    for column in ("worker", "address", "state", "models loaded", "active", "queued", "free"):
+def workers_table(
+    workers: Sequence[common_pb2.WorkerInfo],
+    *,
+    seen_by: Mapping[str, Sequence[str]] | None = None,
+    sources: Sequence[str] = (),
+) -> Table:
+    """worker | address | state | models | load (| seen by: which registries and gateways
+    list it, when there are several ``sources``)."""
+    table = Table(title="inference workers", title_justify="left")
+    columns = ["worker", "address", "state", "models loaded", "active", "queued", "free"]
+    several = len(sources) > 1
+    if several:
+        columns.append("seen by")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for worker in workers:
         state = common_pb2.WorkerState.Name(worker.state).removeprefix("WORKER_STATE_")
         if worker.state_reason:
             state += f" ({worker.state_reason})"
-        table.add_row(
+        row = [
             worker.worker_id,
             worker.address,
             state,
@@ -47,5 +57,8 @@ def workers_table(workers: Sequence[common_pb2.WorkerInfo]) -> Table:
             str(worker.load.active_requests),
             str(worker.load.queued_requests),
             str(worker.load.free_slots),
-        )
+        ]
+        if several:
+            row.append(", ".join((seen_by or {}).get(worker.worker_id, [])) or "-")
+        table.add_row(*row)
     return table

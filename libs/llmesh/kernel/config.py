@@ -92,6 +92,11 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A second, plaintext port serving only ``grpc.health.v1`` (Kubernetes' native gRPC
+    probes cannot speak TLS); unset: none."""
+    allow_plaintext: bool = False
+    """Allow a non-loopback bind without TLS (a dev cluster's private namespace only)."""
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     grace_period_s: float = Field(default=10.0, gt=0, le=600)

@@ -84,15 +84,22 @@ class ServiceHost:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         self.port: int | None = None
+        # Plaintext, health only: for probes that cannot speak TLS (kubelet's grpc probe).
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if settings.health_port is not None:
+            self.health_server = grpc.aio.server(options=server_options(settings))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.health_server)
 
     async def start(self) -> int:
-        """Bind and start; returns the bound port. Refuses non-loopback without TLS."""
+        """Bind and start; returns the bound port. Refuses non-loopback without TLS
+        unless ``allow_plaintext`` is set."""
         creds = server_credentials(self.settings)
-        if creds is None and not self.settings.loopback:
+        if creds is None and not self.settings.loopback and not self.settings.allow_plaintext:
             raise ConfigError(
                 f"refusing to listen on non-loopback host {self.settings.host!r} without TLS: "
-                "set tls.cert_file and tls.key_file (env ..._TLS__CERT_FILE/_TLS__KEY_FILE) "
-                "or bind 127.0.0.1"
+                "set tls.cert_file and tls.key_file (env ..._TLS__CERT_FILE/_TLS__KEY_FILE), "
+                "bind 127.0.0.1, or (a private dev network only) set allow_plaintext"
             )
         if self.settings.reflection:
             names = (
@@ -108,14 +115,31 @@ class ServiceHost:
         if port == 0:
             raise ConfigError(f"port: cannot bind {address} (in use or not permitted)")
         await self.server.start()
+        if self.health_server is not None:
+            await self._start_health_server()
         await self.health.publish()
         self.port = port
         return port
+
+    async def _start_health_server(self) -> None:
+        assert self.health_server is not None
+        address = f"{self.settings.host}:{self.settings.health_port}"
+        try:
+            health_port = self.health_server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            health_port = 0
+        if health_port == 0:
+            await self.server.stop(0)
+            raise ConfigError(f"health_port: cannot bind {address} (in use or not permitted)")
+        await self.health_server.start()
+        self.health_port = health_port
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, reject new calls, let in-flight calls finish within ``grace_s``."""
         await self.health.shutdown()
         await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
 
 async def serve(

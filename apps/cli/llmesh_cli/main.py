@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "registrar": "llmesh_registry.app:registrar_main",
     "inference": "llmesh_inference.app:main",
     "memory": "llmesh_memory.app:main",
+    "openai": "llmesh_openai.app:main",
 }
 
 # Modules under ``llmesh_cli`` that expose ``register(subparsers) -> None``.

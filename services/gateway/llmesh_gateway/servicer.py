@@ -133,7 +133,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             inference_pb2.InferenceServiceEmbedRequest(texts=request.texts, model=request.model)
         )
         return gateway_pb2.EmbedResponse(
-            embeddings=response.embeddings, dimensions=response.dimensions, model=response.model
+            embeddings=response.embeddings,
+            dimensions=response.dimensions,
+            model=response.model,
+            prompt_tokens=response.prompt_tokens,
         )
 
     async def Remember(

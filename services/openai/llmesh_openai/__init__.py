@@ -1,0 +1,1 @@
+"""llmesh_openai: the OpenAI-compatible HTTP door in front of the gateway."""

@@ -1,0 +1,87 @@
+"""The OpenAI-door e2e mesh: the whole `llmesh up` plan (registry, an MLX inference worker
+with the tiny model and its registrar, memory, gateway, and the OpenAI HTTP door), each
+its own process, exporting spans over OTLP to a collector in the test process.
+
+The gateway runs with a low cheap-call limit (30 requests/minute, 10 s burst: 5 calls
+per key at once) so the rate-limit test can reach it; other tests use their own keys.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from llmesh.testing.rpc import Collector
+from llmesh.v1 import gateway_pb2, gateway_pb2_grpc
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import ALL_SERVICES, build_plan
+
+MODEL = "tiny-llama-test"
+LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
+USERS = {"alice": "acme", "bob": "globex", "carol": "acme", "rita": "ratelimited"}
+
+
+@dataclass
+class OpenAIMesh:
+    local: LocalMesh
+    collector: Collector
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.local.address('openai')}/v1"
+
+    @property
+    def gateway(self) -> str:
+        return self.local.address("gateway")
+
+    @property
+    def worker(self) -> str:
+        return self.local.address("inference")
+
+
+@contextmanager
+def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
+    """Start the plan of `llmesh up` in ``tmp`` with keys for admin (ops), alice and
+    carol (acme), bob (globex) and rita (ratelimited); stop it on exit."""
+    collector = Collector()
+    otlp = collector.start()
+    options = mesh_options(
+        tmp,
+        models_dir=models_dir,
+        default_model=MODEL,
+        services=ALL_SERVICES,
+        args={"inference": ["--max-batch-size", "4"]},
+        env={
+            "gateway": {
+                "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "30",
+                "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
+                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
+            }
+        },
+    )
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    try:
+        with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+            local.start()
+            mesh = OpenAIMesh(local=local, collector=collector)
+            mesh.keys["admin"] = local.create_key(role="admin", tenant="ops")
+            with grpc.insecure_channel(mesh.gateway) as channel:
+                admin = gateway_pb2_grpc.AdminServiceStub(channel)
+                for name, tenant in USERS.items():
+                    mesh.keys[name] = admin.CreateApiKey(
+                        gateway_pb2.CreateApiKeyRequest(
+                            name=name, role=gateway_pb2.ROLE_USER, tenant=tenant
+                        ),
+                        metadata=(("authorization", f"Bearer {mesh.keys['admin']}"),),
+                        timeout=10,
+                    ).api_key
+            yield mesh
+    finally:
+        collector.stop()

@@ -92,6 +92,8 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus endpoint (``0.0.0.0`` in a pod, for the scraper)."""
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """A second, plaintext port serving only ``grpc.health.v1`` (Kubernetes' native gRPC
     probes cannot speak TLS); unset: none."""

@@ -183,7 +183,10 @@ def run_service(
     """Process entry point for ``llmesh serve <service>``: logs, telemetry, serve, exit 0."""
     setup_logging(service, level=settings.log_level, fmt=settings.log_format, capture_uncaught=True)
     setup_telemetry(
-        service, otlp_endpoint=settings.otlp_endpoint, metrics_port=settings.metrics_port
+        service,
+        otlp_endpoint=settings.otlp_endpoint,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
     try:
         asyncio.run(serve(settings, service_names=service_names, setup=setup, guards=guards))

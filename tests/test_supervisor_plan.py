@@ -16,7 +16,9 @@ def flag(argv: tuple[str, ...], name: str) -> list[str]:
 
 def test_the_default_plan_is_llmesh_up(tmp_path: Path) -> None:
     plan = build_plan(PlanOptions(home=tmp_path, models_dir=tmp_path / "m", default_model="tiny"))
-    assert [s.name for s in plan] == ["registry", "inference", "registrar", "memory", "gateway"]
+    assert [s.name for s in plan] == [
+        "registry", "inference", "registrar", "memory", "gateway", "openai",
+    ]  # fmt: skip
     by_name = {s.name: s for s in plan}
     assert {n: s.port for n, s in by_name.items()} == DEFAULT_PORTS
     assert flag(by_name["registrar"].argv, "--worker") == ["127.0.0.1:50054"]
@@ -26,6 +28,10 @@ def test_the_default_plan_is_llmesh_up(tmp_path: Path) -> None:
     assert flag(by_name["gateway"].argv, "--memory") == ["127.0.0.1:50053"]
     assert flag(by_name["gateway"].argv, "--metrics-port") == ["9461"]
     assert by_name["inference"].env == {"LLMESH_INFERENCE_LOG_LEVEL": "INFO"}
+    # The OpenAI door (HTTP on 8080) calls the gateway and is probed over HTTP.
+    assert flag(by_name["openai"].argv, "--gateway") == ["127.0.0.1:50051"]
+    assert flag(by_name["openai"].argv, "--metrics-port") == ["9466"]
+    assert by_name["openai"].probe == "http" and by_name["gateway"].probe == "grpc"
 
 
 def test_several_workers_extra_flags_and_environment(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
         models_dir=models_dir,
         default_model=MODEL,
         services=ALL_SERVICES,
+        metrics=("openai",),
         args={"inference": ["--max-batch-size", "4"]},
         env={
             "gateway": {

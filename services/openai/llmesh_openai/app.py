@@ -32,11 +32,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def bind(settings: OpenAISettings) -> socket.socket:
     """The listening socket (port 0: a free one); refuses non-loopback without TLS."""
-    if not settings.tls.enabled and not settings.loopback:
+    if not settings.tls.enabled and not settings.loopback and not settings.allow_plaintext:
         raise ConfigError(
             f"refusing to listen on non-loopback host {settings.host!r} without TLS: "
             "set tls.cert_file and tls.key_file (env LLMESH_OPENAI_TLS__CERT_FILE/"
-            "_TLS__KEY_FILE) or bind 127.0.0.1"
+            "_TLS__KEY_FILE), bind 127.0.0.1, or (a private dev network only) set "
+            "allow_plaintext"
         )
     family = socket.AF_INET6 if ":" in settings.host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -137,7 +138,10 @@ def main(argv: Sequence[str]) -> int:
         "openai", level=settings.log_level, fmt=settings.log_format, capture_uncaught=True
     )
     setup_telemetry(
-        "openai", otlp_endpoint=settings.otlp_endpoint, metrics_port=settings.metrics_port
+        "openai",
+        otlp_endpoint=settings.otlp_endpoint,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
     try:
         asyncio.run(_serve(settings))

@@ -13,14 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Start order; shutdown goes the other way (gateway first, registry last).
-ALL_SERVICES: tuple[str, ...] = ("registry", "inference", "registrar", "memory", "gateway")
+# Start order; shutdown goes the other way (the OpenAI door first, registry last).
+ALL_SERVICES: tuple[str, ...] = (
+    "registry", "inference", "registrar", "memory", "gateway", "openai",
+)  # fmt: skip
 DEFAULT_PORTS: dict[str, int] = {
     "gateway": 50051,
     "registry": 50052,
     "memory": 50053,
     "inference": 50054,
     "registrar": 50055,
+    "openai": 8080,  # HTTP: the OpenAI-compatible API (docs/openai.md)
 }
 DEFAULT_METRICS_PORTS: dict[str, int] = {
     "gateway": 9461,
@@ -28,6 +31,7 @@ DEFAULT_METRICS_PORTS: dict[str, int] = {
     "memory": 9463,
     "inference": 9464,
     "registrar": 9465,
+    "openai": 9466,
 }
 APP_MODULES: dict[str, str] = {
     "gateway": "llmesh_gateway.app",
@@ -35,7 +39,10 @@ APP_MODULES: dict[str, str] = {
     "registrar": "llmesh_registry.app",
     "inference": "llmesh_inference.app",
     "memory": "llmesh_memory.app",
+    "openai": "llmesh_openai.app",
 }
+# How a child's readiness is probed when not grpc.health.v1 (see ServiceSpec.probe).
+PROBES: dict[str, str] = {"openai": "http"}
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,8 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
             if "memory" in names:
                 args += ["--memory", address("memory")]
             return args, 60.0
+        if kind == "openai" and "gateway" in names:
+            return ["--gateway", address("gateway")], 60.0
         return [], 60.0
 
     specs: list[ServiceSpec] = []
@@ -204,6 +213,7 @@ def build_plan(options: PlanOptions) -> list[ServiceSpec]:
                     **options.env.get(name, {}),
                 },
                 kind=kind,
+                probe=PROBES.get(kind, "grpc"),
             )
         )
     return specs

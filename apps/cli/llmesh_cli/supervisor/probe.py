@@ -42,6 +42,15 @@ def backing_ready(probe: str, address: str, *, timeout_s: float = 1.0) -> bool:
             return False
         finally:
             client.close()
+    if probe == "http":  # the OpenAI door: GET /health answers 200 once the gateway is ready
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{address}/health", timeout=timeout_s) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
     if probe == "postgres":
         import psycopg
 

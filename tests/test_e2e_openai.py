@@ -4,7 +4,11 @@ official ``openai`` Python SDK (and httpx where the SDK hides the wire)."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import shutil
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ from llmesh.testing.polling import wait_until
 from llmesh.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.slow
+NODE_TESTS = Path(__file__).parent / "node" / "openai_door.test.mjs"
 EMBEDDER = "all-minilm-l6-v2"
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -231,7 +236,7 @@ def test_user_key_on_admin_route_is_403(mesh: OpenAIMesh) -> None:
     assert user.status_code == 403
     assert user.json()["error"]["type"] == "permission_error"
     assert user.json()["error"]["code"] == "role_required"
-    admin = httpx.get(url, headers={"authorization": f"Bearer {mesh.keys['admin']}"}, timeout=10)
+    admin = httpx.get(url, headers={"authorization": f"Bearer {mesh.keys['ops']}"}, timeout=10)
     assert admin.status_code == 200 and admin.json()["workers"]
 
 
@@ -353,3 +358,24 @@ def test_health_and_metrics(mesh: OpenAIMesh) -> None:
     assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200
     text = httpx.get(f"{base}/metrics", timeout=5).text
     assert "http_server_duration" in text and 'http_route="/v1/chat/completions"' in text
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_official_node_sdk(mesh: OpenAIMesh) -> None:
+    env = {
+        **os.environ,
+        "LLMESH_OPENAI_URL": mesh.base_url,
+        "LLMESH_KEYS": json.dumps({"dave": mesh.keys["dave"]}),
+        "LLMESH_MODEL": MODEL,
+    }
+    done = subprocess.run(
+        ["node", "--test", str(NODE_TESTS)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# fail 0" in done.stdout and "# pass 5" in done.stdout

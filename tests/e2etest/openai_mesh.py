@@ -23,7 +23,9 @@ from llmesh_cli.supervisor.plan import ALL_SERVICES, build_plan
 
 MODEL = "tiny-llama-test"
 LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
-USERS = {"alice": "acme", "bob": "globex", "carol": "acme", "rita": "ratelimited"}
+USERS = {
+    "alice": "acme", "bob": "globex", "carol": "acme", "rita": "ratelimited", "dave": "initech",
+}  # fmt: skip
 
 
 @dataclass
@@ -48,7 +50,8 @@ class OpenAIMesh:
 @contextmanager
 def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
     """Start the plan of `llmesh up` in ``tmp`` with keys for admin (ops), alice and
-    carol (acme), bob (globex) and rita (ratelimited); stop it on exit."""
+    carol (acme), bob (globex), rita (ratelimited) and dave (initech, the
+    Node tests); stop it on exit."""
     collector = Collector()
     otlp = collector.start()
     options = mesh_options(
@@ -73,6 +76,9 @@ def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
             local.start()
             mesh = OpenAIMesh(local=local, collector=collector)
             mesh.keys["admin"] = local.create_key(role="admin", tenant="ops")
+            # A second admin key for the tests: creating the keys below spends the
+            # first one's burst of cheap calls.
+            mesh.keys["ops"] = local.create_key(role="admin", tenant="ops")
             with grpc.insecure_channel(mesh.gateway) as channel:
                 admin = gateway_pb2_grpc.AdminServiceStub(channel)
                 for name, tenant in USERS.items():

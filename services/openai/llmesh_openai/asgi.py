@@ -62,6 +62,8 @@ def deadline_of(headers: dict[bytes, bytes], settings: OpenAISettings) -> float:
             value = float(raw.decode("latin-1"))
         except ValueError:
             value = math.nan
+        if name != TIMEOUT_HEADERS[0] and math.isfinite(value) and value == 0:
+            continue  # the Node SDK truncates to whole seconds: "0" means under a second
         if not (math.isfinite(value) and value > 0):
             raise OpenAIError(
                 400,

@@ -78,3 +78,37 @@ def test_local_profile_is_the_plain_plan(tmp_path: Path) -> None:
     assert [s.name for s in profile.specs] == list(SERVICES)
     assert profile.key_store_url is None
     assert not any(s.gate for s in profile.specs)
+
+
+async def test_a_backing_server_that_never_answers_holds_back_the_services(
+    tmp_path: Path,
+) -> None:
+    """A gate child (Redis here, a process that never listens) is waited for; when it
+    does not become ready, the children after it are not started at all."""
+    import sys
+
+    from llmesh.testing.servers import free_port
+    from llmesh_cli.supervisor.plan import ServiceSpec
+    from llmesh_cli.supervisor.supervisor import Supervisor
+
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    specs = [
+        ServiceSpec(
+            name="redis", argv=sleeper, port=free_port(), log_file=tmp_path / "redis.log",
+            start_timeout_s=0.5, kind="redis", probe="redis", gate=True,
+        ),
+        ServiceSpec(
+            name="registry", argv=sleeper, port=free_port(), log_file=tmp_path / "r.log",
+            start_timeout_s=0.5, kind="registry",
+        ),
+    ]  # fmt: skip
+    lines: list[str] = []
+    supervisor = Supervisor(specs, home=tmp_path, say=lines.append)
+    try:
+        assert await supervisor.start() == {"redis": False, "registry": False}
+        records = {r.name: r for r in supervisor.records()}
+        assert records["redis"].pid is not None and records["redis"].probe == "redis"
+        assert records["registry"].pid is None and records["registry"].status == "not started"
+        assert any("redis not ready" in line for line in lines)
+    finally:
+        await supervisor.shutdown()

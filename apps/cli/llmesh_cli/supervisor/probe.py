@@ -33,8 +33,15 @@ def backing_ready(probe: str, address: str, *, timeout_s: float = 1.0) -> bool:
     if probe == "redis":
         import redis
 
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         client = redis.Redis(
-            host=host, port=int(port), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            host=host,
+            port=int(port),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # one probe is one try (the client retries 3x)
         )
         try:
             return bool(client.ping())

@@ -32,7 +32,6 @@ def backing_ready(probe: str, address: str, *, timeout_s: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     if probe == "redis":
         import redis
-
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 

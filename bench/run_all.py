@@ -18,6 +18,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench_memory",
     "bench_registry",
     "bench_gateway",
+    "bench_openai",
 )
 
 

@@ -40,7 +40,10 @@ def bind(settings: OpenAISettings) -> socket.socket:
             "allow_plaintext"
         )
     family = socket.AF_INET6 if ":" in settings.host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
+    # (a proto-0 socket keeps Nagle, which held each response's body ~40 ms behind its
+    # headers until the client's delayed ACK: docs/performance.md).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host.strip("[]"), settings.port))

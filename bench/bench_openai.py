@@ -81,9 +81,9 @@ async def http_stream(client: openai.AsyncOpenAI, max_tokens: int) -> tuple[floa
     started = time.perf_counter()
     first = 0.0
     tokens = 0
-    stream = await client.chat.completions.create(
+    stream = await client.chat.completions.create(  # type: ignore[call-overload]
         model=MODEL,
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=max_tokens,
         temperature=0,
         stream=True,

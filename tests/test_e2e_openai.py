@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,9 @@ from llmesh.testing.polling import wait_until
 from llmesh.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 pytestmark = pytest.mark.slow
-NODE_TESTS = Path(__file__).parent / "node" / "openai_door.test.mjs"
+ROOT = Path(__file__).parents[1]
+NODE_TESTS = ROOT / "tests" / "node" / "openai_door.test.mjs"
+DOCS = ROOT / "docs" / "openai.md"
 EMBEDDER = "all-minilm-l6-v2"
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -379,3 +383,40 @@ def test_official_node_sdk(mesh: OpenAIMesh) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "# fail 0" in done.stdout and "# pass 5" in done.stdout
+
+
+def doc_blocks(language: str) -> list[str]:
+    """The ``language`` code blocks of docs/openai.md, with the page's local URL and
+    default model swapped for this mesh's."""
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_docs_examples_run(mesh: OpenAIMesh) -> None:
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": mesh.base_url,
+        "OPENAI_API_KEY": mesh.keys["carol"],
+        "LLMESH_HOME": str(mesh.local.home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+
+    def run(argv: list[str], code: str) -> str:
+        code = code.replace("http://127.0.0.1:8080/v1", mesh.base_url)
+        code = code.replace("tiny-llama-small", MODEL)
+        done = subprocess.run(
+            [*argv, code], check=False, env=env, capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    (python,) = doc_blocks("python")
+    out = run([sys.executable, "-c"], python).split()
+    assert out[-3:] == ["0", "2", "384"]  # history before/after the first turn, dimensions
+    if shutil.which("node") is not None:
+        (js,) = doc_blocks("js")
+        assert run(["node", "--input-type=module", "-e"], js).strip().endswith("1")
+    # The shell blocks in order, as one script: the key comes from `llmesh keys create`.
+    script = "set -euo pipefail\n" + "\n".join(doc_blocks("sh"))
+    out = run(["bash", "-c"], script)
+    assert "data: [DONE]" in out and f'"id":"{MODEL}"' in out

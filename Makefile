@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/llmesh/v1/*.proto) third_party/protovalidate/buf/val
 # The newest released contracts (a buf image per release; see docs/releasing.md).
 RELEASE_IMAGE = $(shell ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup protos run test lint bench clean buf-lint buf-breaking release-image
+.PHONY: setup deploy-tools protos run test lint bench clean buf-lint buf-breaking release-image
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protos
 
@@ -40,7 +40,19 @@ $(STAMPS)/protos: $(PROTOS) $(STAMPS)/venv $(STAMPS)/npm
 run: setup
 	$(BIN)/llmesh up
 
-test: setup
+# The deployment linters live in their own virtualenv (pins: pyproject.toml,
+# [tool.llmesh.deploy-lint]); tests/deploy runs them.
+DEPLOY_VENV := .venv-deploy
+$(STAMPS)/deploy-tools: pyproject.toml $(STAMPS)/venv
+	@mkdir -p $(STAMPS)
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["llmesh"]["deploy-lint"]["requires"]))')
+	touch $@
+
+deploy-tools: $(STAMPS)/deploy-tools
+
+test: setup $(STAMPS)/deploy-tools
 	$(BIN)/pytest -q
 
 buf-lint: $(STAMPS)/npm
@@ -71,4 +83,4 @@ bench: setup
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) node_modules $(STAMPS) libs/llmesh/v1 clients/node/gen libs/buf/validate/validate_pb2.py*
+	rm -rf $(VENV) $(DEPLOY_VENV) node_modules $(STAMPS) libs/llmesh/v1 clients/node/gen libs/buf/validate/validate_pb2.py*

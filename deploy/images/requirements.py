@@ -20,6 +20,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 PROTOC_TOOLS = ("grpcio-tools", "mypy-protobuf")
@@ -46,7 +47,7 @@ def _linux(requirement: str) -> str | None:
     raise ValueError(f"unsupported marker in {requirement!r}: extend deploy/images/requirements.py")
 
 
-def runtime(project: dict, variant: str) -> list[str]:
+def runtime(project: dict[str, Any], variant: str) -> list[str]:
     """Pinned runtime requirements for a Linux image of ``variant`` (cpu or cuda)."""
     out = []
     for requirement in project["project"]["dependencies"]:
@@ -61,7 +62,7 @@ def runtime(project: dict, variant: str) -> list[str]:
     return out
 
 
-def protoc(project: dict) -> list[str]:
+def protoc(project: dict[str, Any]) -> list[str]:
     dev = project["project"]["optional-dependencies"]["dev"]
     found = [r for r in dev if _name(r) in PROTOC_TOOLS]
     if len(found) != len(PROTOC_TOOLS):
@@ -69,7 +70,7 @@ def protoc(project: dict) -> list[str]:
     return found
 
 
-def models(project: dict) -> list[str]:
+def models(project: dict[str, Any]) -> list[str]:
     return list(project["tool"]["llmesh"]["images"]["model-packages"])
 
 

@@ -120,3 +120,40 @@ def test_peer_attributes(peer: str | None, expected: dict[str, str]) -> None:
     attributes: dict[str, Any] = {}
     peer_attributes(peer, attributes)
     assert attributes == expected
+
+
+async def _trailers(pb_grpc: Any, port: int, request: Any, stream: bool) -> dict[str, str]:
+    parent = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("x-request-id", "req-7"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.EchoServiceStub(channel)
+        call = (stub.EchoStream if stream else stub.Echo)(request, metadata=parent, timeout=5)
+        try:
+            if stream:
+                async for _ in call:
+                    pass
+            else:
+                await call
+        except grpc.aio.AioRpcError:
+            pass
+        return {k: v for k, v in await call.trailing_metadata() if isinstance(v, str)}
+
+
+@pytest.mark.parametrize(
+    ("stream", "fields"),
+    [
+        (False, {"message": "hi"}),
+        (False, {"fail_field": "message"}),  # a domain error: aborted with details
+        (False, {"message": "x" * 65}),  # refused by validation, before any handler
+        (True, {"count": 2}),
+    ],
+)
+async def test_every_call_returns_its_trace_and_request_id_in_trailers(
+    echo_pb: Any, echo: ServiceHost, spans: InMemorySpanExporter, stream: bool, fields: Any
+) -> None:
+    """Clients quote the trace id in support tickets: it is the SERVER span's, whether
+    the call succeeded or failed."""
+    pb, pb_grpc = echo_pb
+    request = (pb.EchoStreamRequest if stream else pb.EchoRequest)(**fields)
+    trailers = await _trailers(pb_grpc, echo.port or 0, request, stream)
+    assert trailers["x-trace-id"] == TRACE_ID
+    assert trailers["x-request-id"] == "req-7"

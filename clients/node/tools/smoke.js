@@ -1,7 +1,10 @@
-// Encodes a request with the generated stubs and prints it as base64, so a
-// Python test can check both languages agree on the wire format; with
-// `registry HOST:PORT` it also calls a real registry over gRPC.
+// Test tool of tests/test_node_client.py (not part of the package's API): encodes
+// requests with the generated stubs and prints them as base64, so a Python test can
+// check both languages agree on the wire format and on the contract's rules; with
+// `registry HOST:PORT` it also calls a real (internal) registry over gRPC.
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   ChatRequestSchema,
   ChatResponseSchema,
@@ -10,9 +13,18 @@ import {
   GenerateRequestSchema,
   GenerateStreamRequestSchema,
   RememberRequestSchema,
-} from "./gen/llmesh/v1/gateway_pb.js";
-import { RegisterRequestSchema } from "./gen/llmesh/v1/registry_pb.js";
-import { connect, violations } from "./client.js";
+} from "../gen/llmesh/v1/gateway_pb.js";
+import { RegisterRequestSchema, RegistryService } from "../gen/llmesh/v1/registry_pb.js";
+import { validating, violations } from "../src/validate.js";
+
+// The registry is internal, so the package has no client for it: built here the same
+// way, validating requests before sending.
+const connect = (target) => ({
+  registry: createClient(
+    RegistryService,
+    createGrpcTransport({ baseUrl: `http://${target}`, interceptors: [validating] }),
+  ),
+});
 
 const request = create(ChatRequestSchema, {
   sessionId: "s-1",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,14 +78,55 @@ def generate_validate() -> None:
     )
 
 
+# Standard schemas the Node client needs besides ours: the google.rpc error details and
+# grpc.health.v1. Taken from the descriptors of the pinned Python packages that ship them
+# (googleapis-common-protos, grpcio-health-checking), so nothing is vendored twice.
+STANDARD_SCHEMAS = (
+    "google.rpc.status_pb2",
+    "google.rpc.error_details_pb2",
+    "grpc_health.v1.health_pb2",
+)
+
+
+def standard_image(path: Path) -> list[str]:
+    """Write the standard schemas (with their imports) to ``path`` as a
+    FileDescriptorSet, for ``buf generate``; returns the files to generate."""
+    import importlib
+
+    from google.protobuf import descriptor_pb2
+    from google.protobuf.descriptor import FileDescriptor
+
+    image = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in seen:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        seen.add(file.name)
+        file.CopyToProto(image.file.add())
+
+    wanted = [importlib.import_module(name).DESCRIPTOR for name in STANDARD_SCHEMAS]
+    for file in wanted:
+        add(file)
+    path.write_bytes(image.SerializeToString())
+    return [file.name for file in wanted]
+
+
 def generate_node() -> None:
-    """Write ECMAScript stubs (protobuf-es) into ``clients/node/gen``."""
+    """Write ECMAScript stubs (protobuf-es) into ``clients/node/gen``: ours from
+    ``protos/``, then the standard schemas of :data:`STANDARD_SCHEMAS`."""
     if not BUF.exists():
         raise SystemExit("buf is missing: run `npm ci` (make setup does)")
     out = ROOT / "clients" / "node" / "gen"
     if out.exists():
         shutil.rmtree(out)
     subprocess.run([str(BUF), "generate"], cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "standard.binpb"
+        paths = [arg for name in standard_image(image) for arg in ("--path", name)]
+        subprocess.run([str(BUF), "generate", str(image), *paths], cwd=ROOT, check=True)
 
 
 def main() -> None:

@@ -1,0 +1,168 @@
+"""The public clients against one real mesh (registry, an MLX worker with the tiny model
+and MiniLM embeddings, memory on SQLite, gateway; each its own process from the plan of
+`llmesh up`), exporting spans over OTLP to this test:
+
+- the Node client's suite (``node --test clients/node/test/*.test.js``): Generate,
+  GenerateStream, Chat, Embed, Remember/Recall, health, a deadline, a bad request, a
+  rate limit, a traceparent whose trace the gateway's spans carry;
+- every Node example of clients/node/README.md and docs/api.md (run by the Node suite's
+  docs test) and every Python example of docs/api.md (run here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmesh.testing.polling import wait_until
+from llmesh.testing.rpc import Collector
+from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
+from llmesh_cli.supervisor.plan import build_plan
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_TESTS = sorted((ROOT / "clients" / "node" / "test").glob("*.test.js"))
+API_DOC = ROOT / "docs" / "api.md"
+MODEL = "tiny-llama-test"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+# The rate-limited key's bucket: 300 requests/min with 10 s of burst = 50 calls at once.
+REQUESTS_PER_MINUTE = 300
+FLOOD = 80
+# The suite's tests (mesh, docs examples, unit): fewer passed means some were skipped.
+MIN_NODE_TESTS = 28
+
+
+@dataclass
+class Mesh:
+    gateway: str
+    keys: dict[str, str]
+    collector: Collector
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("clients-mesh")
+    collector = Collector()
+    otlp = collector.start()
+    options = mesh_options(
+        tmp,
+        models_dir=tiny_model_dir,
+        default_model=MODEL,
+        services=("registry", "inference", "memory", "gateway"),
+        args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
+        env={
+            "gateway": {
+                "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
+                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
+                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
+            }
+        },
+    )
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+        local.start(wait=False)
+        local.wait_ready("inference")
+        local.wait_ready("registry")
+        with grpc.insecure_channel(local.address("registry")) as channel:
+            registry_pb2_grpc.RegistryServiceStub(channel).Register(
+                registry_pb2.RegisterRequest(
+                    worker=common_pb2.WorkerInfo(
+                        worker_id="w0",
+                        address=local.address("inference"),
+                        models_loaded=[MODEL],
+                        capacity=8,
+                        state=common_pb2.WORKER_STATE_READY,
+                    )
+                ),
+                timeout=5,
+            )
+        for name in ("memory", "gateway"):
+            local.wait_ready(name)
+        # One key per caller, so their rate-limit buckets are their own.
+        keys = {
+            name: local.create_key(role="user", tenant=tenant)
+            for name, tenant in (
+                ("node", "node"),
+                ("limited", "node"),
+                ("docs", "docs"),
+                ("python", "python"),
+            )
+        }
+        try:
+            yield Mesh(local.address("gateway"), keys, collector)
+        finally:
+            collector.stop()
+
+
+def test_node_suite_against_the_mesh(mesh: Mesh) -> None:
+    """The Node suite passes, and the gateway's span of the call Node traced carries the
+    trace id Node sent (the trailer check is in the suite)."""
+    env = {
+        **os.environ,
+        "LLMESH_TARGET": mesh.gateway,
+        "LLMESH_API_KEY": mesh.keys["node"],
+        "LLMESH_LIMITED_KEY": mesh.keys["limited"],
+        "LLMESH_LIMIT_FLOOD": str(FLOOD),
+        "LLMESH_DOCS_KEY": mesh.keys["docs"],
+        "LLMESH_TRACE_ID": TRACE_ID,
+    }
+    done = subprocess.run(
+        ["node", "--test", "--test-reporter=spec", *map(str, NODE_TESTS)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    counts = dict(re.findall(r"^\S+ (pass|skipped) (\d+)$", done.stdout, flags=re.M))
+    assert counts == {"pass": counts["pass"], "skipped": "0"}, done.stdout[-3000:]
+    assert int(counts["pass"]) >= MIN_NODE_TESTS, done.stdout[-3000:]
+
+    def traced() -> list[str]:
+        return [
+            span.name
+            for service, span in list(mesh.collector.spans)
+            if service == "gateway" and span.trace_id.hex() == TRACE_ID
+        ]
+
+    names = wait_until(traced, timeout_s=15, what="the gateway span of Node's traced call")
+    assert "/llmesh.v1.GatewayService/Generate" in names
+
+
+def python_examples(text: str) -> list[str]:
+    """The ```python blocks of a Markdown page."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def test_python_examples_of_the_api_doc(mesh: Mesh) -> None:
+    examples = python_examples(API_DOC.read_text())
+    assert len(examples) >= 3
+    env = {**os.environ, "LLMESH_TARGET": mesh.gateway, "LLMESH_API_KEY": mesh.keys["python"]}
+    for example in examples:
+        done = subprocess.run(
+            [sys.executable, "-c", example],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{example}\n--- stderr:\n{done.stderr[-3000:]}"

@@ -33,7 +33,7 @@ protos: $(STAMPS)/venv $(STAMPS)/npm
 	$(PY) -m llmesh.tools.genprotos
 	@touch $(STAMPS)/protos
 
-$(STAMPS)/protos: $(PROTOS) $(STAMPS)/venv $(STAMPS)/npm
+$(STAMPS)/protos: $(PROTOS) libs/llmesh/tools/genprotos.py $(STAMPS)/venv $(STAMPS)/npm
 	$(PY) -m llmesh.tools.genprotos
 	touch $@
 

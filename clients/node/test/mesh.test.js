@@ -115,12 +115,21 @@ describe("llmesh gateway from Node", { skip }, () => {
     assert.deepEqual(watched, [HealthCheckResponse_ServingStatus.SERVING]);
   });
 
-  test("a deadline that expires is DEADLINE_EXCEEDED", async () => {
+  test("a deadline that expires is DEADLINE_EXCEEDED, mid-stream", async () => {
     const long = { content: { case: "prompt", value: "Tell a story" }, sampling: { maxTokens: 8192 } };
+    const started = Date.now();
+    const deltas = [];
+    const stream = textStream(client().gateway.generateStream({ input: long }, { timeoutMs: 1500 }));
     const expired = await failure(
-      textStream(client().gateway.generateStream({ input: long }, { timeoutMs: 300 })).text(),
+      (async () => {
+        for await (const text of stream) deltas.push(text);
+      })(),
     );
+    const elapsed = Date.now() - started;
     assert.equal(expired.code, Code.DeadlineExceeded);
+    assert.ok(deltas.length > 0, "the stream stopped before its first token");
+    assert.ok(elapsed >= 1400 && elapsed < 5000, `ended after ${elapsed} ms`);
+    await assert.rejects(stream.done);
   });
 
   test("a bad request: Node decodes the server's field violations", async () => {

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from deploytest.manifests import (
     LoadedContainer,
     Rendered,
@@ -108,6 +109,49 @@ def test_prometheus_annotations_name_the_metrics_port(
             assert int(notes["prometheus.io/port"]) == c.settings.metrics_port, overlay
             names = {p["name"] for p in c.container["ports"]}
             assert names & {"metrics", "registrar-mtrc"}, overlay
+
+
+def test_metrics_are_exposed_only_behind_the_token_prometheus_sends(
+    rendered: dict[str, Rendered], loaded: dict[str, list[LoadedContainer]]
+) -> None:
+    for overlay, containers in loaded.items():
+        r = rendered[overlay]
+        scrape = yaml.safe_load(
+            r.get("ConfigMap", _generated(r, "llmesh-prometheus-scrape"))["data"][
+                "scrape-config.yaml"
+            ]
+        )
+        (job,) = scrape["scrape_configs"]
+        auth = job["authorization"]
+        assert auth["type"] == "Bearer", overlay
+        assert auth["credentials_file"].endswith("/llmesh-metrics-token/token"), overlay
+        tokens = set()
+        for c in containers:
+            where = f"{overlay}/{c.container['name']}"
+            # Exposed on 0.0.0.0 (tested above), so the token is required: the settings
+            # class refuses an exposed endpoint without one.
+            token_file = c.settings.metrics_token_file
+            assert token_file is not None and token_file.read_text().strip(), where
+            volumes = {v["name"]: v for v in pod_spec(c.workload)["volumes"]}
+            # Mounts are materialised as <tmp>/<container>/<volume name>/ (deploytest).
+            (mount,) = [
+                m for m in c.container["volumeMounts"] if m["name"] == token_file.parent.name
+            ]
+            assert mount.get("readOnly") is True, where
+            assert volumes[mount["name"]]["secret"]["secretName"] == "llmesh-metrics-token", where
+            tokens.add(token_file.read_text().strip())
+        assert len(tokens) == 1, f"{overlay}: every service checks the same token"
+
+
+def _generated(r: Rendered, name: str) -> str:
+    """The rendered name of a ConfigMap (generated ones carry a hash suffix)."""
+    names = [
+        c["metadata"]["name"]
+        for c in r.of_kind("ConfigMap")
+        if c["metadata"]["name"] == name or c["metadata"]["name"].startswith(name + "-")
+    ]
+    assert len(names) == 1, f"{r.overlay}: {name}: {names}"
+    return names[0]
 
 
 def test_termination_grace_covers_prestop_and_drain(
@@ -323,7 +367,9 @@ def test_secrets_reach_processes_only_as_files(rendered: dict[str, Rendered]) ->
                 assert "secretKeyRef" not in item.get("valueFrom", {}), f"{overlay}: {item['name']}"
         mounted = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
         for secret in mounted:
-            assert r.find("Secret", secret) or secret.endswith(("-config", "-tls")), secret
+            assert r.find("Secret", secret) or secret.endswith(("-config", "-tls", "-token")), (
+                secret
+            )
     for overlay, r in rendered.items():  # every rendered Secret is mounted somewhere
         mounted = {
             v["secret"]["secretName"]

@@ -120,13 +120,16 @@ def container_env(rendered: Rendered, container: Mapping[str, Any]) -> dict[str,
 
 def secret_files(rendered: Rendered, name: str) -> dict[str, str]:
     """What a mounted Secret holds: rendered (dev), a documented example (production
-    settings), or a cert-manager Certificate's output (fake PEMs)."""
+    settings, the metrics token), or a cert-manager Certificate's output (fake PEMs)."""
     data = rendered.secret_data(name)
     if data is not None:
         return data
     example = EXAMPLE_SECRETS / f"{name.removeprefix('llmesh-').removesuffix('-config')}.yaml"
     if name.endswith("-config") and example.is_file():
         return {"config.yaml": example.read_text()}
+    token = EXAMPLE_SECRETS / name.removeprefix("llmesh-")
+    if name.endswith("-token") and token.is_file():  # the example's last line is the value
+        return {"token": token.read_text().strip().splitlines()[-1]}
     certificates = [c for c in rendered.of_kind("Certificate") if c["spec"]["secretName"] == name]
     assert certificates, f"{rendered.overlay}: Secret {name} is mounted but nothing makes it"
     return {"tls.crt": FAKE_PEM, "tls.key": FAKE_PEM, "ca.crt": FAKE_PEM}

@@ -39,6 +39,16 @@ def service_settings_config(service: str) -> SettingsConfigDict:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind or client address) only means this machine."""
+    if host in {"localhost", "127.0.0.1", "::1", "[::1]"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def read_secret_file(path: Path | None) -> str | None:
     """Read a secret (e.g. a mounted Kubernetes Secret) from a file, stripped."""
     if path is None:
@@ -93,7 +103,12 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=0, ge=0, le=65535)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
-    """Address of the Prometheus endpoint (``0.0.0.0`` in a pod, for the scraper)."""
+    """Address of the Prometheus endpoint (``0.0.0.0`` in a pod, for the scraper). Any
+    non-loopback address needs ``metrics_token_file``."""
+    metrics_token_file: Path | None = None
+    """A file holding the bearer token every ``/metrics`` scrape must present (a mounted
+    Secret; re-read on each scrape, so a rotated Secret applies without a restart).
+    Unset: only loopback callers may scrape."""
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """A second, plaintext port serving only ``grpc.health.v1`` (Kubernetes' native gRPC
     probes cannot speak TLS); unset: none."""
@@ -134,15 +149,28 @@ class ServiceSettings(BaseSettings):
             raise ValueError("default_deadline_s must not exceed max_deadline_s")
         return self
 
+    @model_validator(mode="after")
+    def _metrics_exposure(self) -> ServiceSettings:
+        if self.metrics_token_file is not None:
+            try:
+                token = self.metrics_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"metrics_token_file: cannot read {self.metrics_token_file} ({exc.strerror})"
+                ) from None
+            if not token:
+                raise ValueError(f"metrics_token_file: {self.metrics_token_file} is empty")
+        elif self.metrics_port is not None and not is_loopback(self.metrics_host):
+            raise ValueError(
+                f"metrics_host {self.metrics_host!r} is not loopback: set metrics_token_file "
+                "(a file holding the bearer token scrapers must send) or bind 127.0.0.1"
+            )
+        return self
+
     @property
     def loopback(self) -> bool:
         """Whether ``host`` only accepts local connections."""
-        if self.host in {"localhost", "127.0.0.1", "::1", "[::1]"}:
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
 
     @property
     def address(self) -> str:

@@ -187,6 +187,7 @@ def run_service(
         otlp_endpoint=settings.otlp_endpoint,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        metrics_token_file=settings.metrics_token_file,
     )
     try:
         asyncio.run(serve(settings, service_names=service_names, setup=setup, guards=guards))

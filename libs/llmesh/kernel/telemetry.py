@@ -9,6 +9,7 @@ span exporter). Code creates instruments with :func:`meter` and spans with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -53,11 +54,14 @@ def setup_telemetry(
     metrics_port: int | None = None,
     span_exporter: SpanExporter | None = None,
     metrics_host: str = "127.0.0.1",
+    metrics_token_file: Path | None = None,
 ) -> Telemetry:
     """Install tracer and meter providers for ``service`` (first call wins).
 
     ``metrics_port`` starts a Prometheus text endpoint (``/metrics``); 0 picks a
-    free port. ``span_exporter`` (tests) receives every finished span at once.
+    free port. Scrapers must send the bearer token in ``metrics_token_file``, or be on
+    loopback when there is none (:mod:`llmesh.kernel.metrics_http`). ``span_exporter``
+    (tests) receives every finished span at once.
     """
     provider = _tracer_provider(service)
     if span_exporter is not None:
@@ -70,21 +74,27 @@ def setup_telemetry(
         )
     bound_port: int | None = None
     if metrics_port is not None:
-        bound_port = _start_prometheus(service, metrics_port, metrics_host)
+        bound_port = _start_prometheus(service, metrics_port, metrics_host, metrics_token_file)
     return Telemetry(tracer_provider=provider, metrics_port=bound_port)
 
 
-def _start_prometheus(service: str, port: int, host: str) -> int:
+def _start_prometheus(service: str, port: int, host: str, token_file: Path | None) -> int:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(port, addr=host)
-    bound = int(server.server_address[1])
+    from llmesh.kernel.metrics_http import MetricsAccess, start_metrics_server
+
+    server = start_metrics_server(host=host, port=port, access=MetricsAccess(token_file))
+    bound = server.port
     readers: list[MetricReader] = [PrometheusMetricReader()]
     metrics.set_meter_provider(
         MeterProvider(metric_readers=readers, resource=Resource.create({"service.name": service}))
     )
-    log.info("metrics on http://%s:%d/metrics", host, bound)
+    log.info(
+        "metrics on http://%s:%d/metrics (%s)",
+        host,
+        bound,
+        "bearer token" if token_file else "loopback callers only",
+    )
     return bound
 
 

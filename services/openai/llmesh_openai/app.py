@@ -64,6 +64,12 @@ def uvicorn_config(settings: OpenAISettings, app: Any) -> Any:
         log_config=None,
         access_log=False,
         lifespan="off",
+        # Hardening: no `server: uvicorn` banner; h11 (not httptools, which has no header
+        # limit) refuses a request whose header section exceeds max_header_bytes. Bodies
+        # are bounded by max_message_bytes in the routes (413).
+        server_header=False,
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=int(settings.grace_period_s),
         timeout_keep_alive=30,
         ssl_certfile=str(tls.cert_file) if tls.cert_file else None,
@@ -145,6 +151,7 @@ def main(argv: Sequence[str]) -> int:
         otlp_endpoint=settings.otlp_endpoint,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        metrics_token_file=settings.metrics_token_file,
     )
     try:
         asyncio.run(_serve(settings))

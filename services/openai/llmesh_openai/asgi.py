@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmesh.kernel.context import RequestContext, reset_request, set_request
 from llmesh.kernel.logging import get_logger
+from llmesh.kernel.metrics_http import REFUSALS, MetricsAccess
 from llmesh.kernel.telemetry import meter
 from llmesh_openai.errors import OpenAIError
 from llmesh_openai.gateway import GatewayClient
@@ -93,6 +94,9 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        if _header_bytes(scope) > self.settings.max_header_bytes:
+            await _too_large_headers(self.settings.max_header_bytes, send)
+            return
         route = (
             path
             if path in self._routes
@@ -115,6 +119,7 @@ class RequestMiddleware:
                 message["headers"] = [
                     *message["headers"],
                     (b"x-request-id", request_id.encode("latin-1")),
+                    (b"x-content-type-options", b"nosniff"),
                 ]
             await send(message)
 
@@ -167,6 +172,28 @@ class RequestMiddleware:
                 )
 
 
+def _header_bytes(scope: Scope) -> int:
+    """Size of the request line and headers as received (roughly: names, values, CRLFs)."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+async def _too_large_headers(limit: int, send: Send) -> None:
+    # h11 bounds a header section that arrives in pieces; this bounds one that came whole.
+    body = OpenAIError(
+        431, f"the request's headers exceed {limit} bytes", code="request_header_too_large"
+    ).body()
+    await JSONResponse(
+        body,
+        status_code=431,
+        headers={"x-content-type-options": "nosniff", "connection": "close"},
+    )({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
 def error_response(exc: OpenAIError) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
@@ -194,7 +221,17 @@ def build_app(
     async def live(_request: Request) -> Response:
         return JSONResponse({"status": "SERVING"})
 
-    async def prometheus(_request: Request) -> Response:
+    access = MetricsAccess(settings.metrics_token_file)
+
+    async def prometheus(request: Request) -> Response:
+        # The door's HTTP port is public: the kernel's scrape rule applies here too.
+        refused = access.refusal(
+            client_host=request.client.host if request.client else "",
+            authorization=request.headers.get("authorization"),
+        )
+        if refused is not None:
+            headers = {"www-authenticate": 'Bearer realm="metrics"'} if refused == 401 else {}
+            return PlainTextResponse(REFUSALS[refused][1], status_code=refused, headers=headers)
         text = metrics() if metrics is not None else _prometheus_text()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -24,3 +24,6 @@ class OpenAISettings(ServiceSettings):
     """The gateway's gRPC address (TLS to it from ``client_tls``)."""
     health_timeout_s: float = Field(default=1.0, gt=0, le=30)
     """Deadline of the gateway readiness check behind ``GET /health``."""
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request line + header section; a larger one is refused (400) and the
+    connection closed."""

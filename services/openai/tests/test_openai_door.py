@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx2 as httpx  # the openai SDK's HTTP client
 import openai
 
@@ -38,3 +43,84 @@ async def test_no_gateway_is_503_with_retry_after_and_health_says_so() -> None:
             assert exc.status_code == 503
         else:
             raise AssertionError("no 503")
+
+
+async def test_metrics_need_the_token_when_one_is_set_and_answers_are_hardened(
+    tmp_path: Path,
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("door-token")
+    settings = OpenAISettings(
+        port=0,
+        gateway_address=f"127.0.0.1:{free_port()}",
+        metrics_token_file=token,
+        max_message_bytes=2048,
+        max_header_bytes=2048,
+    )
+    async with serving(settings) as door, httpx.AsyncClient(base_url=door.url) as http:
+        refused = await http.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == 'Bearer realm="metrics"'
+        assert (
+            await http.get("/metrics", headers={"authorization": "Bearer no"})
+        ).status_code == 401
+        ok = await http.get("/metrics", headers={"authorization": "Bearer door-token"})
+        assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/plain")
+        for reply in (ok, refused, await http.get("/v1/nothing")):
+            assert reply.headers["x-content-type-options"] == "nosniff"
+            assert "server" not in reply.headers
+        too_big = await http.post(
+            "/v1/chat/completions",
+            content=b'{"model": "m", "messages": [], "pad": "' + b"x" * 4096 + b'"}',
+            headers={"authorization": "Bearer k", "content-type": "application/json"},
+        )
+        assert too_big.status_code == 413
+        # Streamed without a length: cut off at the limit all the same.
+        chunks = [b'{"pad": "', b"y" * 3000, b'"}']
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        streamed = await http.post("/v1/completions", content=body())
+        assert streamed.status_code == 413
+    async with serving(settings) as door:
+        header = b"X-Pad: " + b"p" * 4096 + b"\r\n"
+        status = await asyncio.to_thread(_raw_status, door.port, header)
+        assert status == 431  # a header section that arrived whole
+        dribbled = await asyncio.to_thread(_raw_status, door.port, header, pieces=True)
+        assert dribbled == 400  # uvicorn's h11 answer to an oversized incomplete section
+
+
+async def test_metrics_on_the_http_port_are_loopback_only_without_a_token() -> None:
+    settings = OpenAISettings(host="0.0.0.0", allow_plaintext=True, port=0)
+    async with serving(settings) as door:
+        async with httpx.AsyncClient(base_url=door.url) as http:
+            assert (await http.get("/metrics")).status_code == 200
+        own = _own_address()
+        if own is not None:
+            async with httpx.AsyncClient(base_url=f"http://{own}:{door.port}") as http:
+                assert (await http.get("/metrics")).status_code == 403
+
+
+def _own_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def _raw_status(port: int, extra_header: bytes, *, pieces: bool = False) -> int:
+    request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        if pieces:  # the header section never completes: h11's buffer limit answers
+            sock.sendall(request + extra_header)
+        else:
+            sock.sendall(request + extra_header + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])

@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/llmesh/v1/*.proto) third_party/protovalidate/buf/val
 # The newest released contracts (a buf image per release; see docs/releasing.md).
 RELEASE_IMAGE = $(shell ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup deploy-tools protos run test lint bench clean buf-lint buf-breaking release-image
+.PHONY: setup deploy-tools protos run test lint bench clean llama-server buf-lint buf-breaking release-image
 
 setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/protos
 
@@ -80,6 +80,12 @@ lint: setup buf-lint buf-breaking
 	$(BIN)/mypy libs/llmesh apps/cli/llmesh_cli $(wildcard services/*/llmesh_*)
 
 bench: setup
+# Optional: llama.cpp's llama-server for the llama.cpp engine (docs/engines.md). Built once
+# (10-20 minutes, needs cmake and a C++ compiler) into a cache outside the repository,
+# ${XDG_CACHE_HOME:-~/.cache}/llmesh/llama.cpp-<version>, and reused; nothing else builds it.
+llama-server: $(STAMPS)/venv
+	PIP=$(BIN)/pip libs/llmesh/tools/build_llama_server.sh
+
 	$(PY) -m bench.run_all
 
 clean:

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="do not re-execute with an optimized OpenBLAS (Linux)",
     )
+    parser.add_argument("--engine", choices=["auto", "mlx", "llamacpp"], help="generation engine")
+    parser.add_argument("--llama-server", type=Path, help="llama-server binary (llamacpp)")
+    parser.add_argument("--gguf", type=Path, help="GGUF file for the llamacpp engine")
+    parser.add_argument("--llamacpp-threads", type=int, help="llama-server threads")
     parser.add_argument(
         "--no-embeddings",
         dest="embeddings",
@@ -71,6 +75,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "blas_preload",
         "blas_threads",
         "embeddings",
+        "engine",
+        "llama_server",
+        "gguf",
+        "llamacpp_threads",
     )
     return {name: getattr(args, name) for name in names}
 

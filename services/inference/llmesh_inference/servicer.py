@@ -42,8 +42,9 @@ _ROLES = {
 }
 
 
-def _model_info(info: ModelInfoData) -> common_pb2.ModelInfo:
+def _model_info(info: ModelInfoData, engine: str) -> common_pb2.ModelInfo:
     return common_pb2.ModelInfo(
+        engine=engine,
         name=info.name,
         loaded=info.loaded,
         context_length=info.context_length,
@@ -237,7 +238,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         model, evicted, ms = await worker.engine.call(load)
         await worker.refresh_health()
         return inference_pb2.InferenceServiceLoadModelResponse(
-            model=_model_info(model.info()), evicted=evicted, load_time_ms=ms
+            model=_model_info(model.info(), worker.engine_name), evicted=evicted, load_time_ms=ms
         )
 
     async def UnloadModel(
@@ -250,7 +251,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _models(self) -> list[common_pb2.ModelInfo]:
         store = self.worker.store
         names = dict.fromkeys([*store.available(), *store.loaded_names()])
-        out = [_model_info(store.describe(n)) for n in names]
+        out = [_model_info(store.describe(n), self.worker.engine_name) for n in names]
         if self.settings.embeddings:
             out.append(
                 common_pb2.ModelInfo(
@@ -260,6 +261,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     parameters=22_713_216,
                     dtype="float32",
                     embedding=True,
+                    engine="mlx",
                 )
             )
         return out
@@ -268,7 +270,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.InferenceServiceListModelsRequest, context: Context
     ) -> inference_pb2.InferenceServiceListModelsResponse:
         return inference_pb2.InferenceServiceListModelsResponse(
-            models=self._models(), default_model=self.worker.default_model or ""
+            models=self._models(),
+            default_model=self.worker.default_model or "",
+            engine=self.worker.engine_name,
+            blas=self.worker.engine_blas,
+            device=self.worker.device,
         )
 
     async def Stats(
@@ -277,7 +283,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         stats = self.worker.engine.stats()
         store = self.worker.store
         return inference_pb2.StatsResponse(
-            loaded_models=[_model_info(i) for i in store.infos()],
+            loaded_models=[_model_info(i, self.worker.engine_name) for i in store.infos()],
             active_requests=stats.active_requests,
             queued_requests=stats.queued_requests,
             batch_size=stats.batch_size if stats.active_requests else 0,
@@ -295,7 +301,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 )
                 for rid, model, tokens, queued in stats.requests
             ],
-            blas=self.worker.blas,
+            blas=self.worker.engine_blas,
+            engine=self.worker.engine_name,
             device=self.worker.device,
             uptime_seconds=time.monotonic() - self.worker.started_at,
             default_model=self.worker.default_model or "",

@@ -57,8 +57,24 @@ class InferenceSettings(ServiceSettings):
     """Serve ``Embed`` (all-MiniLM-L6-v2, loaded on first use)."""
     embed_max_batch_tokens: int = Field(default=4096, ge=64, le=1_000_000)
     embed_max_texts: int = Field(default=256, ge=1, le=4096)
+    engine: Literal["auto", "mlx", "llamacpp"] = "auto"
+    """Generation engine. ``mlx``; ``llamacpp``: a supervised llama-server child serving
+    the default model's GGUF (build it once: ``make llama-server``); ``auto``: llama.cpp
+    on a CPU when the binary and a GGUF are there, else MLX. See docs/engines.md."""
+    llama_server: Path | None = None
+    """The llama-server binary; unset: the one ``make llama-server`` built, or PATH."""
+    gguf: Path | None = None
+    """GGUF file for the llama.cpp engine; unset: the ``*.gguf`` in the default model's
+    folder."""
+    llamacpp_threads: int | None = Field(default=None, ge=1, le=1024)
+    """llama-server threads; unset: one per core."""
+    llamacpp_ctx_size: int = Field(default=8192, ge=256, le=1_048_576)
+    """Tokens of llama-server's KV cache, shared by all slots (``--kv-unified``)."""
+    llamacpp_cache_prompt: bool = True
+    """Reuse a slot's cached prompt prefix (chat turns); benchmarks turn it off."""
+    llamacpp_start_timeout_s: float = Field(default=120.0, gt=0)
 
-    @field_validator("models_dir")
+    @field_validator("models_dir", "llama_server", "gguf")
     @classmethod
     def _expand_models(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

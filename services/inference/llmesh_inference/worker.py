@@ -17,6 +17,11 @@ from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.tasks import Supervisor
 from llmesh_inference.blas import detect_blas
+from llmesh_inference.llamacpp.binary import find_llama_server
+from llmesh_inference.llamacpp.child import ChildOptions, LlamaServerChild
+from llmesh_inference.llamacpp.engine import LlamaCppEngine
+from llmesh_inference.llamacpp.select import LLAMA_CPP, MLX, EngineChoice, choose_engine
+from llmesh_inference.llamacpp.store import GgufStore, find_gguf
 from llmesh_inference.models import ModelStore
 from llmesh_inference.scheduler import Engine
 from llmesh_inference.settings import InferenceSettings
@@ -59,7 +64,9 @@ class InferenceWorker:
             },
         )
         self.default_model = settings.default_model or self._only_model()
-        self.engine = Engine(
+        self.engine_choice = self._choose_engine()
+        self.child: LlamaServerChild | None = None
+        mlx_engine = Engine(
             self.store,
             max_batch_size=settings.max_batch_size,
             queue_capacity=settings.queue_capacity,
@@ -67,9 +74,81 @@ class InferenceWorker:
             pinned=self.pinned,
             health=health,
         )
+        self.engine: Engine | LlamaCppEngine = mlx_engine
+        if self.engine_choice.engine == LLAMA_CPP:
+            self.engine = self._llama_cpp_engine(mlx_engine)
         self._embedder: MiniLMEmbedder | None = None
         self.supervisor = Supervisor(health=health)
         self.started_at = time.monotonic()
+
+    def _choose_engine(self) -> EngineChoice:
+        settings = self.settings
+        if settings.engine == "mlx":
+            return EngineChoice(MLX, "engine = mlx")
+        gguf = settings.gguf
+        if gguf is not None and not gguf.is_file():
+            gguf = None
+        if gguf is not None and self.default_model is None:
+            self.default_model = gguf.name.removesuffix(".gguf")
+        if gguf is None and self.default_model is not None:
+            gguf = find_gguf(self.models_dir / self.default_model)
+        return choose_engine(
+            settings.engine,
+            device=self.device,
+            binary=find_llama_server(settings.llama_server),
+            gguf=gguf,
+            default_model=self.default_model,
+        )
+
+    def _llama_cpp_engine(self, commands: Engine) -> LlamaCppEngine:
+        """The llama-server child for the default model; MLX keeps the embeddings."""
+        import os
+
+        choice, settings = self.engine_choice, self.settings
+        assert choice.binary is not None and choice.gguf is not None and self.default_model
+        store = GgufStore(
+            self.models_dir,
+            name=self.default_model,
+            gguf=choice.gguf,
+            context_length=settings.llamacpp_ctx_size,
+        )
+        self.store = store
+        self.child = LlamaServerChild(
+            ChildOptions(
+                binary=choice.binary,
+                gguf=choice.gguf,
+                alias=self.default_model,
+                threads=settings.llamacpp_threads or os.cpu_count() or 1,
+                parallel=settings.max_batch_size,
+                ctx_size=settings.llamacpp_ctx_size,
+            ),
+            on_ready=self._child_ready,
+            start_timeout_s=settings.llamacpp_start_timeout_s,
+        )
+        return LlamaCppEngine(
+            self.child,
+            commands,
+            model=self.default_model,
+            max_batch_size=settings.max_batch_size,
+            queue_capacity=settings.queue_capacity,
+            context_length=settings.llamacpp_ctx_size,
+            cache_prompt=settings.llamacpp_cache_prompt,
+        )
+
+    async def _child_ready(self, ready: bool) -> None:
+        if isinstance(self.store, GgufStore):
+            self.store.set_loaded(ready)
+        await self.refresh_health()
+
+    @property
+    def engine_name(self) -> str:
+        """The generation engine: "mlx" or "llama.cpp"."""
+        return self.engine_choice.engine
+
+    @property
+    def engine_blas(self) -> str:
+        """The generation engine's BLAS: MLX's, or "ggml" (llama.cpp's own CPU kernels)."""
+        return "ggml" if self.child is not None else self.blas
 
     def _only_model(self) -> str | None:
         names = self.store.available()
@@ -91,7 +170,15 @@ class InferenceWorker:
             )
         else:
             log.info("MLX device %s, BLAS %s", self.device, self.blas, extra={"blas": self.blas})
+        log.info(
+            "generation engine %s (%s)",
+            self.engine_choice.engine,
+            self.engine_choice.reason,
+            extra={"engine": self.engine_choice.engine},
+        )
         self.engine.start()
+        if self.child is not None:
+            self.supervisor.spawn("llama-server", self.child.run)
         self.supervisor.spawn("inference-warm-up", self._warm_up)
         self.supervisor.spawn("inference-watchdog", self._watchdog)
 
@@ -102,6 +189,9 @@ class InferenceWorker:
     async def _warm_up(self) -> None:
         """Load the default model (readiness waits for it) and any preloads."""
         names = [n for n in [self.default_model, *self.settings.preload_models] if n]
+        if self.child is not None:  # the child loads its one model; readiness follows it
+            await self.refresh_health()
+            return
         if not names:
             log.warning(
                 "no default model (set --default-model; %d models in %s); "

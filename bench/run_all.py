@@ -19,6 +19,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench_registry",
     "bench_gateway",
     "bench_openai",
+    "bench_llamacpp",  # skips itself when `make llama-server` has not been run
 )
 
 

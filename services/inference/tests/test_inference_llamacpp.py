@@ -291,3 +291,41 @@ async def test_doctor_probe_measures_llama_cpp_decode() -> None:
     assert BINARY is not None and GGUF is not None
     result = await measure_decode(BINARY, GGUF, threads=2, tokens=16)
     assert result["tokens"] == 16 and result["decode_tok_s"] > 1
+
+
+async def test_http_client_reads_chunked_events_and_error_answers() -> None:
+    """The stdlib client against a real socket server speaking llama-server's framing."""
+    import asyncio
+
+    from llmesh_inference.llamacpp.http import open_request, server_sent_events
+
+    events = [b'data: {"content": "He", "tokens": [1]}\n\n', b'data: {"stop": true}\n\n']
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        if b"/bad" in request:
+            body = b'{"error": {"code": 400, "message": "no"}}'
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body))
+            writer.write(body)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for event in events:  # one event split over two chunks: the parser must join
+                for part in (event[:7], event[7:]):
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        response = await open_request("127.0.0.1", port, "POST", "/completion", {"a": 1})
+        got = [event async for event in server_sent_events(response)]
+        await response.close()
+        assert got == [{"content": "He", "tokens": [1]}, {"stop": True}]
+        with pytest.raises(HttpError) as info:
+            await request_json("127.0.0.1", port, "GET", "/bad")
+        assert info.value.status == 400 and info.value.body["error"]["message"] == "no"
+    finally:
+        server.close()
+        await server.wait_closed()

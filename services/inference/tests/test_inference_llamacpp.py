@@ -9,6 +9,7 @@ binary (``make llama-server``, built once into a cache) and the SmolLM2 GGUF
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -108,6 +109,13 @@ def test_gguf_discovery(tmp_path: Path) -> None:
     (tmp_path / "small.gguf").write_bytes(b"x")
     (tmp_path / "big.gguf").write_bytes(b"xx")
     assert find_gguf(tmp_path) == tmp_path / "big.gguf"
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    meta = {"source": str(tmp_path / "small.gguf"), "source_format": "gguf"}
+    (imported / "llmesh-model.json").write_text(json.dumps(meta))
+    assert find_gguf(imported) == tmp_path / "small.gguf"  # what `models import` records
+    (tmp_path / "small.gguf").unlink()
+    assert find_gguf(imported) is None
 
 
 def test_binary_lookup(tmp_path: Path) -> None:

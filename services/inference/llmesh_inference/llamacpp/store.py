@@ -7,6 +7,7 @@ says "loaded" exactly while the child is ready, and refuses to load anything els
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,11 +18,21 @@ _QUANT = re.compile(r"(?i)(?:^|[.\-_])((?:I?Q\d(?:_[A-Z0-9]+)*)|BF16|F16|F32)(?=
 
 
 def find_gguf(folder: Path) -> Path | None:
-    """The GGUF file in a model folder (the largest when there are several)."""
+    """The GGUF of a model folder: a ``*.gguf`` file in it (the largest), else the source
+    GGUF an import recorded in ``llmesh-model.json``, when that file is still there."""
     if not folder.is_dir():
         return None
     files = sorted(folder.glob("*.gguf"), key=lambda f: f.stat().st_size, reverse=True)
-    return files[0] if files else None
+    if files:
+        return files[0]
+    try:
+        meta = json.loads((folder / "llmesh-model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("source_format") != "gguf":
+        return None
+    source = Path(str(meta.get("source", "")))
+    return source if source.suffix == ".gguf" and source.is_file() else None
 
 
 def gguf_dtype(path: Path) -> str:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,15 @@ class ChildOptions:
 
 class ChildExited(RuntimeError):
     """The child exited or stopped answering (a crash of the supervised loop)."""
+
+
+def _die_with_parent() -> None:
+    """In the forked child (Linux): SIGKILL when the worker dies, even by SIGKILL, so no
+    llama-server outlives its worker."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -130,6 +140,7 @@ class LlamaServerChild:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C to the worker's group is the worker's to relay
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         self.pid = proc.pid
         assert proc.stderr is not None

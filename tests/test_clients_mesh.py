@@ -69,11 +69,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         services=("registry", "inference", "memory", "gateway"),
         args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
         env={
+            # 5 ms per decode step: the deadline test's stream outlasts its deadline on
+            # any machine, however idle (the tiny model decodes ~1000 tokens/s unpaced).
+            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
             "gateway": {
                 "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
                 "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
                 "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
-            }
+            },
         },
     )
     env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}

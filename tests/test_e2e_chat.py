@@ -57,11 +57,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         services=("registry", "inference", "memory", "gateway"),
         args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
         env={
+            # 5 ms per decode step: a stream outlasts the deadline tests' deadlines on any
+            # machine, however idle (the tiny model decodes ~1000 tokens/s unpaced).
+            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
             "gateway": {
                 "LLMESH_GATEWAY_CHAT__CONTEXT_CAP_S": str(MEMORY_CAP_S),
                 "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
                 "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
-            }
+            },
         },
     )
     env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
@@ -154,14 +157,14 @@ async def test_a_stream_deadline_is_deadline_exceeded_with_tokens_delivered(mesh
                     input=common_pb2.GenerationInput(prompt="count", sampling=_sampling(8192))
                 ),
                 metadata=mesh.meta(),
-                timeout=0.7,
+                timeout=2.0,
             ),
             stub.Chat(
                 gateway_pb2.ChatRequest(
                     session_id="slow", message="count", sampling=_sampling(8192)
                 ),
                 metadata=mesh.meta(),
-                timeout=0.7,  # the tiny model fills its 1024-token context in ~1.3 s
+                timeout=2.0,  # paced at 5 ms a step: ~300 of the 1024-token context
             ),
         ):
             events, error = await _events(call)

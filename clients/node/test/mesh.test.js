@@ -116,7 +116,11 @@ describe("llmesh gateway from Node", { skip }, () => {
   });
 
   test("a deadline that expires is DEADLINE_EXCEEDED, mid-stream", async () => {
-    const long = { content: { case: "prompt", value: "Tell a story" }, sampling: { maxTokens: 8192 } };
+    // Greedy (no early end of sequence), paced by the mesh's 5 ms decode delay.
+    const long = {
+      content: { case: "prompt", value: "count" },
+      sampling: { temperature: 0, maxTokens: 8192 },
+    };
     const started = Date.now();
     const deltas = [];
     const stream = textStream(client().gateway.generateStream({ input: long }, { timeoutMs: 1500 }));

@@ -32,8 +32,12 @@ class EngineCore:
         pinned: Callable[[], set[str]] = set,
         metrics: InferenceMetrics | None = None,
         health: HealthReporter | None = None,
+        decode_delay_s: float = 0.0,
     ) -> None:
         self.store = store
+        # A pause after every decode step (0: none): slow hardware on demand, for drills
+        # and for tests that need a generation to outlast a deadline on any machine.
+        self.decode_delay_s = decode_delay_s
         self.max_batch_size = max_batch_size
         self.queue_capacity = queue_capacity
         self.idle_unload_s = idle_unload_s

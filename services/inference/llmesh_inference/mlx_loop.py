@@ -212,6 +212,8 @@ class MlxLoop(EngineCore):
             self.metrics.step(len(generated), now - started)
             for response in generated:
                 self._on_token(model, response, now)
+            if self.decode_delay_s > 0:
+                time.sleep(self.decode_delay_s)  # the MLX thread's own pace; see EngineCore
 
     def _on_token(self, model: LoadedModel, response: Any, now: float) -> None:
         active = self._running.get((model.name, response.uid))

@@ -53,6 +53,10 @@ class InferenceSettings(ServiceSettings):
     stall_timeout_s: float = Field(default=30.0, gt=0)
     """Liveness turns NOT_SERVING when the MLX thread has work but makes no progress
     for this long."""
+    decode_delay_ms: float = Field(default=0.0, ge=0, le=10_000)
+    """Pause after every decode step, in ms (0: none). Throttles the MLX engine to
+    reproduce slow hardware in drills, and in tests that need a stream to outlast a
+    deadline whatever the machine's speed. Never set it in production."""
     embeddings: bool = True
     """Serve ``Embed`` (all-MiniLM-L6-v2, loaded on first use)."""
     embed_max_batch_tokens: int = Field(default=4096, ge=64, le=1_000_000)

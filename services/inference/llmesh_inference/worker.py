@@ -73,6 +73,7 @@ class InferenceWorker:
             idle_unload_s=settings.idle_unload_s,
             pinned=self.pinned,
             health=health,
+            decode_delay_s=settings.decode_delay_ms / 1000,
         )
         self.engine: Engine | LlamaCppEngine = mlx_engine
         if self.engine_choice.engine == LLAMA_CPP:

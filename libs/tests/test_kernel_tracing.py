@@ -17,6 +17,7 @@ from llmesh.kernel.config import load_settings
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.telemetry import setup_telemetry
 from llmesh.kernel.tracing import peer_attributes
+from llmesh.testing.polling import await_until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -50,8 +51,18 @@ async def _call(pb: Any, pb_grpc: Any, port: int, request: Any) -> grpc.StatusCo
     return grpc.StatusCode.OK
 
 
-def _server_span(spans: InMemorySpanExporter) -> ReadableSpan:
-    (span,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+async def _server_span(spans: InMemorySpanExporter) -> ReadableSpan:
+    """The call's one SERVER span. The server ends it after the status went out, so a
+    client that saw the status may be a moment early: poll with a deadline."""
+
+    def finished() -> list[ReadableSpan]:
+        return [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+    async def ended() -> bool:
+        return bool(finished())
+
+    await await_until(ended, timeout_s=5, what="the server span")
+    (span,) = finished()
     return span
 
 
@@ -63,7 +74,7 @@ async def test_server_span_follows_rpc_conventions_with_the_callers_parent(
     assert await _call(pb, pb_grpc, echo.port or 0, pb.EchoRequest(message="hi")) == (
         grpc.StatusCode.OK
     )
-    span = _server_span(spans)
+    span = await _server_span(spans)
     assert span.name == "/kerneltest.v1.EchoService/Echo"
     assert span.context.trace_id == int(TRACE_ID, 16)
     assert span.parent is not None and span.parent.span_id == int(PARENT_ID, 16)
@@ -93,7 +104,7 @@ async def test_failed_call_span_has_its_code_and_error_only_for_server_faults(
     pb, pb_grpc = echo_pb
     spans.clear()
     assert await _call(pb, pb_grpc, echo.port or 0, pb.EchoRequest(**request_fields)) == code
-    span = _server_span(spans)
+    span = await _server_span(spans)
     assert dict(span.attributes or {})["rpc.grpc.status_code"] == code.value[0]
     assert span.status.status_code == status
     # Only an unexpected error is recorded on the span (never a domain error's stack).

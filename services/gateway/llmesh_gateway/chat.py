@@ -138,15 +138,30 @@ class Context:
         )
 
 
+@dataclass(frozen=True)
+class ChatPrompt:
+    """How recalled memories enter the prompt (see ``ChatSettings``, docs/memory.md)."""
+
+    layout: str = "context"
+    """``context``: the memories go into the user's turn as "Context: - ... Using the
+    context, answer: <message>" (a 135M model uses them there: 90 % on the labelled set
+    with only the relevant memory, 74 % with two unrelated ones beside it); ``system``:
+    a system message "Relevant memories about the user: - ..." (45 %: small models tend
+    to ignore it)."""
+    min_score: float = 0.0
+    """Recall's threshold when the request leaves ``recall.min_score`` at 0."""
+
+
 def build_messages(
-    request: gateway_pb2.ChatRequest, context: Context
+    request: gateway_pb2.ChatRequest, context: Context, prompt: ChatPrompt | None = None
 ) -> list[common_pb2.ChatMessage]:
-    """System prompt + memories, history, then the user's message."""
+    """System prompt, history, then the user's message, with the memories per ``prompt``."""
+    layout = (prompt or ChatPrompt()).layout
+    lines = "\n".join(f"- {hit.memory.text}" for hit in context.hits)
     system_parts: list[str] = []
     if request.system_prompt:
         system_parts.append(request.system_prompt)
-    if context.hits:
-        lines = "\n".join(f"- {hit.memory.text}" for hit in context.hits)
+    if context.hits and layout == "system":
         system_parts.append(f"Relevant memories about the user:\n{lines}")
     messages: list[common_pb2.ChatMessage] = []
     if system_parts:
@@ -157,7 +172,10 @@ def build_messages(
         )
     for message in context.history:
         messages.append(common_pb2.ChatMessage(role=message.role, content=message.content))
-    messages.append(common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content=request.message))
+    content = request.message
+    if context.hits and layout == "context":
+        content = f"Context:\n{lines}\n\nUsing the context, answer: {request.message}"
+    messages.append(common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content=content))
     return messages
 
 
@@ -170,11 +188,13 @@ class ChatTurns:
         router: Router,
         budget: ChatBudget | None = None,
         inflight: TurnsInFlight | None = None,
+        prompt: ChatPrompt | None = None,
     ) -> None:
         self._memory = memory
         self._router = router
         self._budget = budget or ChatBudget()
         self._inflight = inflight or TurnsInFlight()
+        self._prompt = prompt or ChatPrompt()
 
     async def _stored(self, namespace: str, key: str) -> memory_pb2.GetAppendResponse | None:
         try:
@@ -210,6 +230,11 @@ class ChatTurns:
     ) -> tuple[list[common_pb2.MemoryHit], bool, str]:
         if disabled:  # recall is on by default; k = 0 means the default k, as in Recall
             return [], False, ""
+        if options.min_score == 0 and self._prompt.min_score:  # 0: the gateway's default
+            chosen = common_pb2.RecallOptions()
+            chosen.CopyFrom(options)
+            chosen.min_score = self._prompt.min_score
+            options = chosen
         try:
             response = await unary(
                 self._memory.Recall,
@@ -374,7 +399,9 @@ class ChatTurns:
         upstream = inference_pb2.InferenceServiceGenerateRequest(
             input=common_pb2.GenerationInput(
                 model=request.model,
-                messages=common_pb2.ChatMessages(messages=build_messages(request, context)),
+                messages=common_pb2.ChatMessages(
+                    messages=build_messages(request, context, self._prompt)
+                ),
                 sampling=request.sampling,
             )
         )

@@ -22,7 +22,7 @@ from llmesh.v1 import (
 )
 from llmesh_gateway.auth import current_principal
 from llmesh_gateway.catalog import served_models
-from llmesh_gateway.chat import ChatBudget, ChatTurns
+from llmesh_gateway.chat import ChatBudget, ChatPrompt, ChatTurns
 from llmesh_gateway.chat_inflight import TurnsInFlight
 from llmesh_gateway.defaults import max_tokens_of
 from llmesh_gateway.ratelimit import RateLimiter
@@ -44,12 +44,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         cache: RegistryCache,
         chat_budget: ChatBudget | None = None,
         chat_inflight: TurnsInFlight | None = None,
+        chat_prompt: ChatPrompt | None = None,
     ) -> None:
         self._router = router
         self._memory = memory
         self._limiter = limiter
         self._cache = cache
-        self._chat = ChatTurns(memory, router, chat_budget, chat_inflight)
+        self._chat = ChatTurns(memory, router, chat_budget, chat_inflight, chat_prompt)
 
     @staticmethod
     def _upstream(

@@ -79,6 +79,10 @@ class ChatSettings(BaseModel):
     context_cap_s: float = Field(default=1.5, gt=0, le=60)
     append_share: float = Field(default=0.5, gt=0, le=1)
     append_cap_s: float = Field(default=3.0, gt=0, le=60)
+    # Where recalled memories go in the prompt, and recall's threshold when a request
+    # leaves recall.min_score at 0: chosen on bench/memory_use (docs/memory.md).
+    memory_layout: Literal["context", "system"] = "context"
+    recall_min_score: float = Field(default=0.0, ge=0, le=1)
 
 
 class AuditSettings(BaseModel):

@@ -19,7 +19,7 @@ from llmesh_gateway.apikeys import ApiKeyManager
 from llmesh_gateway.audit import AuditLog
 from llmesh_gateway.auth import Authenticator, AuthGuard
 from llmesh_gateway.balancer import Balancer, RetryBudget
-from llmesh_gateway.chat import ChatBudget
+from llmesh_gateway.chat import ChatBudget, ChatPrompt
 from llmesh_gateway.chat_inflight import TurnsInFlight
 from llmesh_gateway.jwt_auth import JwtConfig, JwtVerifier
 from llmesh_gateway.ratelimit import (
@@ -136,6 +136,9 @@ async def wire(
                 append=Share(settings.chat.append_share, settings.chat.append_cap_s),
             ),
             chat_inflight=chat_inflight,
+            chat_prompt=ChatPrompt(
+                layout=settings.chat.memory_layout, min_score=settings.chat.recall_min_score
+            ),
         ),
         host.server,
     )

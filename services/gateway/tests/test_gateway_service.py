@@ -208,7 +208,12 @@ async def test_chat_uses_history_and_memories_and_appends_once(mesh: Any) -> Non
     session = await stub.GetSession(gateway_pb2.GetSessionRequest(session_id="s1"), metadata=meta)
     roles = [m.role for m in session.messages]
     assert roles == [common_pb2.CHAT_ROLE_USER, common_pb2.CHAT_ROLE_ASSISTANT]
-    assert session.messages[1].content.startswith("echo:do I like tea")
+    # The memory went into the user's turn (the "context" layout); the session keeps the
+    # message as the user wrote it.
+    assert session.messages[1].content.startswith(
+        "echo:Context:\n- the user likes tea\n\nUsing the context, answer: do I like tea"
+    )
+    assert session.messages[0].content == "do I like tea or not"
     # A new turn sees the history and appends at the next version.
     second = [
         c
@@ -345,3 +350,26 @@ async def test_redis_backed_rate_limits_in_a_running_gateway(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def test_prompt_layouts_place_memories_in_the_user_turn_or_a_system_message() -> None:
+    from llmesh_gateway.chat import ChatPrompt, Context, build_messages
+
+    hit = common_pb2.MemoryHit(memory=common_pb2.Memory(id="m1", text="My dog is called Rex."))
+    history = [common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="hi")]
+    context = Context(version=1, history=history, hits=[hit], degraded=False)
+    request = gateway_pb2.ChatRequest(message="What is my dog's name?", system_prompt="be brief")
+    system, old, user = build_messages(request, context, ChatPrompt(layout="context"))
+    assert system.content == "be brief" and old.content == "hi"
+    assert user.content == (
+        "Context:\n- My dog is called Rex.\n\nUsing the context, answer: What is my dog's name?"
+    )
+    system, _, user = build_messages(request, context, ChatPrompt(layout="system"))
+    assert (
+        system.content == "be brief\n\nRelevant memories about the user:\n- My dog is called Rex."
+    )
+    assert user.content == "What is my dog's name?"
+    # Without hits the message goes through as it is, in either layout.
+    bare = Context(version=1, history=[], hits=[], degraded=False)
+    (only,) = build_messages(gateway_pb2.ChatRequest(message="hello"), bare, ChatPrompt())
+    assert only.content == "hello" and only.role == common_pb2.CHAT_ROLE_USER

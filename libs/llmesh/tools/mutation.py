@@ -50,10 +50,10 @@ TESTS = [
     "libs/tests/test_kernel_validation.py",
     "libs/tests/test_kernel_guards.py",
     "libs/tests/test_kernel_upstream.py",
-    "libs/tests/test_kernel_cancellation.py",
     "libs/tests/test_kernel_metrics_http.py",
     "libs/tests/test_quality_mutation_kills.py",
     "services/gateway/tests/test_gateway_jwt.py",
+    "services/gateway/tests/test_gateway_service.py",
     "services/gateway/tests/test_gateway_keys.py",
     "services/gateway/tests/test_gateway_validation.py",
 ]

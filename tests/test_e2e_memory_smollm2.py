@@ -46,6 +46,8 @@ def mesh(smollm2_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         models_dir=smollm2_model_dir,
         default_model=MODEL,
         services=("registry", "inference", "registrar", "memory", "gateway"),
+        # The engine of a fresh clone (llama.cpp only runs where `make llama-server` built it).
+        env={"inference": {"LLMESH_INFERENCE_ENGINE": "mlx"}},
     )
     with LocalMesh(build_plan(options), home=home) as running:
         running.start()

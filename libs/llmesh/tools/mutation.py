@@ -2,15 +2,19 @@
 contract validation and the gateway's auth (docs/quality.md). Not in CI: minutes.
 
 mutmut 3 expects the code under ``./`` or ``src/`` and names mutants by module path, so
-this driver stages a flat copy in ``.mutation/``: ``src/llmesh`` (libs/llmesh, generated
-stubs included), ``src/llmesh_gateway``, the selected test modules and their
-conftests, and a pyproject with the mutmut settings: every file is copied, only
-:data:`TARGETS` are mutated, and each mutant runs only the tests that reached its
-function (mutmut's own selection) among :data:`TESTS`. Other packages (llmesh_cli ...)
-still import from the editable install.
+this driver stages a flat copy per target in ``.mutation/<target>/``: ``src/llmesh``
+(libs/llmesh, generated stubs included), ``src/llmesh_gateway``, that target's test
+modules and their conftests, and a pyproject with the mutmut settings. Every file is
+copied, only the target is mutated, and each mutant runs only the tests of
+:data:`TESTS` for that target that reached its function during mutmut's stats run.
+The selection per target is small and in-process on purpose: a module's mutants re-run
+it hundreds of times. Targets run one after another (never two mutmut runs at once);
+each keeps its stage, so a later ``--only`` run adds to the overall summary.
 
-``python -m llmesh.tools.mutation [--only kernel/errors.py ...] [--max-children N]``;
-the summary (score, survivors) is printed and written to ``.mutation/summary.json``.
+``python -m llmesh.tools.mutation [--only llmesh/kernel/errors.py ...] [--max-children N]``;
+the summary (score per target and overall, survivors) is printed and written to
+``.mutation/summary.json``. Mutants in :data:`EQUIVALENT` cannot change behaviour
+(the reason is given with each) and are left out of the score.
 """
 
 from __future__ import annotations
@@ -21,44 +25,60 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 STAGE = ROOT / ".mutation"
-# Files mutated, relative to the staged src/.
-TARGETS = [
-    "llmesh/kernel/errors.py",
-    "llmesh/kernel/reasons.py",
-    "llmesh/kernel/context.py",
-    "llmesh/kernel/config.py",
-    "llmesh/kernel/interceptors.py",
-    "llmesh/kernel/rulecheck.py",
-    "llmesh/kernel/scalar_rules.py",
-    "llmesh/kernel/violations.py",
-    "llmesh/kernel/guards.py",
-    "llmesh_gateway/auth.py",
-    "llmesh_gateway/apikeys.py",
-    "llmesh_gateway/principal.py",
-    "llmesh_gateway/jwt_auth.py",
+_LIBS = "libs/tests/"
+_GW = "services/gateway/tests/"
+# Files mutated (relative to the staged src/) and the fast tests that exercise each.
+TESTS: dict[str, list[str]] = {
+    "llmesh/kernel/errors.py": [f"{_LIBS}test_kernel_errors_mutants.py"],
+    "llmesh/kernel/reasons.py": [f"{_LIBS}test_kernel_errors_mutants.py"],
+    "llmesh/kernel/context.py": [
+        f"{_LIBS}test_kernel_context.py",
+        f"{_LIBS}test_kernel_context_mutants.py",
+    ],
+    "llmesh/kernel/config.py": [
+        f"{_LIBS}test_kernel_config.py",
+        f"{_LIBS}test_kernel_config_mutants.py",
+    ],
+    "llmesh/kernel/interceptors.py": [
+        f"{_LIBS}test_kernel_interceptors_mutants.py",
+        f"{_LIBS}test_kernel_server.py",
+    ],
+    "llmesh/kernel/rulecheck.py": [
+        f"{_LIBS}test_kernel_validation.py",
+        f"{_LIBS}test_kernel_rules_mutants.py",
+    ],
+    "llmesh/kernel/scalar_rules.py": [
+        f"{_LIBS}test_kernel_validation.py",
+        f"{_LIBS}test_kernel_rules_mutants.py",
+    ],
+    "llmesh/kernel/violations.py": [
+        f"{_LIBS}test_kernel_violations_mutants.py",
+        f"{_LIBS}test_kernel_validation.py",
+    ],
+    "llmesh/kernel/guards.py": [f"{_LIBS}test_kernel_guards.py"],
+    "llmesh_gateway/auth.py": [f"{_GW}test_gateway_auth_mutants.py"],
+    "llmesh_gateway/principal.py": [f"{_GW}test_gateway_auth_mutants.py"],
+    "llmesh_gateway/apikeys.py": [
+        f"{_GW}test_gateway_keys.py",
+        f"{_GW}test_gateway_apikeys_mutants.py",
+    ],
+    "llmesh_gateway/jwt_auth.py": [f"{_GW}test_gateway_jwt.py"],
+}
+TARGETS = list(TESTS)
+# Mutants that cannot change behaviour: name -> why (left out of the score).
+EQUIVALENT: dict[str, str] = {}
+SUPPORT = [
+    "conftest.py",
+    f"{_LIBS}conftest.py",
+    f"{_LIBS}kerneltest",
+    f"{_GW}conftest.py",
+    f"{_GW}gatewaytest",
 ]
-# The fast tests that exercise them (repository paths).
-TESTS = [
-    "libs/tests/test_kernel_context.py",
-    "libs/tests/test_kernel_config.py",
-    "libs/tests/test_kernel_server.py",
-    "libs/tests/test_kernel_validation.py",
-    "libs/tests/test_kernel_guards.py",
-    "libs/tests/test_kernel_upstream.py",
-    "libs/tests/test_kernel_metrics_http.py",
-    "libs/tests/test_quality_mutation_kills.py",
-    "services/gateway/tests/test_gateway_jwt.py",
-    "services/gateway/tests/test_gateway_service.py",
-    "services/gateway/tests/test_gateway_keys.py",
-    "services/gateway/tests/test_gateway_validation.py",
-]
-SUPPORT = ["conftest.py", "libs/tests/conftest.py", "libs/tests/kerneltest"]
-SUPPORT_GLOBS = ["services/gateway/tests/conftest.py", "services/gateway/tests/gatewaytest"]
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -69,29 +89,34 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def stage(targets: Sequence[str], tests: Sequence[str]) -> Path:
-    """Write the staged tree and its pyproject; returns the stage directory."""
-    shutil.rmtree(STAGE, ignore_errors=True)
-    _copy(ROOT / "libs" / "llmesh", STAGE / "src" / "llmesh")
-    _copy(ROOT / "libs" / "buf", STAGE / "src" / "buf")
-    _copy(ROOT / "services/gateway/llmesh_gateway", STAGE / "src" / "llmesh_gateway")
+def stage_dir_for(target: str) -> Path:
+    """``.mutation/llmesh.kernel.errors`` for ``llmesh/kernel/errors.py``."""
+    return STAGE / target.removesuffix(".py").replace("/", ".")
+
+
+def stage(target: str, tests: Sequence[str]) -> Path:
+    """Write the staged tree of one target and its pyproject; returns its directory."""
+    where = stage_dir_for(target)
+    shutil.rmtree(where, ignore_errors=True)
+    _copy(ROOT / "libs" / "llmesh", where / "src" / "llmesh")
+    _copy(ROOT / "libs" / "buf", where / "src" / "buf")
+    _copy(ROOT / "services/gateway/llmesh_gateway", where / "src" / "llmesh_gateway")
     staged_tests = []
-    for test in [*tests, *SUPPORT, *SUPPORT_GLOBS]:
+    for test in [*tests, *SUPPORT]:
         source = ROOT / test
         if not source.exists():
             continue
-        target = STAGE / "tests" / test
-        _copy(source, target)
+        _copy(source, where / "tests" / test)
         if test in tests:
             staged_tests.append(f"tests/{test}")
     # libs/tests/conftest.py finds the vendored protovalidate schema two levels up.
-    _copy(ROOT / "third_party" / "protovalidate", STAGE / "tests" / "third_party" / "protovalidate")
-    (STAGE / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    _copy(ROOT / "third_party" / "protovalidate", where / "tests" / "third_party" / "protovalidate")
+    (where / "conftest.py").write_text((ROOT / "conftest.py").read_text())
     pyproject = "\n".join(
         [
             "[tool.mutmut]",
             'source_paths = ["src/"]',
-            f"only_mutate = {json.dumps([f'src/{t}' for t in targets])}",
+            f"only_mutate = {json.dumps([f'src/{target}'])}",
             f"pytest_add_cli_args_test_selection = {json.dumps(staged_tests)}",
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
             # grpc is not fork-safe once a channel exists: fork workers from a clean server.
@@ -107,12 +132,46 @@ def stage(targets: Sequence[str], tests: Sequence[str]) -> Path:
             "",
         ]
     )
-    (STAGE / "pyproject.toml").write_text(pyproject)
-    return STAGE
+    (where / "pyproject.toml").write_text(pyproject)
+    return where
+
+
+def parse_results(text: str) -> dict[str, list[str]]:
+    """Mutant names by status from ``mutmut results --all true`` output."""
+    by_status: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and name:
+            by_status.setdefault(status.strip(), []).append(name)
+    return by_status
+
+
+def score(
+    by_status: Mapping[str, Sequence[str]], equivalent: Mapping[str, str]
+) -> dict[str, object]:
+    """Killed (or timed out) over every mutant that is not equivalent; a mutant that no
+    test reaches counts as surviving."""
+    killed = len(by_status.get("killed", ())) + len(by_status.get("timeout", ()))
+    survived = [n for n in by_status.get("survived", ()) if n not in equivalent]
+    untested = [n for n in by_status.get("no tests", ()) if n not in equivalent]
+    skipped = {"killed", "timeout", "survived", "no tests"}
+    other = {k: len(v) for k, v in by_status.items() if k not in skipped}
+    scored = killed + len(survived) + len(untested)
+    return {
+        "mutants": scored,
+        "killed": killed,
+        "survived": len(survived),
+        "no_tests": len(untested),
+        "equivalent": sorted(n for names in by_status.values() for n in names if n in equivalent),
+        "other": other,
+        "score_pct": round(100.0 * killed / scored, 1) if scored else None,
+        "survivors": sorted(survived),
+        "untested": sorted(untested),
+    }
 
 
 def summarize(stage_dir: Path) -> dict[str, object]:
-    """Score and survivors from ``mutmut results --all true``."""
+    """The score of one staged target."""
     out = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"],
         cwd=stage_dir,
@@ -120,22 +179,17 @@ def summarize(stage_dir: Path) -> dict[str, object]:
         text=True,
         check=False,
     ).stdout
-    by_status: dict[str, list[str]] = {}
-    for line in out.splitlines():
-        name, sep, status = line.strip().rpartition(": ")
-        if sep and name:
-            by_status.setdefault(status.strip(), []).append(name)
-    killed = len(by_status.get("killed", [])) + len(by_status.get("timeout", []))
-    survived = by_status.get("survived", [])
-    scored = killed + len(survived)
+    return score(parse_results(out), EQUIVALENT)
+
+
+def overall(per_target: Mapping[str, Mapping[str, object]]) -> dict[str, object]:
+    """Totals over the targets that have a summary."""
+    mutants = sum(int(str(s["mutants"])) for s in per_target.values())
+    killed = sum(int(str(s["killed"])) for s in per_target.values())
     return {
-        "killed_or_timeout": killed,
-        "survived": len(survived),
-        "no_tests": len(by_status.get("no tests", [])),
-        "other": {k: len(v) for k, v in by_status.items() if k not in {"killed", "survived"}},
-        "score_pct": round(100.0 * killed / scored, 1) if scored else None,
-        "survivors": sorted(survived),
-        "untested": sorted(by_status.get("no tests", [])),
+        "mutants": mutants,
+        "killed": killed,
+        "score_pct": round(100.0 * killed / mutants, 1) if mutants else None,
     }
 
 
@@ -145,18 +199,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
     targets = args.only or TARGETS
-    stage_dir = stage(targets, TESTS)
+    unknown = [t for t in targets if t not in TESTS]
+    if unknown:
+        parser.error(f"unknown targets {unknown}; choose from {TARGETS}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    run = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
-        cwd=stage_dir,
-        env=env,
-        check=False,
-    )
-    summary = summarize(stage_dir)
-    (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "untested"}, indent=2))
-    return run.returncode
+    status = 0
+    for target in targets:
+        stage_dir = stage(target, TESTS[target])
+        run = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+            cwd=stage_dir,
+            env=env,
+            check=False,
+        )
+        status = status or run.returncode
+        summary = summarize(stage_dir)
+        (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    per_target = {
+        t: json.loads((stage_dir_for(t) / "summary.json").read_text())
+        for t in TARGETS
+        if (stage_dir_for(t) / "summary.json").is_file()
+    }
+    result = {"overall": overall(per_target), "targets": per_target}
+    (STAGE / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    brief = {
+        t: {k: s[k] for k in ("mutants", "killed", "survived", "no_tests", "score_pct")}
+        for t, s in per_target.items()
+    }
+    print(json.dumps({"overall": result["overall"], "targets": brief}, indent=2))
+    return status
 
 
 if __name__ == "__main__":

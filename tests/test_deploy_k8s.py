@@ -20,7 +20,7 @@ from deploytest.manifests import (
     llmesh_containers,
     pod_spec,
 )
-from deploytest.tools import K8S, OVERLAYS, ROOT, render, run, tool
+from deploytest.tools import K8S, OVERLAYS, ROOT, generate_dev_secrets, render, run, tool
 
 # Who calls whom inside the namespace (NetworkPolicy `from`): callee -> caller pods.
 CALLERS = {
@@ -271,8 +271,49 @@ def test_dev_runs_redis_and_pgvector_in_cluster(
     settings = {c.service: c.settings for c in loaded["dev"]}
     assert settings["memory"].resolved_postgres_dsn().split("@")[1].startswith("llmesh-postgres:")
     assert settings["memory"].redis_url.startswith("redis://llmesh-redis:")
+    # The generated password is the one the database is initialised with, in both DSNs.
+    (postgres,) = [
+        v["secret"]["secretName"]
+        for v in pod_spec(r.get("StatefulSet", "llmesh-postgres"))["volumes"]
+        if "secret" in v
+    ]
+    password = (r.secret_data(postgres) or {}).get("password", "")
+    assert len(password) >= 32, postgres
+    for dsn in (settings["memory"].resolved_postgres_dsn(), settings["gateway"].store_url):
+        assert dsn.startswith(f"postgresql://llmesh:{password}@llmesh-postgres:")
     for workload in r.workloads():
         assert workload["spec"].get("replicas", 1) == 1
+
+
+def test_dev_credentials_are_generated_random_kept_and_never_committed(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    generate_dev_secrets(first)
+    generate_dev_secrets(second)
+    made = {p.name: p.read_text() for p in first.iterdir()}
+    assert set(made) == {
+        "gateway.yaml",
+        "memory.yaml",
+        "registry.yaml",
+        "postgres-password",
+        "metrics-token",
+    }
+    for name in ("postgres-password", "metrics-token"):
+        assert re.fullmatch(r"[0-9a-f]{64}", made[name]), name  # 32 random bytes, URL-safe
+        assert made[name] != (second / name).read_text(), f"{name} is not random"
+        assert (first / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
+    assert made["postgres-password"] != made["metrics-token"]
+    # A second run keeps the values (the database took its password when first started).
+    generate_dev_secrets(first)
+    assert {p.name: p.read_text() for p in first.iterdir()} == made
+    # The overlay's directory is git-ignored and nothing under it is tracked.
+    dev_secrets = K8S / "overlays" / "dev" / "secrets"
+    probe = dev_secrets / "postgres-password"
+    ignored = run(["git", "-C", ROOT, "check-ignore", "-q", "--no-index", probe])
+    assert ignored.returncode == 0, f"{dev_secrets} is not git-ignored"
+    tracked = run(["git", "-C", ROOT, "ls-files", "--", dev_secrets])
+    assert tracked.returncode == 0 and not tracked.stdout.strip(), tracked.stdout
 
 
 def test_cuda_variant_puts_the_worker_on_a_gpu(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ DEPLOY_BIN = ROOT / ".venv-deploy" / "bin"
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "production", "production-cuda")
 KUBERNETES_VERSION = "1.37.0"
+# Writes the dev overlay's credentials (never committed) where kustomize reads them.
+DEV_SECRETS_SCRIPT = K8S / "overlays" / "dev" / "gen-secrets.sh"
 
 
 def tool(name: str) -> Path:
@@ -38,8 +41,22 @@ def run(args: list[str | Path], *, timeout: float = 120) -> subprocess.Completed
     )
 
 
+def generate_dev_secrets(out: Path) -> None:
+    """Run the dev overlay's credential generator (gen-secrets.sh) into ``out``."""
+    result = run([DEV_SECRETS_SCRIPT, out], timeout=30)
+    assert result.returncode == 0, f"gen-secrets.sh failed:\n{result.stderr}"
+
+
 def render(overlay: str) -> str:
-    """`kubectl kustomize deploy/k8s/overlays/<overlay>`; fails the test on an error."""
-    result = run([tool("kubectl"), "kustomize", K8S / "overlays" / overlay])
+    """`kubectl kustomize deploy/k8s/overlays/<overlay>`; fails the test on an error.
+
+    Renders a copy of deploy/k8s with the dev credentials generated into it, as an
+    operator does before applying (the working tree's git-ignored secrets/ is left alone).
+    """
+    with tempfile.TemporaryDirectory(prefix="llmesh-k8s-") as tmp:
+        k8s = Path(tmp) / "k8s"
+        shutil.copytree(K8S, k8s, ignore=shutil.ignore_patterns("secrets"))
+        generate_dev_secrets(k8s / "overlays" / "dev" / "secrets")
+        result = run([tool("kubectl"), "kustomize", k8s / "overlays" / overlay])
     assert result.returncode == 0, f"kustomize {overlay} failed:\n{result.stderr}"
     return result.stdout

@@ -56,7 +56,7 @@ deploy-tools: $(STAMPS)/deploy-tools
 # The dev overlay's credentials, random and git-ignored (docs/deployment.md, Apply).
 .PHONY: k8s-dev-secrets
 k8s-dev-secrets:
-	deploy/k8s/overlays/dev/gen-secrets.sh
+	deploy/k8s/overlays/dev/gen-credentials.sh
 
 # Tests under coverage (lines + branches, subprocesses included: pyproject.toml
 # [tool.coverage]); prints the figures and the least-covered modules and fails below the

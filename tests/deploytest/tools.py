@@ -16,7 +16,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "production", "production-cuda")
 KUBERNETES_VERSION = "1.37.0"
 # Writes the dev overlay's credentials (never committed) where kustomize reads them.
-DEV_SECRETS_SCRIPT = K8S / "overlays" / "dev" / "gen-secrets.sh"
+DEV_SECRETS_SCRIPT = K8S / "overlays" / "dev" / "gen-credentials.sh"
 
 
 def tool(name: str) -> Path:
@@ -42,9 +42,9 @@ def run(args: list[str | Path], *, timeout: float = 120) -> subprocess.Completed
 
 
 def generate_dev_secrets(out: Path) -> None:
-    """Run the dev overlay's credential generator (gen-secrets.sh) into ``out``."""
+    """Run the dev overlay's credential generator (gen-credentials.sh) into ``out``."""
     result = run([DEV_SECRETS_SCRIPT, out], timeout=30)
-    assert result.returncode == 0, f"gen-secrets.sh failed:\n{result.stderr}"
+    assert result.returncode == 0, f"gen-credentials.sh failed:\n{result.stderr}"
 
 
 def render(overlay: str) -> str:

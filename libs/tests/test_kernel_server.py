@@ -235,6 +235,10 @@ async def test_sigterm_drains_in_flight_call_and_exits_zero(
             proc.send_signal(signal.SIGTERM)
             update = await asyncio.wait_for(watch.read(), timeout=5)
             assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # The watch then ends cleanly (OK) instead of being cancelled by the stop,
+            # which grpc-aio would log as an unhandled CancelledError with a traceback.
+            assert await asyncio.wait_for(watch.read(), timeout=10) is grpc.aio.EOF
+            assert await watch.code() == grpc.StatusCode.OK
             reply = await call
             assert reply.message == "slow"
         code = await asyncio.to_thread(proc.wait, 15)

@@ -8,7 +8,9 @@ NOT_SERVING first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -19,11 +21,71 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class ClosingHealthServicer(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """The library's servicer whose ``Watch`` streams end (status OK) once the server
+    shuts down, after their last status, NOT_SERVING.
+
+    Left open, a watch is force-cancelled when the server stops, which grpc-aio logs
+    as an unhandled ``CancelledError`` with a stack trace, once per watcher.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed = asyncio.Event()
+
+    def close_watches(self) -> None:
+        """End every open and future ``Watch`` stream with a final NOT_SERVING."""
+        self._closed.set()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        writes = _WriteTracker(context)
+        watch = asyncio.ensure_future(super().Watch(request, writes))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({watch, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            try:
+                # Cancel only between writes: a write cut short leaves its batch open.
+                while not watch.done() and not writes.idle.is_set():
+                    await writes.idle.wait()
+            finally:
+                watch.cancel()
+            await asyncio.wait({watch})
+        if not watch.cancelled():
+            watch.result()  # the watch ended on its own: re-raise what ended it
+            return
+        if writes.last_status != NOT_SERVING:
+            await context.write(health_pb2.HealthCheckResponse(status=NOT_SERVING))
+
+
+class _WriteTracker:
+    """A servicer context that records the last status written and whether a write
+    is in progress; everything else goes to the real context."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.last_status: int | None = None
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        self.idle.clear()
+        try:
+            await self._context.write(message)
+            self.last_status = message.status
+        finally:
+            self.idle.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 class HealthReporter:
     """Owns the health servicer's statuses for one server."""
 
     def __init__(self, service_names: Sequence[str]) -> None:
-        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.servicer = ClosingHealthServicer()
         self.service_names = tuple(service_names)
         self._ready = False
         self._down: set[str] = set()  # parts of the process that cannot make progress
@@ -80,3 +142,8 @@ class HealthReporter:
         await self.publish()
         self._shutting_down = True
         await self.servicer.enter_graceful_shutdown()
+
+    def close_watches(self) -> None:
+        """End the open ``Watch`` streams (after :meth:`shutdown`), so that stopping the
+        server does not have to cancel them."""
+        self.servicer.close_watches()

@@ -137,6 +137,7 @@ class ServiceHost:
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, reject new calls, let in-flight calls finish within ``grace_s``."""
         await self.health.shutdown()
+        self.health.close_watches()
         await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
         if self.health_server is not None:
             await self.health_server.stop(0)

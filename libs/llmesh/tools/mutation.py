@@ -70,6 +70,12 @@ TESTS: dict[str, list[str]] = {
     "llmesh_gateway/jwt_auth.py": [f"{_GW}test_gateway_jwt.py"],
 }
 TARGETS = list(TESTS)
+# Extra pytest arguments per target: slow tests (a subprocess, a database server, a
+# timed scrape) that would run again for every mutant their function reaches.
+DESELECT: dict[str, list[str]] = {
+    "llmesh/kernel/interceptors.py": ["-k", "not sigterm and not prometheus"],
+    "llmesh_gateway/apikeys.py": ["-k", "not postgres"],
+}
 # Mutants that cannot change behaviour: name -> why (left out of the score).
 EQUIVALENT: dict[str, str] = {}
 SUPPORT = [
@@ -118,7 +124,8 @@ def stage(target: str, tests: Sequence[str]) -> Path:
             'source_paths = ["src/"]',
             f"only_mutate = {json.dumps([f'src/{target}'])}",
             f"pytest_add_cli_args_test_selection = {json.dumps(staged_tests)}",
-            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+            "pytest_add_cli_args = "
+            + json.dumps(["-p", "no:cacheprovider", "-q", "-x", *DESELECT.get(target, [])]),
             # grpc is not fork-safe once a channel exists: fork workers from a clean server.
             'process_isolation = "forkserver"',
             'also_copy = ["tests/", "conftest.py"]',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -71,16 +72,88 @@ async def test_peer_internal_error_is_unavailable_without_its_text(
 
 
 async def test_unreachable_peer_is_unavailable_with_retry_info_and_no_address(
-    echo_pb: tuple[ModuleType, ModuleType],
+    echo_pb: tuple[ModuleType, ModuleType], caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = echo_pb[1].EchoServiceStub(channel)
-        with pytest.raises(errors.Unavailable) as err:
+        with (
+            caplog.at_level(logging.WARNING, logger="llmesh.kernel.upstream"),
+            pytest.raises(errors.Unavailable) as err,
+        ):
             await unary(stub.Echo, echo_pb[0].EchoRequest(), what="echoing", timeout_s=2)
     assert err.value.retry_after_s is not None
     status = err.value.to_status()
-    assert str(port) not in status.message
+    assert str(port) not in status.message and "127.0.0.1" not in status.message
+    assert "could not be reached" in status.message
+    # A stable reason (not the bare code's), the transport's text only in the log.
+    assert err.value.reason == "UPSTREAM_ERROR"
+    assert any(str(port) in r.getMessage() for r in caplog.records)
+
+
+def _peer_error(
+    code: grpc.StatusCode, details: str, status: errors.LlmeshError | None = None
+) -> grpc.aio.AioRpcError:
+    trailers = grpc.aio.Metadata()
+    if status is not None:
+        trailers.add("grpc-status-details-bin", status.to_status().SerializeToString())
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details, "")
+
+
+TRANSPORT_TEXT = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:53087: "
+    "Failed to connect to remote host: Connection refused (memory-0.memory.svc:50053)"
+)
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK])
+@pytest.mark.parametrize("service", ["llmesh.v1.MemoryService", "llmesh.v1.Unknown", ""])
+def test_every_transport_failure_has_a_stable_reason_and_no_address(
+    code: grpc.StatusCode, service: str
+) -> None:
+    from llmesh.kernel.reasons import ErrorReason
+    from llmesh.kernel.upstream import from_peer
+
+    err = from_peer(_peer_error(code, TRANSPORT_TEXT), what="Remember", service=service)
+    status = err.to_status()
+    assert err.reason in set(ErrorReason)
+    for leak in ("127.0.0.1", "53087", "50053", "ipv4", "svc", "refused"):
+        assert leak not in status.message, (code, status.message)
+    assert status.message.startswith(("Remember failed", "deadline exceeded", "cancelled"))
+
+
+def test_unreachable_memory_service_is_memory_unavailable() -> None:
+    from llmesh.kernel.upstream import from_peer
+
+    err = from_peer(
+        _peer_error(grpc.StatusCode.UNAVAILABLE, TRANSPORT_TEXT),
+        what="Remember",
+        service="llmesh.v1.MemoryService",
+    )
+    assert isinstance(err, errors.Unavailable)
+    assert err.reason == "MEMORY_UNAVAILABLE" and err.retry_after_s is not None
+    assert "the memory service could not be reached" in err.message
+
+
+def test_peer_status_keeps_its_reason_and_loses_addresses() -> None:
+    from llmesh.kernel.upstream import from_peer
+
+    sent = errors.Unavailable(
+        "store at db.internal:5432 (10.0.0.7) is down", reason="STORE_UNAVAILABLE"
+    )
+    err = from_peer(
+        _peer_error(grpc.StatusCode.UNAVAILABLE, sent.message, sent),
+        what="Remember",
+        service="llmesh.v1.MemoryService",
+    )
+    assert err.reason == "STORE_UNAVAILABLE"
+    assert "db.internal" not in err.message and "10.0.0.7" not in err.message
+    assert err.message.startswith("store at <address>")
+    # A peer that sent a status without a reason: still a stable one.
+    bare = errors.Unavailable("busy", reason="")
+    bare.reason = ""
+    err = from_peer(_peer_error(grpc.StatusCode.UNAVAILABLE, "busy", bare), what="x")
+    assert err.reason == "UPSTREAM_ERROR"
 
 
 async def test_share_bounds_a_hung_call_not_the_whole_deadline(

@@ -18,6 +18,7 @@ in extra tasks and objects): see ``docs/performance.md``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,8 +31,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from llmesh.kernel import errors
 from llmesh.kernel.context import current_request, outbound_timeout
 from llmesh.kernel.interceptors import REQUEST_ID_KEY, STATUS_DETAILS_KEY
+from llmesh.kernel.logging import get_logger
+from llmesh.kernel.reasons import ErrorReason
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
 
 _tracer = trace.get_tracer("llmesh.upstream")
 
@@ -54,6 +59,27 @@ _RETRYABLE: dict[grpc.StatusCode, type[errors.LlmeshError]] = {
     grpc.StatusCode.ABORTED: errors.Aborted,
 }
 RETRYABLE_CODES = frozenset(_RETRYABLE)
+
+# How a client-facing message names a peer (never by address), and the ErrorInfo reason
+# of a peer that could not be reached or answered without a google.rpc.Status.
+_PEERS: dict[str, tuple[str, ErrorReason]] = {
+    "llmesh.v1.MemoryService": ("the memory service", ErrorReason.MEMORY_UNAVAILABLE),
+    "llmesh.v1.InferenceService": ("the inference worker", ErrorReason.UPSTREAM_ERROR),
+    "llmesh.v1.RegistryService": ("the registry", ErrorReason.UPSTREAM_ERROR),
+    "llmesh.v1.GatewayService": ("the gateway", ErrorReason.UPSTREAM_ERROR),
+    "llmesh.v1.AdminService": ("the gateway", ErrorReason.UPSTREAM_ERROR),
+    "grpc.health.v1.Health": ("the peer service", ErrorReason.UPSTREAM_ERROR),
+}
+_UNKNOWN_PEER = ("a peer service", ErrorReason.UPSTREAM_ERROR)
+
+# Network locations a peer's own message might hold (gRPC target syntax, host:port,
+# IPv4/IPv6 literals, socket paths): replaced before the message reaches our caller.
+_ADDRESS = re.compile(
+    r"(?:\b(?:ipv4|ipv6|unix|unix-abstract|dns|vsock):\S+)"
+    r"|(?:\[[0-9A-Fa-f:.]+\](?::\d+)?)"
+    r"|(?:\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b)"
+    r"|(?:\b[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*:\d{2,5}\b)"
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +107,7 @@ class OutboundCall:
     consumer's context); its context goes to the peer in ``traceparent``.
     """
 
-    __slots__ = ("metadata", "span", "timeout")
+    __slots__ = ("metadata", "service", "span", "timeout")
 
     def __init__(
         self, name: str, *, timeout_s: float | None = None, share: Share | None = None
@@ -92,6 +118,7 @@ class OutboundCall:
         else:
             self.timeout = outbound_timeout(timeout_s)
         service, _, method = name.rpartition("/")
+        self.service = service
         self.span = _tracer.start_span(
             name,
             kind=SpanKind.CLIENT,
@@ -143,7 +170,7 @@ async def unary(
         )
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
-        raise from_peer(exc, what=what) from None
+        raise from_peer(exc, what=what, service=call.service) from None
     except BaseException:
         code = grpc.StatusCode.CANCELLED
         raise
@@ -168,7 +195,7 @@ async def server_stream(
         code = exc.code()
         if delivered:
             raise from_broken_stream(exc, what=what, delivered=delivered) from None
-        raise from_peer(exc, what=what) from None
+        raise from_peer(exc, what=what, service=call.service) from None
     except BaseException:
         code = grpc.StatusCode.CANCELLED
         raise
@@ -235,11 +262,30 @@ def peer_details(exc: grpc.aio.AioRpcError) -> PeerDetails:
     return out
 
 
-def from_peer(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
+def scrub(message: str) -> str:
+    """``message`` with every network address in it replaced by ``<address>``."""
+    return _ADDRESS.sub("<address>", message)
+
+
+def peer_label(service: str) -> str:
+    """How client-facing messages name the peer serving ``service`` (never an address)."""
+    return _PEERS.get(service, _UNKNOWN_PEER)[0]
+
+
+def from_peer(exc: grpc.aio.AioRpcError, *, what: str, service: str = "") -> errors.LlmeshError:
     """A peer's failure as the domain error we answer our caller with (the one table).
 
+    ``service`` is the peer's full service name (``llmesh.v1.MemoryService``); it picks
+    how messages name the peer and the reason of a failure the peer did not describe.
+
     - a peer's message is kept only when the peer's kernel sent it (with a
-      ``google.rpc.Status``); transport errors, which name addresses, get ours;
+      ``google.rpc.Status``), with any network address in it replaced; transport errors
+      (which name addresses) get ours, naming only ``what`` and the peer's role, and
+      their text goes to the log;
+    - every error carries a stable ErrorInfo reason: the peer's, else the code's
+      (``INVALID_ARGUMENT`` ...); a peer that could not be reached (UNAVAILABLE without
+      a status) is ``MEMORY_UNAVAILABLE`` for the memory service, ``UPSTREAM_ERROR``
+      for any other;
     - client faults (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS,
       PERMISSION_DENIED, OUT_OF_RANGE) keep their code, message and details, never
       RetryInfo;
@@ -252,8 +298,27 @@ def from_peer(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
     """
     code = exc.code()
     details = peer_details(exc)
+    label, unreachable_reason = _PEERS.get(service, _UNKNOWN_PEER)
+    if not details.sent and code not in (
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        # The transport's own text (addresses, ports, resolver errors) is for operators.
+        log.warning(
+            "%s: %s failed without a status (%s): %s",
+            what,
+            service or "a peer",
+            code.name,
+            exc.details(),
+            extra={"peer_service": service, "grpc_code": code.name},
+        )
     # A peer's own error message says what to fix; a transport error's names addresses.
-    message = (exc.details() if details.sent else "") or f"{what} failed ({code.name})"
+    if details.sent and exc.details():
+        message = scrub(exc.details() or "")
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        message = f"{what} failed: {label} could not be reached (UNAVAILABLE); retry later"
+    else:
+        message = f"{what} failed: {label} answered {code.name}"
     client = _CLIENT_FAULTS.get(code)
     if client is not None:
         return client(
@@ -264,9 +329,12 @@ def from_peer(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
         )
     retryable = _RETRYABLE.get(code)
     if retryable is not None:
+        reason = details.reason
+        if not reason and code == grpc.StatusCode.UNAVAILABLE:
+            reason = unreachable_reason if not details.sent else ErrorReason.UPSTREAM_ERROR
         return retryable(
             message,
-            reason=details.reason,
+            reason=reason,
             metadata=details.metadata,
             retry_after_s=(
                 details.retry_after_s
@@ -280,8 +348,8 @@ def from_peer(exc: grpc.aio.AioRpcError, *, what: str) -> errors.LlmeshError:
     if code == grpc.StatusCode.CANCELLED:
         return errors.Cancelled(f"cancelled while {what}")
     return errors.Unavailable(
-        f"{what} failed ({code.name})",
-        reason="UPSTREAM_ERROR",
+        f"{what} failed: {label} answered {code.name}",
+        reason=ErrorReason.UPSTREAM_ERROR,
         retry_after_s=DEFAULT_RETRY_AFTER_S,
     )
 

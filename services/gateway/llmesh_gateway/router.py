@@ -120,7 +120,7 @@ class Router:
         if code == grpc.StatusCode.UNAVAILABLE:
             self.pool.discard(worker.address)
         log.info("worker %s answered %s", worker_id, code.name, extra={"worker_id": worker_id})
-        return from_peer(exc, what="generation")
+        return from_peer(exc, what="generation", service="llmesh.v1.InferenceService")
 
     async def stream(
         self, request: inference_pb2.InferenceServiceGenerateRequest, *, session_id: str = ""

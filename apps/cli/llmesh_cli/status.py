@@ -37,4 +37,14 @@ def _status(args: argparse.Namespace) -> int:
 
     home = (args.home or default_home()).expanduser()
     key = args.api_key or os.environ.get("LLMESH_API_KEY") or None
-    return asyncio.run(status(home, registry=args.registry, as_json=args.json, api_key=key))
+    # The default ports are the default home's: never probed for another --home.
+    probe_defaults = args.home is None or home == default_home().expanduser()
+    return asyncio.run(
+        status(
+            home,
+            registry=args.registry,
+            as_json=args.json,
+            api_key=key,
+            probe_defaults=probe_defaults,
+        )
+    )

@@ -22,7 +22,13 @@ from rich.console import Console
 from llmesh.v1 import common_pb2
 from llmesh_cli.supervisor.plan import ALL_SERVICES, DEFAULT_PORTS
 from llmesh_cli.supervisor.probe import SERVING, ready_state
-from llmesh_cli.supervisor.state import ServiceRecord, read_state
+from llmesh_cli.supervisor.state import (
+    ServiceRecord,
+    UpState,
+    read_recorded_state,
+    read_state,
+    state_path,
+)
 from llmesh_cli.supervisor.table import services_table, workers_table
 
 # One source's workers, or why it could not say.
@@ -100,16 +106,77 @@ async def collect_views(
     return views
 
 
-async def status(
-    home: Path, *, registry: str | None, as_json: bool, api_key: str | None = None
+def not_running(
+    home: Path, recorded: UpState | None, *, registry: str | None, probe_defaults: bool
+) -> str | None:
+    """Why nothing of ``home`` can be probed (a stale or missing run file), or None when
+    the default ports (or an explicit ``--registry``) are to be probed instead."""
+    path = state_path(home)
+    if recorded is not None:
+        return (
+            f"stale run file {path}: the llmesh up that wrote it (pid "
+            f"{recorded.supervisor_pid}) is no longer running, so nothing was probed "
+            f"(the ports it recorded may belong to another mesh now). Start the mesh "
+            f"with `llmesh up --home {home}`, or delete the file."
+        )
+    if probe_defaults or registry is not None:
+        return None
+    return (
+        f"llmesh up is not running in {home} (no run file {path}); nothing was probed. "
+        f"Pass --registry to probe a registry elsewhere."
+    )
+
+
+def _report_not_running(
+    why: str, recorded: UpState | None, *, as_json: bool, console: Console
 ) -> int:
-    """Print services and workers; 0 when every service answers SERVING."""
+    if as_json:
+        payload: dict[str, Any] = {
+            "supervisor_pid": None,
+            "stale_run_file": recorded is not None,
+            "recorded_supervisor_pid": recorded.supervisor_pid if recorded else None,
+            "message": why,
+            "profile": recorded.profile if recorded else None,
+            "services": [
+                asdict(r) | {"health": "not probed"}
+                for r in (recorded.services if recorded else [])
+            ],
+            "workers": why,
+            "views": {},
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        console.print(why)
+    return 1
+
+
+async def status(
+    home: Path,
+    *,
+    registry: str | None,
+    as_json: bool,
+    api_key: str | None = None,
+    probe_defaults: bool = True,
+) -> int:
+    """Print services and workers; 0 when every service answers SERVING.
+
+    A run file whose ``llmesh up`` is gone is reported as stale and nothing is probed;
+    without a run file the default ports are probed only when ``probe_defaults`` (the
+    default home) or an explicit ``registry`` asks for it.
+    """
     from google.protobuf import json_format
 
     console = Console(highlight=False)
     state = read_state(home)
+    if state is None:
+        recorded = read_recorded_state(home)
+        why = not_running(home, recorded, registry=registry, probe_defaults=probe_defaults)
+        if why is not None:
+            return _report_not_running(why, recorded, as_json=as_json, console=console)
     if state is not None:
         records = state.services
+    elif not probe_defaults:
+        records = []  # only the explicit --registry
     else:
         records = [
             ServiceRecord(name=n, address=f"127.0.0.1:{p}", pid=None, log="", status="unknown")

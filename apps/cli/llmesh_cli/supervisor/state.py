@@ -48,19 +48,25 @@ def write_state(home: Path, state: UpState) -> None:
     os.replace(tmp, path)
 
 
-def read_state(home: Path) -> UpState | None:
-    """The state of a running supervisor, or None (none, or it is gone)."""
+def read_recorded_state(home: Path) -> UpState | None:
+    """What the state file records, whether or not its supervisor still runs (None: no
+    readable state file)."""
     try:
         raw = json.loads(state_path(home).read_text())
-    except (OSError, ValueError):
+        return UpState(
+            supervisor_pid=int(raw["supervisor_pid"]),
+            services=[ServiceRecord(**item) for item in raw.get("services", [])],
+            profile=str(raw.get("profile", "local")),
+            key_store_url=raw.get("key_store_url"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    state = UpState(
-        supervisor_pid=int(raw["supervisor_pid"]),
-        services=[ServiceRecord(**item) for item in raw.get("services", [])],
-        profile=str(raw.get("profile", "local")),
-        key_store_url=raw.get("key_store_url"),
-    )
-    return state if pid_alive(state.supervisor_pid) else None
+
+
+def read_state(home: Path) -> UpState | None:
+    """The state of a running supervisor, or None (none, or it is gone)."""
+    state = read_recorded_state(home)
+    return state if state is not None and pid_alive(state.supervisor_pid) else None
 
 
 def clear_state(home: Path) -> None:

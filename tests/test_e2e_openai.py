@@ -310,6 +310,101 @@ def test_deadline_from_the_timeout_header_is_504(mesh: OpenAIMesh) -> None:
     pytest.fail("no generation outlasted its 0.25 s deadline")
 
 
+def test_completions_max_tokens_defaults_to_16(mesh: OpenAIMesh) -> None:
+    api = client(mesh, "alice")
+    reply = api.completions.create(model=MODEL, prompt="once upon", temperature=0)
+    assert reply.usage is not None and reply.usage.completion_tokens == 16  # OpenAI's default
+    assert reply.choices[0].finish_reason == "length"
+    chunks = list(
+        api.completions.create(
+            model=MODEL,
+            prompt="once upon",
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == reply.choices[0].text
+
+
+# Deadlines for a stream that must start (first event) before its deadline and still be
+# generating when it passes: 1000 tokens at >= 5 ms a step (the mesh's decode_delay_ms)
+# take over 5 s. A busy machine that sends nothing within the first gets the next.
+MID_STREAM_DEADLINES_S = ("1", "2", "4")
+LONG_STORY = {"max_tokens": 1000, "temperature": 1.0}
+
+
+def test_deadline_mid_stream_is_an_error_event_the_sdk_raises(mesh: OpenAIMesh) -> None:
+    api = client(mesh, "alice")
+    for attempt, deadline in enumerate(MID_STREAM_DEADLINES_S):
+        request_id = f"openai-mid-stream-{attempt}"
+        try:
+            stream = api.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "a long story"}],
+                seed=attempt, stream=True, **LONG_STORY,  # type: ignore[arg-type]
+                extra_headers={"x-request-timeout": deadline, "x-request-id": request_id},
+            )  # fmt: skip
+        except openai.APIStatusError as err:  # the deadline passed before the first event
+            assert err.status_code == 504 and err.body["type"] == "timeout_error"  # type: ignore[index]
+            continue
+        text = []
+        try:
+            for chunk in stream:
+                text.append(chunk.choices[0].delta.content or "")
+        except openai.APIError as err:
+            # Raised from the error event: a plain APIError (the status was 200), with
+            # our error shape as its body and fields.
+            assert not isinstance(err, openai.APIStatusError), err
+            assert isinstance(err.body, dict)
+            assert set(err.body) >= {"message", "type", "param", "code"}, err.body
+            assert (err.type, err.param) == ("timeout_error", None)
+            assert err.code == err.body["code"] and err.code
+            assert err.message == err.body["message"] and "deadline" in err.message
+            assert "".join(text), "the error came before any text"
+
+            def gone(rid: str = request_id) -> bool:  # the generation stopped upstream too
+                return rid not in [r.request_id for r in _worker_stats(mesh).requests]
+
+            wait_until(gone, timeout_s=10, what="the worker dropping the expired request")
+            return
+        # Finished within the deadline (an early end of sequence): try a longer one.
+    pytest.fail("no stream was still running when its deadline passed")
+
+
+def test_mid_stream_error_event_on_the_wire(mesh: OpenAIMesh) -> None:
+    for attempt, deadline in enumerate(MID_STREAM_DEADLINES_S):
+        with httpx.stream(
+            "POST",
+            f"{mesh.base_url}/chat/completions",
+            json={"model": MODEL, "messages": HELLO, "stream": True, "seed": attempt,
+                  **LONG_STORY},
+            headers={"authorization": f"Bearer {mesh.keys['alice']}",
+                     "x-request-timeout": deadline},
+            timeout=60,
+        ) as response:  # fmt: skip
+            lines = [line for line in response.iter_lines() if line]
+        if response.status_code == 504:  # the deadline passed before the first event
+            assert json.loads(lines[0])["error"]["type"] == "timeout_error"
+            continue
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        if lines[-1] == "data: [DONE]":
+            continue  # finished within the deadline: try a longer one
+        assert all(line.startswith("data: ") for line in lines), lines
+        assert "data: [DONE]" not in lines  # the error event is the end
+        *chunks, last = [json.loads(line.removeprefix("data: ")) for line in lines]
+        error = last["error"]
+        assert set(last) == {"error"}
+        assert error["type"] == "timeout_error" and error["param"] is None
+        assert isinstance(error["message"], str) and isinstance(error["code"], str)
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        return
+    pytest.fail("no stream was still running when its deadline passed")
+
+
 def test_client_disconnect_cancels_the_generation(mesh: OpenAIMesh) -> None:
     api = client(mesh, "carol")
     for attempt in range(5):

@@ -4,6 +4,8 @@ its own process, exporting spans over OTLP to a collector in the test process.
 
 The gateway runs with a low cheap-call limit (30 requests/minute, 10 s burst: 5 calls
 per key at once) so the rate-limit test can reach it; other tests use their own keys.
+The worker pauses 5 ms after each decode step (decode_delay_ms), so a long generation
+outlasts a deadline of a few seconds on any machine (the mid-stream failure tests).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
                 "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": "30",
                 "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
                 "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
-            }
+            },
+            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
         },
     )
     env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}

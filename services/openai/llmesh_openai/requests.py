@@ -24,6 +24,9 @@ from llmesh_openai.errors import ParamMap, bad_request
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
+# OpenAI's default for /v1/completions when max_tokens is absent or null (chat
+# completions leave it unset: the gateway's own default applies).
+COMPLETION_DEFAULT_MAX_TOKENS = 16
 
 GENERATE_PARAMS = ParamMap(
     (
@@ -337,6 +340,8 @@ def parse_completion(raw: Any) -> GenerationCall:
     stream = _bool(body, "stream")
     include_usage = _stream_options(body, stream)
     sampling = _sampling(body)
+    if not sampling.HasField("max_tokens"):
+        sampling.max_tokens = COMPLETION_DEFAULT_MAX_TOKENS
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

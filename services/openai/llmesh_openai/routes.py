@@ -19,6 +19,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import gateway_pb2
 from llmesh_openai.errors import OpenAIError, ParamMap, bad_request
@@ -34,6 +35,7 @@ from llmesh_openai.responses import Completion, embeddings_response, models_resp
 
 T = TypeVar("T")
 NO_PARAMS = ParamMap()
+log = get_logger("llmesh.openai")
 
 
 class Routes:
@@ -223,7 +225,23 @@ class Routes:
                 yield _data(completion.usage_chunk())
             yield {"data": "[DONE]"}
         except OpenAIError as exc:  # after the 200 went out: an error event ends the stream
+            log.warning(
+                "stream ended by an error after its first event: %s %s (%s)",
+                exc.status,
+                exc.type,
+                exc.code,
+                extra={"code": str(exc.status)},
+            )
             yield _data(exc.body())
+        except Exception:  # a bug: still the documented error event, not a cut connection
+            log.error("unhandled error in a stream after its first event", exc_info=True)
+            yield _data(
+                OpenAIError(
+                    500,
+                    "internal error; quote the response's x-request-id when reporting it",
+                    type="server_error",
+                ).body()
+            )
         finally:
             await events.aclose()
 

@@ -96,6 +96,20 @@ def test_completion_prompt_forms() -> None:
     assert refused(parse_completion, {"prompt": "x", "echo": True}).param == "echo"
 
 
+def test_completion_max_tokens_defaults_to_openais_16() -> None:
+    for body in ({"prompt": "x"}, {"prompt": "x", "max_tokens": None}):
+        call = parse_completion(body)
+        assert call.generate is not None
+        assert call.generate.input.sampling.max_tokens == 16
+    sent = parse_completion({"prompt": "x", "max_tokens": 40}).generate
+    assert sent is not None and sent.input.sampling.max_tokens == 40
+    turn = parse_completion({"prompt": "x", "llmesh": {"session_id": "s"}}).chat
+    assert turn is not None and turn.sampling.max_tokens == 16
+    # Chat completions have no such default in OpenAI's API: left to the gateway's.
+    chat = parse_chat({"messages": HELLO}).generate
+    assert chat is not None and not chat.input.sampling.HasField("max_tokens")
+
+
 def test_embeddings_input_forms() -> None:
     assert list(parse_embeddings({"input": "a"}).request.texts) == ["a"]
     call = parse_embeddings({"input": ["a", "b"], "encoding_format": "base64"})

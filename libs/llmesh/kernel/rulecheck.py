@@ -248,7 +248,7 @@ class RuleChecker:
         if value is None:
             return None
         if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
-            default = field.default_value if field.message_type is None else None
+            default = _element_zero(field)
 
             def skip_zero(v: Any, path: str, out: Out) -> None:
                 if v != default:
@@ -256,6 +256,20 @@ class RuleChecker:
 
             return skip_zero
         return value
+
+
+def _element_zero(field: _FD) -> Any:
+    """The zero value of one item of ``field`` (a list's ``default_value`` is ``[]``, not
+    its items' zero); None for messages."""
+    if field.message_type is not None:
+        return None
+    if not field.is_repeated:
+        return field.default_value
+    if field.type == _FD.TYPE_BYTES:
+        return b""
+    if field.cpp_type == _FD.CPPTYPE_STRING:
+        return ""
+    return False if field.cpp_type == _FD.CPPTYPE_BOOL else 0
 
 
 def _oneof_required(name: str) -> Check:

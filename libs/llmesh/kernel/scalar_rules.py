@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -52,7 +52,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, timestamp_pb2.Timestamp):
-        when = datetime.fromtimestamp(value.seconds, UTC)
+        when = datetime.fromtimestamp(value.seconds, UTC) + timedelta(
+            microseconds=value.nanos // 1000
+        )
         text = when.isoformat(timespec="milliseconds" if value.nanos >= 1_000_000 else "seconds")
         return text.removesuffix("+00:00") + "Z"
     if isinstance(value, duration_pb2.Duration):

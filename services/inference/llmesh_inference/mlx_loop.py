@@ -34,6 +34,9 @@ from llmesh_inference.models import LoadedModel
 
 log = get_logger("llmesh_inference.scheduler")
 
+# While generations run, commands get at most this much of each loop turn.
+COMMAND_BUDGET_S = 0.05
+
 
 def _settle_error(future: asyncio.Future[Any], error: BaseException) -> None:
     if not future.done():
@@ -86,8 +89,7 @@ class MlxLoop(EngineCore):
                 self._unload_idle()  # outside the lock: unloading may take a while
                 continue
             self.last_progress = time.monotonic()
-            for command in commands:
-                self._run_command(command)
+            self._run_commands(commands)
             self._reap()
             self._admit()
             self._step()
@@ -109,7 +111,26 @@ class MlxLoop(EngineCore):
             except RuntimeError:  # that event loop is closed: its callers are gone
                 continue
 
+    def _run_commands(self, commands: list[Command]) -> None:
+        """Run this turn's commands; while generations run, only for ``COMMAND_BUDGET_S``.
+
+        Commands (embeddings, model loads) share the thread with decoding: without a
+        budget a backlog of embeddings ran whole before the next decode step and starved
+        every stream (200 mixed clients: no token for 10 s at a time, every generation
+        past its deadline). What is left over goes back to the front of the queue.
+        """
+        ends = time.monotonic() + COMMAND_BUDGET_S
+        for i, command in enumerate(commands):
+            if self._running and time.monotonic() > ends:
+                with self._cond:
+                    self._commands.extendleft(reversed(commands[i:]))
+                return
+            self._run_command(command)
+
     def _run_command(self, command: Command) -> None:
+        if command.future.cancelled():  # its caller is gone (cancelled, deadline): no work
+            return
+
         def settle(result: Any = None, error: BaseException | None = None) -> None:
             if command.future.done():
                 return

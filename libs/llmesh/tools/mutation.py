@@ -48,14 +48,8 @@ TESTS: dict[str, list[str]] = {
         f"{_LIBS}test_kernel_interceptors_mutants.py",
         f"{_LIBS}test_kernel_server.py",
     ],
-    "llmesh/kernel/rulecheck.py": [
-        f"{_LIBS}test_kernel_validation.py",
-        f"{_LIBS}test_kernel_rules_mutants.py",
-    ],
-    "llmesh/kernel/scalar_rules.py": [
-        f"{_LIBS}test_kernel_validation.py",
-        f"{_LIBS}test_kernel_rules_mutants.py",
-    ],
+    "llmesh/kernel/rulecheck.py": [f"{_LIBS}test_kernel_rules_mutants.py"],
+    "llmesh/kernel/scalar_rules.py": [f"{_LIBS}test_kernel_rules_mutants.py"],
     "llmesh/kernel/violations.py": [f"{_LIBS}test_kernel_violations_mutants.py"],
     "llmesh/kernel/guards.py": [f"{_LIBS}test_kernel_guards.py"],
     "llmesh_gateway/auth.py": [f"{_GW}test_gateway_auth_mutants.py"],

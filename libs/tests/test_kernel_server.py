@@ -301,3 +301,6 @@ async def test_prometheus_metrics_count_rpcs_by_method_and_code(
     ]
     assert any('status_code="OK"' in line and line.endswith(" 1.0") for line in counts), counts
     assert any('status_code="INVALID_ARGUMENT"' in line for line in counts), counts
+    # The event loop's task count (a leak shows as a count that only grows: make soak).
+    tasks = [line for line in text.splitlines() if line.startswith("process_asyncio_tasks")]
+    assert tasks and float(tasks[0].rsplit(" ", 1)[1]) >= 1, tasks

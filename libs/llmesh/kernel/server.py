@@ -21,7 +21,7 @@ from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.interceptors import DeadlinePolicy, KernelServerInterceptor
 from llmesh.kernel.logging import get_logger, setup_logging
 from llmesh.kernel.reflection import enable_reflection
-from llmesh.kernel.telemetry import setup_telemetry
+from llmesh.kernel.telemetry import observe_event_loop, setup_telemetry
 
 log = get_logger(__name__)
 
@@ -157,6 +157,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if settings.metrics_port is not None:
+        observe_event_loop(loop)
     host = ServiceHost(settings, service_names=service_names, guards=guards)
     async with setup(host):
         port = await host.start()

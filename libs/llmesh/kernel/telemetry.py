@@ -8,10 +8,12 @@ span exporter). Code creates instruments with :func:`meter` and spans with
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
@@ -106,3 +108,20 @@ def tracer(name: str) -> trace.Tracer:
 def meter(name: str) -> metrics.Meter:
     """A meter for domain metrics (counters, histograms, gauges)."""
     return metrics.get_meter(name)
+
+
+def observe_event_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Export ``process.asyncio.tasks`` (Prometheus ``process_asyncio_tasks``): the tasks
+    alive on ``loop``, the service's event loop. Under steady load it stays flat; a count
+    that only grows is a leak (``make soak`` checks it, with RSS and open files)."""
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        if loop.is_closed():
+            return []
+        return [Observation(len(asyncio.all_tasks(loop)))]  # safe from the scrape thread
+
+    meter("llmesh.kernel").create_observable_gauge(
+        "process.asyncio.tasks",
+        callbacks=[observe],
+        description="Asyncio tasks alive on the service's event loop",
+    )

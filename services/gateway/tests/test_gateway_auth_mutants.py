@@ -292,6 +292,14 @@ async def test_an_unauthenticated_call_is_counted_audited_and_raised(rig: Rig) -
     assert rig.limiter.checked == []
 
 
+async def test_the_audited_fingerprint_is_of_everything_after_the_scheme(rig: Rig) -> None:
+    with pytest.raises(Unauthenticated):
+        await rig.guard.admit("/llmesh.v1.GatewayService/Embed", "Bearer two words")
+    assert rig.audit.records[0]["detail"] == (
+        f"INVALID_CREDENTIALS credential={fingerprint('two words')}"
+    )
+
+
 async def test_missing_credentials_are_audited_without_a_fingerprint(rig: Rig) -> None:
     with pytest.raises(Unauthenticated):
         await rig.guard.admit("/llmesh.v1.MemoryService/Recall", None)

@@ -72,6 +72,14 @@ test: setup $(STAMPS)/deploy-tools
 coverage-ratchet: $(STAMPS)/venv
 	$(PY) -m llmesh.tools.coverage_gate ratchet
 
+# The fuzz suite's long run (tests/fuzz; not in CI, ~10-20 min here): many hypothesis
+# examples per RPC and raw payloads per method; figures in bench/results/fuzz.json.
+.PHONY: fuzz
+fuzz: setup
+	LLMESH_FUZZ_REPORT=bench/results/fuzz.json HYPOTHESIS_PROFILE=fuzz \
+	  LLMESH_FUZZ_PER_METHOD=$${LLMESH_FUZZ_PER_METHOD:-3000} \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)
+
 # Mutation testing of the kernel's error/deadline/config/interceptor code and the
 # gateway's auth (docs/quality.md; not in CI: minutes per module).
 mutate: setup

@@ -22,15 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from e2etest import docblocks
+from e2etest.meshes import start_paced_mesh
 
 from llmesh.testing.polling import wait_until
 from llmesh.testing.rpc import Collector
-from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
-from llmesh_cli.supervisor.plan import build_plan
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +38,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 NODE_TESTS = sorted((ROOT / "clients" / "node" / "test").glob("*.test.js"))
 API_DOC = ROOT / "docs" / "api.md"
-MODEL = "tiny-llama-test"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 # The rate-limited key's bucket: 300 requests/min with 10 s of burst = 50 calls at once.
 REQUESTS_PER_MINUTE = 300
@@ -59,47 +55,12 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
-    tmp = tmp_path_factory.mktemp("clients-mesh")
-    collector = Collector()
-    otlp = collector.start()
-    options = mesh_options(
-        tmp,
-        models_dir=tiny_model_dir,
-        default_model=MODEL,
-        services=("registry", "inference", "memory", "gateway"),
-        args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
-        env={
-            # 5 ms per decode step: the deadline test's stream outlasts its deadline on
-            # any machine, however idle (the tiny model decodes ~1000 tokens/s unpaced).
-            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
-            "gateway": {
-                "LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
-                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
-                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
-            },
-        },
-    )
-    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
-    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
-    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
-        local.start(wait=False)
-        local.wait_ready("inference")
-        local.wait_ready("registry")
-        with grpc.insecure_channel(local.address("registry")) as channel:
-            registry_pb2_grpc.RegistryServiceStub(channel).Register(
-                registry_pb2.RegisterRequest(
-                    worker=common_pb2.WorkerInfo(
-                        worker_id="w0",
-                        address=local.address("inference"),
-                        models_loaded=[MODEL],
-                        capacity=8,
-                        state=common_pb2.WORKER_STATE_READY,
-                    )
-                ),
-                timeout=5,
-            )
-        for name in ("memory", "gateway"):
-            local.wait_ready(name)
+    # The worker is paced (5 ms a step): the deadline test's stream outlasts its deadline.
+    with start_paced_mesh(
+        tmp_path_factory.mktemp("clients-mesh"),
+        tiny_model_dir,
+        gateway_env={"LLMESH_GATEWAY_RATE_LIMIT__REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE)},
+    ) as (local, collector):
         # One key per caller, so their rate-limit buckets are their own.
         keys = {
             name: local.create_key(role="user", tenant=tenant)
@@ -111,10 +72,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
                 ("shell", "shell"),
             )
         }
-        try:
-            yield Mesh(local.address("gateway"), keys, collector)
-        finally:
-            collector.stop()
+        yield Mesh(local.address("gateway"), keys, collector)
 
 
 def test_node_suite_against_the_mesh(mesh: Mesh) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from e2etest.meshes import MODEL, start_paced_mesh
 
 from llmesh.testing.polling import wait_until
 from llmesh.testing.rpc import Collector, error_details
@@ -22,15 +23,11 @@ from llmesh.v1 import (
     common_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
-    registry_pb2,
-    registry_pb2_grpc,
 )
-from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
-from llmesh_cli.supervisor.plan import build_plan
+from llmesh_cli.supervisor.mesh import LocalMesh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-MODEL = "tiny-llama-test"
 MEMORY_CAP_S = 1.0
 
 
@@ -47,51 +44,13 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Mesh]:
-    tmp = tmp_path_factory.mktemp("e2e-chat")
-    collector = Collector()
-    otlp = collector.start()
-    options = mesh_options(
-        tmp,
-        models_dir=tiny_model_dir,
-        default_model=MODEL,
-        services=("registry", "inference", "memory", "gateway"),
-        args={"registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"]},
-        env={
-            # 5 ms per decode step: a stream outlasts the deadline tests' deadlines on any
-            # machine, however idle (the tiny model decodes ~1000 tokens/s unpaced).
-            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
-            "gateway": {
-                "LLMESH_GATEWAY_CHAT__CONTEXT_CAP_S": str(MEMORY_CAP_S),
-                "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "6000",
-                "LLMESH_GATEWAY_RATE_LIMIT__TOKENS_PER_MINUTE": "10000000",
-            },
-        },
-    )
-    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
-    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
-    with LocalMesh(build_plan(options), home=tmp, env=env) as local:
-        local.start(wait=False)
-        local.wait_ready("inference")
-        with grpc.insecure_channel(local.address("registry")) as channel:
-            local.wait_ready("registry")
-            registry_pb2_grpc.RegistryServiceStub(channel).Register(
-                registry_pb2.RegisterRequest(
-                    worker=common_pb2.WorkerInfo(
-                        worker_id="w0",
-                        address=local.address("inference"),
-                        models_loaded=[MODEL],
-                        capacity=8,
-                        state=common_pb2.WORKER_STATE_READY,
-                    )
-                ),
-                timeout=5,
-            )
-        for name in ("memory", "gateway"):
-            local.wait_ready(name)
-        try:
-            yield Mesh(local, local.create_key(role="user", tenant="acme"), collector)
-        finally:
-            collector.stop()
+    # The worker is paced (5 ms a step): a stream outlasts the deadline tests' deadlines.
+    with start_paced_mesh(
+        tmp_path_factory.mktemp("e2e-chat"),
+        tiny_model_dir,
+        gateway_env={"LLMESH_GATEWAY_CHAT__CONTEXT_CAP_S": str(MEMORY_CAP_S)},
+    ) as (local, collector):
+        yield Mesh(local, local.create_key(role="user", tenant="acme"), collector)
 
 
 def _sampling(max_tokens: int) -> common_pb2.SamplingParams:

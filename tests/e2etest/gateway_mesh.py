@@ -21,12 +21,13 @@ from typing import Any
 import grpc
 import pytest
 
+from e2etest.meshes import LONG_LEASE, MODEL, create_user_keys, otlp_env, register_worker
 from llmesh.testing.rpc import Collector
-from llmesh.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
+from llmesh.v1 import common_pb2
 from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
 from llmesh_cli.supervisor.plan import build_plan
 
-MODEL = "tiny-llama-test"
+USERS = {"alice": "acme", "bob": "globex", "carol": "acme", "dave": "initech"}
 JWT_SECRET = b"e2e-secret-" + b"x" * 40
 LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
 
@@ -72,23 +73,6 @@ class Mesh:
         return total
 
 
-def _register(registry: str, worker_id: str, port: int) -> None:
-    with grpc.insecure_channel(registry) as channel:
-        registry_pb2_grpc.RegistryServiceStub(channel).Register(
-            registry_pb2.RegisterRequest(
-                worker=common_pb2.WorkerInfo(
-                    worker_id=worker_id,
-                    address=f"127.0.0.1:{port}",
-                    models_loaded=[MODEL],
-                    models_available=[MODEL],
-                    capacity=8,
-                    state=common_pb2.WORKER_STATE_READY,
-                )
-            ),
-            timeout=5,
-        )
-
-
 def _gateway_env(tmp: Path) -> dict[str, str]:
     return {
         "LLMESH_GATEWAY_JWT__HS256_SECRET_FILE": str(tmp / "jwt.secret"),
@@ -120,7 +104,7 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
         workers=2,
         metrics=("gateway",),
         args={
-            "registry": ["--lease-ttl-ms", "600000", "--evict-after-ms", "600000"],
+            "registry": LONG_LEASE,
             **{
                 name: ["--max-batch-size", "4", "--data-dir", str(tmp / wid)]
                 for wid, name in workers.items()
@@ -128,13 +112,12 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
         },
         env={"gateway": _gateway_env(tmp)},
     )
-    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
-    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
+    env = otlp_env(otlp, options.services)
     with LocalMesh(build_plan(options), home=tmp, env=env) as local:
         local.start(wait=False)
         for wid, name in workers.items():
             local.wait_ready(name)
-            _register(local.address("registry"), wid, local.port(name))
+            register_worker(local.address("registry"), wid, f"127.0.0.1:{local.port(name)}")
         for name in ("registry", "memory", "gateway"):
             local.wait_ready(name)
         mesh = Mesh(
@@ -147,21 +130,7 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
         )
         # Bootstrap: the first admin key straight into the store, the rest over the API.
         mesh.keys = {"admin": local.create_key(role="admin", tenant="ops")}
-        with grpc.insecure_channel(mesh.gateway) as channel:
-            admin = gateway_pb2_grpc.AdminServiceStub(channel)
-            for name, tenant in (
-                ("alice", "acme"),
-                ("bob", "globex"),
-                ("carol", "acme"),
-                ("dave", "initech"),
-            ):
-                mesh.keys[name] = admin.CreateApiKey(
-                    gateway_pb2.CreateApiKeyRequest(
-                        name=name, role=gateway_pb2.ROLE_USER, tenant=tenant
-                    ),
-                    metadata=bearer(mesh.keys["admin"]),
-                    timeout=10,
-                ).api_key
+        mesh.keys.update(create_user_keys(mesh.gateway, mesh.keys["admin"], USERS))
         try:
             yield mesh
         finally:

@@ -16,14 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
+from e2etest.meshes import MODEL, PACED_WORKER, create_user_keys, otlp_env
 from llmesh.testing.rpc import Collector
-from llmesh.v1 import gateway_pb2, gateway_pb2_grpc
 from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
 from llmesh_cli.supervisor.plan import ALL_SERVICES, build_plan
 
-MODEL = "tiny-llama-test"
 LLMESH = [sys.executable, "-m", "llmesh_cli.main"]
 USERS = {
     "alice": "acme", "bob": "globex", "carol": "acme", "rita": "ratelimited", "dave": "initech",
@@ -69,29 +66,20 @@ def start_openai_mesh(tmp: Path, models_dir: Path) -> Iterator[OpenAIMesh]:
                 "LLMESH_GATEWAY_RATE_LIMIT__BURST_SECONDS": "10",
                 "LLMESH_GATEWAY_RATE_LIMIT__GENERATIONS_PER_MINUTE": "1200",
             },
-            "inference": {"LLMESH_INFERENCE_DECODE_DELAY_MS": "5"},
+            "inference": PACED_WORKER,
         },
     )
-    env = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
-    env.update({f"LLMESH_{kind.upper()}_OTLP_ENDPOINT": otlp for kind in options.services})
     try:
-        with LocalMesh(build_plan(options), home=tmp, env=env) as local:
+        with LocalMesh(
+            build_plan(options), home=tmp, env=otlp_env(otlp, options.services)
+        ) as local:
             local.start()
             mesh = OpenAIMesh(local=local, collector=collector)
             mesh.keys["admin"] = local.create_key(role="admin", tenant="ops")
             # A second admin key for the tests: creating the keys below spends the
             # first one's burst of cheap calls.
             mesh.keys["ops"] = local.create_key(role="admin", tenant="ops")
-            with grpc.insecure_channel(mesh.gateway) as channel:
-                admin = gateway_pb2_grpc.AdminServiceStub(channel)
-                for name, tenant in USERS.items():
-                    mesh.keys[name] = admin.CreateApiKey(
-                        gateway_pb2.CreateApiKeyRequest(
-                            name=name, role=gateway_pb2.ROLE_USER, tenant=tenant
-                        ),
-                        metadata=(("authorization", f"Bearer {mesh.keys['admin']}"),),
-                        timeout=10,
-                    ).api_key
+            mesh.keys.update(create_user_keys(mesh.gateway, mesh.keys["admin"], USERS))
             yield mesh
     finally:
         collector.stop()

@@ -55,6 +55,8 @@ def test_service_settings_config() -> None:
         ("0.0.0.0", False),
         ("10.1.2.3", False),
         ("example.com", False),
+        ("X127.0.0.1", False),
+        ("[127.0.0.1]X", False),
         ("", False),
     ],
 )

@@ -139,7 +139,36 @@ async def insert(
                 "ON CONFLICT DO NOTHING",
                 rows,
             )
+        await _adopt_stored_outcomes(conn, namespace, memories, results)
     return [r for r in results if r is not None]
+
+
+async def _adopt_stored_outcomes(
+    conn: AsyncConnection[Any],
+    namespace: str,
+    memories: Sequence[NewMemory],
+    results: list[RememberResult | None],
+) -> None:
+    """A concurrent call with the same key that committed first defines the outcome.
+
+    Its row made our insert above do nothing (after waiting for its commit; each
+    statement reads what is committed): for the same text we report its outcome (not
+    ``duplicate`` for having lost the race), for other text the key was reused.
+    """
+    keys = [m.idempotency_key for m in memories if m.idempotency_key]
+    cur = await conn.execute(
+        "SELECT key, fingerprint, result FROM idempotency WHERE namespace = %s "
+        "AND kind = 'remember' AND key = ANY(%s)",
+        (namespace, keys),
+    )
+    stored = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+    for i, memory in enumerate(memories):
+        if memory.idempotency_key not in stored:
+            continue
+        print_, outcome = stored[memory.idempotency_key]
+        if print_ != fingerprint("remember", memory.dedupe_key):
+            raise key_reused()  # rolls back what this call inserted
+        results[i] = RememberResult(**outcome)
 
 
 async def _insert_fresh(

@@ -2,9 +2,16 @@
 
 Keyword scores are BM25 divided by the score an average-length document containing
 every query term once would get (the sum of the query terms' IDF). That is an
-absolute scale: a hit on one common word of a long query stays small, instead of
-being stretched to 1.0 as min-max normalisation over the result list would do,
-while a hit on a rare exact token (an error code, a host name) scores high.
+absolute scale, the share of the query's IDF-weighted content a memory matches: a hit
+on one common word of a long query stays small, instead of being stretched to 1.0 as
+min-max normalisation over the result list would do, while a hit on a rare exact token
+(an error code, a host name) scores high.
+
+Fusion counts keyword evidence only where it discriminates: the weighted hybrid adds
+``keyword_weight * max(0, keyword - KEYWORD_FLOOR) / (1 - KEYWORD_FLOOR)``, so a match
+covering less than ``KEYWORD_FLOOR`` of the query's IDF-weighted terms (one ordinary
+word shared with a wrong memory) adds nothing and cannot overturn the semantic order,
+while a match on the query's rare terms or identifiers still decides between near twins.
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ RRF_K = 60
 # In RRF, keyword matches weaker than this do not get a keyword rank at all (a rank
 # carries no strength, so a one-common-word match would otherwise count as much as
 # an exact identifier match).
-RRF_MIN_KEYWORD = 0.3
+RRF_MIN_KEYWORD = 0.45
 DEFAULT_SEMANTIC_WEIGHT = 0.6
 DEFAULT_KEYWORD_WEIGHT = 0.4
-# Keyword scores are raised to this power before fusion: a partial match (one of
-# several query terms) counts for less than its share, a full match stays 1.
-KEYWORD_SHARPNESS = 1.5
+# In the weighted hybrid, the share of the query's IDF-weighted content a keyword match
+# must cover before it counts at all (above it, it counts linearly up to 1).
+KEYWORD_FLOOR = 0.3
 # Identifiers (tokens with a digit, or joined by - . : / @ _) are precise evidence.
 CODE_WEIGHT = 2.0
 # Share of an unseen query term's IDF that still counts in the normaliser.
@@ -83,7 +90,13 @@ def keyword_score(query: Sequence[str], doc_terms: Sequence[str], stats: CorpusS
             raw += idf * tf * (K1 + 1) / (tf + length_norm)
     if raw <= 0 or ideal <= 0:
         return 0.0
-    return float(min(1.0, raw / ideal) ** KEYWORD_SHARPNESS)
+    return float(min(1.0, raw / ideal))
+
+
+def discriminative(keyword: float) -> float:
+    """The part of a keyword score the weighted hybrid counts: 0 up to ``KEYWORD_FLOOR``,
+    then linear up to 1 (a full match)."""
+    return max(0.0, keyword - KEYWORD_FLOOR) / (1.0 - KEYWORD_FLOOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +158,9 @@ def fuse(
             elif mode is Fusion.KEYWORD:
                 score = c.keyword
             else:
-                score = semantic_weight * max(semantic, 0.0) + keyword_weight * c.keyword
+                score = semantic_weight * max(semantic, 0.0) + keyword_weight * discriminative(
+                    c.keyword
+                )
             out.append(Fused(c.key, score, semantic, c.keyword))
     if mode is Fusion.KEYWORD:
         out = [f for f in out if f.keyword > 0]

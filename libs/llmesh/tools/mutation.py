@@ -58,7 +58,10 @@ TESTS: dict[str, list[str]] = {
         f"{_GW}test_gateway_keys.py",
         f"{_GW}test_gateway_apikeys_mutants.py",
     ],
-    "llmesh_gateway/jwt_auth.py": [f"{_GW}test_gateway_jwt.py"],
+    "llmesh_gateway/jwt_auth.py": [
+        f"{_GW}test_gateway_jwt.py",
+        f"{_GW}test_gateway_jwt_mutants.py",
+    ],
 }
 TARGETS = list(TESTS)
 # Extra pytest arguments per target: slow tests (a subprocess, a database server, a

@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder-registry",
         help="host:port of the registry: embed on the READY workers it lists (failover)",
     )
+    parser.add_argument(
+        "--local-embedder",
+        action="store_const",
+        const=True,
+        help="embed in this process (MiniLM in MLX) instead of calling a worker",
+    )
     return parser
 
 
@@ -39,6 +45,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "redis_url": args.redis_url,
         "embedder_target": args.embedder,
         "embedder_registry": args.embedder_registry,
+        "local_embedder": args.local_embedder,
     }
 
 
@@ -57,6 +64,13 @@ def main(argv: Sequence[str]) -> int:
     """``llmesh serve memory [flags]``; returns the exit code (2 for bad settings)."""
     limit_blas_threads(1)
     settings, _ = parse_service_args(MemorySettings, build_parser(), argv, extra=_overrides)
+    if settings.local_embedder:
+        # MLX on Linux CPUs needs an optimized BLAS preloaded before it loads (~10x).
+        from llmesh.blas import reexec_with_openblas
+
+        reexec_with_openblas(
+            list(argv), module="llmesh_memory", switch="LLMESH_MEMORY_BLAS_PRELOAD"
+        )
 
     from llmesh_memory.wiring import SERVICE_NAMES, wire
 

@@ -1,4 +1,4 @@
-"""Sentence embeddings from inference workers' ``InferenceService.Embed``.
+"""Sentence embeddings: from inference workers' ``InferenceService.Embed``, or in-process.
 
 Which worker: a fixed address (:class:`FixedTargets`) or the READY workers the
 registry lists (:class:`RegistryTargets`, fed by the kernel's registry watch),
@@ -7,15 +7,23 @@ worker that fails is skipped for ``cooldown_s`` and the next one is tried while 
 caller's deadline allows. Calls go through the kernel's upstream client (deadline
 share, trace context, request id). When no worker answers, searches degrade to
 keyword-only at once instead of waiting on a dead worker.
+
+:class:`LocalEmbedder` (setting ``local_embedder``) runs the same MiniLM code as the
+workers (:mod:`llmesh.embeddings`) in this process on one dedicated thread: a query
+costs one forward pass and no RPC. Both keep recent vectors in a :class:`VectorCache`
+(LRU keyed by model and text), so a repeated query is not embedded again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +35,9 @@ from llmesh.kernel.logging import get_logger
 from llmesh.kernel.registry_watch import RegistryCache
 from llmesh.kernel.upstream import Share, unary
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from llmesh.embeddings import MiniLMEmbedder
 
 log = get_logger(__name__)
 
@@ -64,6 +75,41 @@ def unit_rows(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     out: npt.NDArray[np.float32] = (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
     return out
+
+
+class VectorCache:
+    """The last ``size`` vectors computed, keyed by (model, text); ``size`` 0 keeps none."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rows: OrderedDict[tuple[str, str], npt.NDArray[np.float32]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    async def embed(
+        self,
+        model: str,
+        texts: Sequence[str],
+        compute: Callable[[Sequence[str]], Awaitable[npt.NDArray[np.float32]]],
+    ) -> npt.NDArray[np.float32]:
+        """Vectors of ``texts``: cached ones reused, the rest from ``await compute(missing)``.
+
+        Missing texts are computed once each (duplicates in ``texts`` share a row).
+        """
+        found = {t: self._rows[(model, t)] for t in texts if (model, t) in self._rows}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            computed: npt.NDArray[np.float32] = await compute(missing)
+            found.update(zip(missing, computed, strict=True))
+        out = np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        if self.size:
+            for text in dict.fromkeys(texts):
+                self._rows[(model, text)] = found[text]
+                self._rows.move_to_end((model, text))
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        return out
 
 
 class _Health:
@@ -162,21 +208,11 @@ class GrpcEmbedder:
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self._pool = ChannelPool(tls=tls)
-        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self.cache_size = cache_size
+        self.cache = VectorCache(cache_size)
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Unit vectors of ``texts``; recently seen texts come from an LRU cache."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, vector in zip(missing, await self._fetch(missing), strict=True):
-                self._cache[text] = vector
-        out = np.stack([self._cache[t] for t in texts])
-        for text in texts:
-            self._cache.move_to_end(text)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return out
+        return await self.cache.embed(self.model, texts, self._fetch)
 
     async def _fetch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         rows: list[npt.NDArray[np.float32]] = []
@@ -231,3 +267,83 @@ class NoEmbedder:
 
     async def close(self) -> None:
         return None
+
+
+class LocalEmbedder:
+    """MiniLM computed in this process (:mod:`llmesh.embeddings`), on one MLX thread.
+
+    The same model code and weights as the inference workers, so the vectors match
+    theirs (to float rounding). The model loads on :meth:`start` (or the first call).
+    Long lists are embedded ``piece_size`` texts at a time, each a separate turn of
+    the thread, so a query waits behind at most one piece of a back-fill batch.
+    A model that cannot be loaded makes every call ``EmbedderUnavailable`` (searches
+    run keyword-only, marked degraded) and is tried again after ``retry_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path | None = None,
+        cache_size: int = 1024,
+        piece_size: int = 16,
+        retry_s: float = 30.0,
+        loader: Callable[[Path | None], MiniLMEmbedder] | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.piece_size = max(1, piece_size)
+        self.retry_s = retry_s
+        self.cache = VectorCache(cache_size)
+        self._loader = loader or _load_minilm
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="memory-embedder")
+        self._model: MiniLMEmbedder | None = None
+        self._failed: tuple[float, str] | None = None  # (when, why) of the last failed load
+        self.model = ""
+
+    async def start(self) -> None:
+        """Load the model now (and run it once), so the first query pays neither."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._compute, ["warm up"])
+        except EmbedderUnavailable as exc:
+            log.warning("in-process embedder unavailable: %s", exc)
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Unit vectors of ``texts`` (recent ones from the cache)."""
+        return await self.cache.embed(self.model, texts, self._pieces)
+
+    async def _pieces(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        loop = asyncio.get_running_loop()
+        rows = [
+            await loop.run_in_executor(
+                self._thread, self._compute, list(texts[i : i + self.piece_size])
+            )
+            for i in range(0, len(texts), self.piece_size)
+        ]
+        return np.concatenate(rows)
+
+    def _compute(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """On the MLX thread: load the model if needed, then embed."""
+        model = self._model or self._load()
+        vectors: npt.NDArray[np.float32] = model.embed(texts).vectors
+        return vectors
+
+    def _load(self) -> MiniLMEmbedder:
+        if self._failed is not None and time.monotonic() - self._failed[0] < self.retry_s:
+            raise EmbedderUnavailable(f"in-process embedder failed to load: {self._failed[1]}")
+        try:
+            model = self._loader(self.model_dir)
+        except (LlmeshError, OSError, ImportError) as exc:
+            self._failed = (time.monotonic(), str(exc))
+            raise EmbedderUnavailable(f"in-process embedder failed to load: {exc}") from exc
+        self._model, self._failed, self.model = model, None, model.name
+        log.info("in-process embedder loaded: %s", model.name)
+        return model
+
+    async def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_minilm(model_dir: Path | None) -> MiniLMEmbedder:
+    from llmesh.embeddings import MiniLMEmbedder
+
+    return MiniLMEmbedder.load(model_dir)

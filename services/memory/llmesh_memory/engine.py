@@ -39,6 +39,7 @@ from .store.base import (
     SessionRecord,
     StoredAppend,
     StoredMessage,
+    Vector,
 )
 from .text import dedupe_key, index_terms, query_terms
 
@@ -91,6 +92,10 @@ class RecallOutcome:
     hits: list[Hit]
     degraded: bool = False
     degraded_reason: str = ""
+
+
+async def _vector_of(embedding: asyncio.Future[tuple[Vector | None, str]]) -> Vector | None:
+    return (await embedding)[0]
 
 
 class MemoryEngine:
@@ -207,29 +212,29 @@ class MemoryEngine:
         """Hybrid search: vector and keyword candidates, scored and fused."""
         started = time.perf_counter()
         terms = query_terms(params.query)
-        vector = None
-        reason = ""
-        if params.mode is not Fusion.KEYWORD:
-            try:
-                with self._tracer.start_as_current_span("memory.embed"):
-                    vector = (await self.embedder.embed([params.query]))[0]
-            except EmbedderUnavailable as exc:
-                reason = f"keyword-only: {exc}"
-                self._metrics.degraded.add(1)
-        mode = params.mode if vector is not None else Fusion.KEYWORD
         pool = max(self.candidate_pool, params.k * 4)
-        with self._tracer.start_as_current_span("memory.store.search") as span:
-            result = await self.store.search(
-                namespace,
-                SearchQuery(
-                    vector=vector,
-                    terms=terms,
-                    limit=pool,
-                    metadata_filter=dict(params.metadata_filter),
-                ),
-                now=self.clock(),
-            )
-            span.set_attribute("memory.candidates", len(result.candidates))
+        query = SearchQuery(
+            vector=None, terms=terms, limit=pool, metadata_filter=dict(params.metadata_filter)
+        )
+        vector: Vector | None = None
+        reason = ""
+        if params.mode is Fusion.KEYWORD:
+            with self._tracer.start_as_current_span("memory.store.search") as span:
+                result = await self.store.search(namespace, query, now=self.clock())
+        else:
+            # The store does its keyword work while the query is being embedded.
+            embedding = asyncio.ensure_future(self._query_vector(params.query))
+            try:
+                with self._tracer.start_as_current_span("memory.store.search") as span:
+                    result = await self.store.search_while(
+                        namespace, query, _vector_of(embedding), now=self.clock()
+                    )
+            except BaseException:
+                embedding.cancel()
+                raise
+            vector, reason = await embedding
+        span.set_attribute("memory.candidates", len(result.candidates))
+        mode = params.mode if vector is not None else Fusion.KEYWORD
         by_id = {c.memory.id: c for c in result.candidates}
         scored = [
             Scored(c.memory.id, c.semantic, keyword_score(terms, c.terms, result.stats))
@@ -249,6 +254,15 @@ class MemoryEngine:
         ][: params.k]
         self._metrics.recall_seconds.record(time.perf_counter() - started, {"mode": mode.value})
         return RecallOutcome(hits, degraded=bool(reason), degraded_reason=reason)
+
+    async def _query_vector(self, text: str) -> tuple[Vector | None, str]:
+        """The query's vector, or None and why (the search then runs keyword-only)."""
+        try:
+            with self._tracer.start_as_current_span("memory.embed"):
+                return (await self.embedder.embed([text]))[0], ""
+        except EmbedderUnavailable as exc:
+            self._metrics.degraded.add(1)
+            return None, f"keyword-only: {exc}"
 
     async def forget(
         self,

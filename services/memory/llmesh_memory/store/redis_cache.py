@@ -283,6 +283,16 @@ class RedisSessionCache(MemoryStore):
     async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
         return await self.inner.search(namespace, query, now=now)
 
+    async def search_while(
+        self,
+        namespace: str,
+        query: SearchQuery,
+        vector: Awaitable[Vector | None],
+        *,
+        now: float,
+    ) -> SearchResult:
+        return await self.inner.search_while(namespace, query, vector, now=now)
+
     async def forget(
         self,
         namespace: str,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -13,7 +13,14 @@ from psycopg import AsyncConnection
 from llmesh.kernel.timestamps import stored_expiry
 
 from ...scoring import CorpusStats
-from ..base import Candidate, MemoryRecord, SearchQuery, SearchResult, keyword_terms
+from ..base import (
+    Candidate,
+    MemoryRecord,
+    SearchQuery,
+    SearchResult,
+    Vector,
+    keyword_terms,
+)
 from .sessions import LIVE
 
 MIN_HNSW_SHARE = 0.2
@@ -57,21 +64,46 @@ async def search(
     *,
     now: float,
     plan: VectorPlan,
+    vector: Awaitable[Vector | None] | None = None,
 ) -> SearchResult:
-    """Vector and keyword candidates (their union, exact cosine for each) and term stats."""
+    """Vector and keyword candidates (their union, exact cosine for each) and term stats.
+
+    With ``vector``, the query vector is still being computed (``query.vector`` is
+    ignored): the term statistics and keyword candidates are read first, on this
+    transaction, and the vector search runs once ``vector`` gives it.
+    """
     params: dict[str, Any] = {
         "ns": namespace,
         "now": now,
         "n": query.limit,
-        "q": query.vector,
         "filter": json.dumps(dict(query.metadata_filter)),
     }
     filt = " AND metadata @> %(filter)s::jsonb" if query.metadata_filter else ""
     stats, table_rows = await corpus_stats(conn, namespace, query.terms)
-    parts: list[str] = []
     settings = ["SET LOCAL enable_seqscan = off"]  # GIN / HNSW, never a full scan
-    if query.vector is not None and stats.docs:
+    ef: int | None = None
+    if (vector is not None or query.vector is not None) and stats.docs:
         ef = plan.hnsw_ef(stats.docs, table_rows, bool(query.metadata_filter))
+        if ef is not None:
+            settings.append(f"SET LOCAL hnsw.ef_search = {ef}")
+    picking = keyword_terms(query, stats, with_vector=True if vector is not None else None)
+    keyword = _keyword_part(namespace, picking, stats, filt, params)
+    if vector is not None:
+        # Overlap: settings and keyword candidates now, while the vector is computed.
+        await conn.execute("; ".join(settings))
+        settings = []
+        ids = await _keyword_ids(conn, keyword, params)
+        query = replace(query, vector=await vector)
+        if query.vector is None and (repick := keyword_terms(query, stats)) != picking:
+            # Keyword-only after all: it picks more terms.
+            ids = await _keyword_ids(
+                conn, _keyword_part(namespace, repick, stats, filt, params), params
+            )
+        params["kw"] = ids
+        keyword = "(SELECT unnest(%(kw)s::text[]))" if ids else ""
+    params["q"] = query.vector
+    parts: list[str] = []
+    if query.vector is not None and stats.docs:
         if ef is None:  # small namespace (or filtered): exact, over its rows only
             parts.append(
                 "(WITH c AS MATERIALIZED (SELECT id, embedding <=> %(q)s AS d "
@@ -81,35 +113,18 @@ async def search(
                 + ") SELECT id FROM c ORDER BY d LIMIT %(n)s)"
             )
         else:
-            settings.append(f"SET LOCAL hnsw.ef_search = {ef}")
             parts.append(
                 "(SELECT id FROM memories WHERE namespace = %(ns)s AND "
                 + LIVE
                 + " ORDER BY embedding <=> %(q)s LIMIT %(n)s)"
             )
-    picking = keyword_terms(query, stats)
-    if picking:
-        params["tsq"] = tsquery(namespace, picking)
-        # Ranking every match costs a heap read each; when the picked terms match
-        # many memories (only one common term picked), any of them will do: all
-        # candidates are scored with BM25 below anyway.
-        matched = sum(stats.df[t] for t in picking)
-        order = (
-            " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC" if matched <= KEYWORD_RANK_MAX else ""
-        )
-        # The namespace is matched through its lexeme (one GIN lookup); the outer
-        # query checks the namespace column as well.
-        parts.append(
-            "(SELECT id FROM memories WHERE tsv @@ %(tsq)s::tsquery AND "
-            + LIVE
-            + filt
-            + order
-            + " LIMIT %(n)s)"
-        )
+    if keyword:
+        parts.append(keyword)
     candidates: list[Candidate] = []
     if parts:
-        await conn.execute("; ".join(settings))
-        # One statement: both candidate lists, then their rows with exact cosine.
+        if settings:
+            await conn.execute("; ".join(settings))
+        # One statement: the candidate lists, then their rows with exact cosine.
         cur = await conn.execute(
             "SELECT id, text, metadata, created_at, expires_at, embedding IS NOT NULL, "
             "terms, CASE WHEN embedding IS NULL OR %(q)s::vector IS NULL THEN NULL "
@@ -129,6 +144,39 @@ async def search(
             semantic = None if row[7] is None else float(row[7])
             candidates.append(Candidate(record, semantic, row[6]))
     return SearchResult(candidates, stats)
+
+
+def _keyword_part(
+    namespace: str, picking: Sequence[str], stats: CorpusStats, filt: str, params: dict[str, Any]
+) -> str:
+    """The keyword candidates' subquery (sets ``params["tsq"]``); empty when none picked."""
+    if not picking:
+        return ""
+    params["tsq"] = tsquery(namespace, picking)
+    # Ranking every match costs a heap read each; when the picked terms match
+    # many memories (only one common term picked), any of them will do: all
+    # candidates are scored with BM25 afterwards anyway.
+    matched = sum(stats.df[t] for t in picking)
+    order = " ORDER BY ts_rank(tsv, %(tsq)s::tsquery) DESC" if matched <= KEYWORD_RANK_MAX else ""
+    # The namespace is matched through its lexeme (one GIN lookup); the outer
+    # query checks the namespace column as well.
+    return (
+        "(SELECT id FROM memories WHERE tsv @@ %(tsq)s::tsquery AND "
+        + LIVE
+        + filt
+        + order
+        + " LIMIT %(n)s)"
+    )
+
+
+async def _keyword_ids(
+    conn: AsyncConnection[Any], keyword: str, params: dict[str, Any]
+) -> list[str]:
+    """Ids the keyword subquery finds (none for an empty one)."""
+    if not keyword:
+        return []
+    cur = await conn.execute(keyword, params)
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def corpus_stats(

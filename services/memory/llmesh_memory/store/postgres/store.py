@@ -14,7 +14,7 @@ This module is the plumbing (pool, transactions, error mapping); the SQL lives i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -203,6 +203,20 @@ class PostgresStore(MemoryStore):
     async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
         async with self._transaction() as conn:
             return await search.search(conn, namespace, query, now=now, plan=self.plan)
+
+    async def search_while(
+        self,
+        namespace: str,
+        query: SearchQuery,
+        vector: Awaitable[Vector | None],
+        *,
+        now: float,
+    ) -> SearchResult:
+        """Term statistics and keyword candidates are read while the vector is computed."""
+        async with self._transaction() as conn:
+            return await search.search(
+                conn, namespace, query, now=now, plan=self.plan, vector=vector
+            )
 
     async def forget(
         self,

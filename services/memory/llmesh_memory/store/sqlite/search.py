@@ -1,14 +1,17 @@
 """SQLite search: vector candidates from an in-memory index, keyword candidates from FTS5.
 
-Runs in one read snapshot on a reader thread. The namespace's vector index is built
+Runs in one read snapshot on a reader thread; the keyword part runs first, so it can
+overlap the computation of the query vector (``vector``). The namespace's vector index is built
 from the table on first use (``built`` receives it) and kept by the store.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,11 +41,19 @@ def search(
     now: float,
     snapshot: tuple[Any, Vector] | None,
     built: list[VectorIndex],
+    vector: Callable[[], Vector | None] | None = None,
 ) -> SearchResult:
-    """Vector and keyword candidates in one read transaction."""
+    """Vector and keyword candidates in one read transaction.
+
+    With ``vector``, the query vector is still being computed: the keyword candidates
+    are found first, then ``vector()`` (which may block) gives it (``query.vector`` is
+    ignored).
+    """
     conn.execute("BEGIN")
     try:
-        return _search(conn, namespace, query=query, now=now, snapshot=snapshot, built=built)
+        return _search(
+            conn, namespace, query=query, now=now, snapshot=snapshot, built=built, vector=vector
+        )
     finally:
         conn.rollback()
 
@@ -55,9 +66,27 @@ def _search(
     now: float,
     snapshot: tuple[Any, Vector] | None,
     built: list[VectorIndex],
+    vector: Callable[[], Vector | None] | None,
 ) -> SearchResult:
     stats = corpus_stats(conn, namespace, query.terms)
     filter_sql, filter_params = metadata_filter_sql(query.metadata_filter)
+    # Keyword candidates first: they need no vector, so they are found while it is computed.
+    keywords = functools.partial(
+        _keyword_rowids,
+        conn,
+        namespace,
+        query=query,
+        now=now,
+        filter_sql=filter_sql,
+        filter_params=filter_params,
+    )
+    picking = keyword_terms(query, stats, with_vector=True if vector else None)
+    keyword = keywords(picking)
+    if vector is not None:
+        query = replace(query, vector=vector())
+        if query.vector is None and (repick := keyword_terms(query, stats)) != picking:
+            # Keyword-only after all: it picks more terms.
+            keyword = keywords(repick)
     wanted: dict[int, float | None] = {}  # rowid -> cosine when already known
     if query.vector is not None and stats.docs:
         if snapshot is None:
@@ -81,22 +110,8 @@ def _search(
             rowids, matrix = rowids[mask], matrix[mask]
         for rowid, similarity in top_k(rowids, matrix, query.vector, query.limit):
             wanted[rowid] = similarity
-    picking = keyword_terms(query, stats)
-    if picking and not query.metadata_filter:
-        # FTS5 ranks inside its own index (fast); expiry is checked on the fetch below.
-        for (rowid,) in conn.execute(
-            "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? ORDER BY rank LIMIT ?",
-            (fts_query(namespace, picking), query.limit),
-        ):
-            wanted.setdefault(rowid, None)
-    elif picking:
-        for (rowid,) in conn.execute(
-            "SELECT m.rowid FROM memory_fts f JOIN memories m ON m.rowid = f.rowid "
-            f"WHERE memory_fts MATCH ? AND +m.namespace = ? AND {_LIVE} {filter_sql} "
-            "ORDER BY f.rank LIMIT ?",
-            (fts_query(namespace, picking), namespace, now, *filter_params, query.limit),
-        ):
-            wanted.setdefault(rowid, None)
+    for rowid in keyword:
+        wanted.setdefault(rowid, None)
     candidates = _candidates(
         conn,
         namespace,
@@ -107,6 +122,39 @@ def _search(
         filter_params=filter_params,
     )
     return SearchResult(candidates, stats)
+
+
+def _keyword_rowids(
+    conn: sqlite3.Connection,
+    namespace: str,
+    picking: Sequence[str],
+    *,
+    query: SearchQuery,
+    now: float,
+    filter_sql: str,
+    filter_params: list[Any],
+) -> list[int]:
+    """Rowids of the best FTS matches of ``picking`` (none when nothing is picked)."""
+    if not picking:
+        return []
+    if not query.metadata_filter:
+        # FTS5 ranks inside its own index (fast); expiry is checked on the fetch below.
+        return [
+            rowid
+            for (rowid,) in conn.execute(
+                "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? ORDER BY rank LIMIT ?",
+                (fts_query(namespace, picking), query.limit),
+            )
+        ]
+    return [
+        rowid
+        for (rowid,) in conn.execute(
+            "SELECT m.rowid FROM memory_fts f JOIN memories m ON m.rowid = f.rowid "
+            f"WHERE memory_fts MATCH ? AND +m.namespace = ? AND {_LIVE} {filter_sql} "
+            "ORDER BY f.rank LIMIT ?",
+            (fts_query(namespace, picking), namespace, now, *filter_params, query.limit),
+        )
+    ]
 
 
 def _build_index(conn: sqlite3.Connection, namespace: str, dim: int) -> VectorIndex:

@@ -19,8 +19,9 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TypeVar
 
@@ -221,13 +222,65 @@ class SqliteStore(MemoryStore):
         return done.results
 
     async def search(self, namespace: str, query: SearchQuery, *, now: float) -> SearchResult:
+        return await self._search(namespace, query, now=now, vector=None)
+
+    async def search_while(
+        self,
+        namespace: str,
+        query: SearchQuery,
+        vector: Awaitable[Vector | None],
+        *,
+        now: float,
+    ) -> SearchResult:
+        """The keyword part runs on a reader thread, which then waits for the vector."""
+        handoff: Future[Vector | None] = Future()
+        deadline = statement_deadline()
+
+        def wait() -> Vector | None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return handoff.result(timeout=left)
+            except FutureTimeout:
+                raise DeadlineExceeded("deadline passed while the query was embedded") from None
+
+        async def feed() -> None:
+            try:
+                result = await vector
+            except asyncio.CancelledError:
+                handoff.cancel()
+                raise
+            except Exception as exc:  # reaches the search through wait()
+                if not handoff.done():
+                    handoff.set_exception(exc)
+                return
+            if not handoff.done():
+                handoff.set_result(result)
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            return await self._search(namespace, query, now=now, vector=wait)
+        finally:
+            handoff.cancel()  # a reader still waiting gives up (no-op once set)
+            if not feeder.done():
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
+
+    async def _search(
+        self,
+        namespace: str,
+        query: SearchQuery,
+        *,
+        now: float,
+        vector: Callable[[], Vector | None] | None,
+    ) -> SearchResult:
         index = self._indexes.get(namespace)
         generation = self._generation.get(namespace, 0)
         snapshot = index.snapshot() if index is not None else None
         built: list[VectorIndex] = []
         result = await self._run(
             lambda c: search.search(
-                c, namespace, query=query, now=now, snapshot=snapshot, built=built
+                c, namespace, query=query, now=now, snapshot=snapshot, built=built, vector=vector
             ),
             write=False,
         )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -26,6 +27,7 @@ from llmesh.kernel.telemetry import observe_event_loop, setup_telemetry
 log = get_logger(__name__)
 
 Setup = Callable[["ServiceHost"], AbstractAsyncContextManager[Any]]
+Drain = Callable[[float], Awaitable[None]]
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
@@ -84,6 +86,11 @@ class ServiceHost:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         self.port: int | None = None
+        self.drain: Drain | None = None
+        """Set by a service's wiring: on shutdown it runs (with the grace period's
+        ``time.monotonic()`` deadline) before the server stops taking calls, while
+        readiness is NOT_SERVING and liveness and every RPC still answer, so the
+        service can refuse new work with its own status and finish what it has."""
         # Plaintext, health only: for probes that cannot speak TLS (kubelet's grpc probe).
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
@@ -135,10 +142,16 @@ class ServiceHost:
         self.health_port = health_port
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING, reject new calls, let in-flight calls finish within ``grace_s``."""
+        """NOT_SERVING, reject new calls, let in-flight calls finish within ``grace_s``
+        (after the service's ``drain``, if it has one, within the same grace period)."""
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        if self.drain is not None:
+            await self.health.set_ready(False)
+            await self.drain(deadline)
         await self.health.shutdown()
         self.health.close_watches()
-        await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self.health_server is not None:
             await self.health_server.stop(0)
 

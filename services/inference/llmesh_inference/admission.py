@@ -1,13 +1,22 @@
-"""Admission: the asyncio side's queue (bounded, cancellable) and the move into a batch.
+"""Admission: the asyncio side's queue (bounded, cancellable, deadline-aware) and the
+move into a batch.
 
 ``submit``/``cancel``/``call`` run on the event loop and only append under the
 condition's lock; ``_admit``/``_insert`` run on the MLX thread and move queued
 requests into their model's ``BatchGenerator`` while slots are free.
+
+Load shedding: ``submit`` forecasts (:mod:`forecast`) when a new request would get
+its first token and refuses it at once with ``RESOURCE_EXHAUSTED`` /
+``QUEUE_WAIT_TOO_LONG`` + ``RetryInfo`` when that is past the caller's deadline;
+``_shed`` (MLX thread, every loop turn) does the same for requests already queued
+whose forecast has slipped past their deadline, so no request waits out its deadline
+in the queue only to be dropped there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -29,6 +38,7 @@ from llmesh_inference.events import (
     GenerationRequest,
     RequestHandle,
 )
+from llmesh_inference.forecast import first_token_s, slot_heap, take_slot
 from llmesh_inference.models import LoadedModel
 from llmesh_inference.sampling import make_sampler
 from llmesh_inference.textstream import TextStream
@@ -63,10 +73,50 @@ class Admission(EngineCore):
                     retry_after_s=round(retry, 2),
                     metadata={"queue_capacity": str(self.queue_capacity)},
                 )
+            if req.deadline is not None:
+                wait = self._expected_wait_locked()
+                left = req.deadline - time.monotonic()
+                if wait > left:
+                    self.requests_shed_total += 1
+                    self.metrics.finished("shed")
+                    raise self._too_slow(wait, left)
             self._pending.append(active)
             self.metrics.queue_depth(len(self._pending))
             self._cond.notify_all()
         return RequestHandle(self, active)
+
+    def _slot_heap_locked(self) -> list[float]:
+        """When (in decode steps from now) each batch slot is expected to be free."""
+        return slot_heap(
+            self.max_batch_size,
+            [
+                self.pace.steps_left(a.max_tokens, a.completion_tokens)
+                for a in self._running.values()
+            ],
+        )
+
+    def _expected_wait_locked(self) -> float:
+        """Seconds until a request joining the back of the queue has its first token
+        (0 while the pace is not measured yet)."""
+        heap = self._slot_heap_locked()
+        for queued in self._pending:
+            take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))
+        return first_token_s(take_slot(heap, 0), self.pace.step_s)
+
+    def _too_slow(self, wait_s: float, left_s: float) -> ResourceExhausted:
+        left_s = max(0.0, left_s)
+        return ResourceExhausted(
+            f"the worker's queue would hold this request ~{wait_s:.2f}s before its first "
+            f"token, past its deadline ({left_s:.2f}s left); retry on another worker, "
+            "after the delay, or with a longer deadline",
+            reason="QUEUE_WAIT_TOO_LONG",
+            retry_after_s=round(max(0.1, min(30.0, wait_s - left_s)), 2),
+            metadata={
+                "expected_wait_ms": str(int(wait_s * 1000)),
+                "remaining_ms": str(int(left_s * 1000)),
+                "queued_requests": str(len(self._pending)),
+            },
+        )
 
     def cancel(self, active: ActiveRequest) -> None:
         with self._cond:
@@ -115,6 +165,43 @@ class Admission(EngineCore):
             )
 
     # ----- MLX thread -------------------------------------------------------------------
+
+    def _shed(self) -> None:
+        """Refuse queued requests that can no longer get a token before their deadline.
+
+        The queue is replayed in order against the slots; a request whose forecast
+        first token is past its deadline leaves the queue (its place goes to those
+        behind it) with ``QUEUE_WAIT_TOO_LONG``, so the caller (the gateway) can still
+        try another worker instead of waiting out the deadline here.
+        """
+        with self._cond:
+            step_s = self.pace.step_s
+            if step_s <= 0 or not self._pending:
+                return
+            now = time.monotonic()
+            heap = self._slot_heap_locked()
+            keep: list[ActiveRequest] = []
+            shed: list[tuple[ActiveRequest, float, float]] = []
+            for queued in self._pending:
+                deadline = queued.req.deadline
+                wait = first_token_s(heap[0], step_s)
+                if deadline is not None and not queued.cancelled and now + wait > deadline:
+                    shed.append((queued, wait, deadline - now))
+                    continue
+                take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))
+                keep.append(queued)
+            if not shed:
+                return
+            self._pending = collections.deque(keep)
+            for queued, _wait, _left in shed:
+                queued.done = True
+                queued.timestamps["finished"] = now
+                self.requests_shed_total += 1
+                self.metrics.finished("shed")
+            self.metrics.queue_depth(len(self._pending))
+        for queued, wait, left in shed:
+            queued.emit(Failed(self._too_slow(wait, left)))
+        log.info("shed %d queued requests that could not start before their deadline", len(shed))
 
     def _admit(self) -> None:
         """Move queued requests into their model's batch while slots are free."""

@@ -95,9 +95,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llmesh.kernel.server import run_service
     from llmesh_inference.wiring import SERVICE_NAMES, wire
 
-    return run_service(
+    code = run_service(
         settings,
         service="inference",
         service_names=list(SERVICE_NAMES),
         setup=lambda host: wire(host, settings),
     )
+    release_mlx()
+    return code
+
+
+def release_mlx() -> None:
+    """Free this (main) thread's MLX streams before the interpreter finalizes: their
+    destructors would otherwise run after Python is gone and may abort the process
+    (the MLX thread frees its own when it stops; issue 19 finding 6)."""
+    if "mlx.core" not in sys.modules:
+        return
+    import contextlib
+
+    import mlx.core as mx
+
+    with contextlib.suppress(Exception):
+        mx.synchronize()
+    with contextlib.suppress(Exception):
+        mx.clear_streams()

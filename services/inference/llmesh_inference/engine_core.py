@@ -15,6 +15,7 @@ from llmesh.kernel.errors import Unavailable
 from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.tasks import SupervisedThread
 from llmesh_inference.events import ActiveRequest, Command, Event, Finished
+from llmesh_inference.forecast import ServiceRate
 from llmesh_inference.metrics import InferenceMetrics
 from llmesh_inference.models import LoadedModel, ModelStore
 
@@ -63,6 +64,9 @@ class EngineCore:
         self.requests_cancelled_total = 0
         self.batch_size = 0
         self._rate: collections.deque[tuple[float, int]] = collections.deque()
+        # The pace the queue-wait forecast of admission uses (see forecast.py).
+        self.pace = ServiceRate()
+        self.requests_shed_total = 0
         self._next_idle_check = 0.0
         self._outbox: list[tuple[ActiveRequest, Event]] = []
 
@@ -110,6 +114,7 @@ class EngineCore:
             self.metrics.finished("cancelled")
             return
         self.requests_completed_total += 1
+        self.pace.observe_finished(active.completion_tokens)
         self.metrics.finished(reason)
         first = active.first_token_at or now
         inserted = active.inserted_at or now
@@ -129,6 +134,9 @@ class EngineCore:
     # ----- provided by the parts --------------------------------------------------
 
     def _admit(self) -> None:
+        raise NotImplementedError
+
+    def _shed(self) -> None:
         raise NotImplementedError
 
     def _model_for(self, name: str) -> LoadedModel:

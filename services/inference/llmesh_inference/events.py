@@ -140,8 +140,20 @@ class RequestHandle:
             except asyncio.QueueEmpty:
                 return out
 
+    @property
+    def tokens(self) -> int:
+        """Tokens generated for this request so far."""
+        return self._active.completion_tokens
+
     def cancel(self) -> None:
         self._engine.cancel(self._active)
+
+    def interrupt(self, error: LlmeshError) -> None:
+        """End the request with ``error`` now (on the event loop): the engine drops it,
+        and the caller's next event is ``Failed(error)`` (the worker's drain, at the end
+        of the grace period)."""
+        self._engine.cancel(self._active)
+        self._active.queue.put_nowait(Failed(error))
 
 
 @dataclass

@@ -72,6 +72,20 @@ class MlxLoop(EngineCore):
         import mlx.core as mx
 
         log.info("MLX thread started on %s", mx.default_device())
+        try:
+            self._loop()
+        finally:
+            # MLX keeps per-thread streams whose thread-local destructors run after
+            # this thread has left Python; if the interpreter is finalizing by then,
+            # they abort the process ("terminate called without an active exception",
+            # exit -6; issue 19 finding 6). Finish the work and free them here, while
+            # Python is alive (MLX's own advice for threads that use it).
+            with contextlib.suppress(Exception):
+                mx.synchronize()
+            with contextlib.suppress(Exception):
+                mx.clear_streams()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 if not self._has_work_locked():
@@ -88,11 +102,14 @@ class MlxLoop(EngineCore):
             if not woke:
                 self._unload_idle()  # outside the lock: unloading may take a while
                 continue
-            self.last_progress = time.monotonic()
+            turn = self.last_progress = time.monotonic()
             self._run_commands(commands)
             self._reap()
+            self._shed()
             self._admit()
-            self._step()
+            if self._step():
+                with self._cond:
+                    self.pace.observe_step(time.monotonic() - turn)
             self._flush()
         self._shutdown()
         self._flush()
@@ -215,9 +232,12 @@ class MlxLoop(EngineCore):
                 )
             )
 
-    def _step(self) -> None:
-        """One ``next()`` per model with work: a decode step plus a prefill chunk."""
+    def _step(self) -> bool:
+        """One ``next()`` per model with work: a decode step plus a prefill chunk.
+
+        True when a token was generated (the turn counts for the forecast's pace)."""
         models = {a.model.name: a.model for a in self._running.values() if a.model is not None}
+        decoded = False
         for model in models.values():
             started = time.monotonic()
             _prompt, generated = model.generator.next()
@@ -225,6 +245,7 @@ class MlxLoop(EngineCore):
             self.last_progress = now
             if not generated:
                 continue
+            decoded = True
             with self._cond:
                 self.decode_steps_total += 1
                 self.tokens_generated_total += len(generated)
@@ -235,6 +256,7 @@ class MlxLoop(EngineCore):
                 self._on_token(model, response, now)
             if self.decode_delay_s > 0:
                 time.sleep(self.decode_delay_s)  # the MLX thread's own pace; see EngineCore
+        return decoded
 
     def _on_token(self, model: LoadedModel, response: Any, now: float) -> None:
         active = self._running.get((model.name, response.uid))

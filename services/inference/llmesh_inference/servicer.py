@@ -111,9 +111,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: inference_pb2.InferenceServiceGenerateRequest, context: Context
     ) -> AsyncIterator[inference_pb2.InferenceServiceGenerateResponse]:
+        self.worker.refuse_if_draining()
         req = self._request(request)
         parent = trace.get_current_span()
         handle = self.worker.engine.submit(req)
+        self.worker.track(handle)
         finished: Finished | None = None
         started = False
         try:
@@ -155,6 +157,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         )
                     )
         finally:
+            self.worker.untrack(handle)
             if finished is None:
                 handle.cancel()
             self._spans(parent, handle.timestamps, req, finished)
@@ -307,4 +310,5 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             uptime_seconds=time.monotonic() - self.worker.started_at,
             default_model=self.worker.default_model or "",
             models_available=store.available(),
+            draining=self.worker.draining,
         )

@@ -26,6 +26,7 @@ async def wire(host: ServiceHost, settings: InferenceSettings) -> AsyncIterator[
         InferenceServicer(worker), host.server
     )
     await worker.start()
+    host.drain = worker.drain  # SIGTERM: DRAINING, finish in-flight work, then stop
     try:
         yield worker
     finally:

@@ -12,7 +12,7 @@ import functools
 import time
 from typing import TYPE_CHECKING
 
-from llmesh.kernel.errors import FailedPrecondition, NotFound
+from llmesh.kernel.errors import FailedPrecondition, LlmeshError, NotFound, Unavailable
 from llmesh.kernel.health import HealthReporter
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.tasks import Supervisor
@@ -23,7 +23,7 @@ from llmesh_inference.llamacpp.engine import LlamaCppEngine
 from llmesh_inference.llamacpp.select import LLAMA_CPP, MLX, EngineChoice, choose_engine
 from llmesh_inference.llamacpp.store import GgufStore, find_gguf
 from llmesh_inference.models import ModelStore
-from llmesh_inference.scheduler import Engine
+from llmesh_inference.scheduler import Engine, RequestHandle
 from llmesh_inference.settings import InferenceSettings
 
 if TYPE_CHECKING:
@@ -81,6 +81,12 @@ class InferenceWorker:
         self._embedder: MiniLMEmbedder | None = None
         self.supervisor = Supervisor(health=health)
         self.started_at = time.monotonic()
+        self.draining = False
+        """Set by :meth:`drain` (SIGTERM): no new generations; readiness NOT_SERVING."""
+        self.inflight: set[RequestHandle] = set()
+        """The generations the servicer is streaming now (:meth:`track`)."""
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def _choose_engine(self) -> EngineChoice:
         settings = self.settings
@@ -187,6 +193,75 @@ class InferenceWorker:
         await self.supervisor.stop()
         await asyncio.to_thread(self.engine.stop)
 
+    def track(self, handle: RequestHandle) -> None:
+        """A generation starts streaming (the drain waits for it)."""
+        self.inflight.add(handle)
+        self._idle.clear()
+
+    def untrack(self, handle: RequestHandle) -> None:
+        self.inflight.discard(handle)
+        if not self.inflight:
+            self._idle.set()
+
+    async def _until_idle(self, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+
+    def refuse_if_draining(self) -> None:
+        """New work on a draining worker: UNAVAILABLE / WORKER_DRAINING (fail over)."""
+        if self.draining:
+            raise Unavailable(
+                "this worker is shutting down and takes no new requests; retry on another worker",
+                reason="WORKER_DRAINING",
+                retry_after_s=0.1,
+            )
+
+    async def drain(self, deadline: float) -> None:
+        """SIGTERM: refuse new generations, finish the running and queued ones.
+
+        Readiness goes NOT_SERVING (liveness stays SERVING) and ``Stats.draining`` is
+        true, so the registrar reports the worker DRAINING while health and ``Stats``
+        still answer. Generations still running shortly before ``deadline`` (the end of
+        the grace period) end with UNAVAILABLE: ``STREAM_INTERRUPTED`` with metadata
+        ``tokens_delivered`` after tokens were sent, ``WORKER_DRAINING`` before.
+        """
+        self.draining = True
+        await self.refresh_health()
+        left = deadline - time.monotonic()
+        log.info(
+            "draining: %d generations in flight, up to %.1fs to finish",
+            len(self.inflight),
+            max(0.0, left),
+            extra={"inflight": len(self.inflight)},
+        )
+        cut_at = deadline - min(0.5, max(0.0, left) / 4)  # time to send the statuses
+        await self._until_idle(cut_at)
+        if not self.inflight:
+            log.info("drained: no generation in flight")
+            return
+        log.warning("grace period ends: interrupting %d generations", len(self.inflight))
+        for handle in list(self.inflight):
+            handle.interrupt(self._cut_error(handle.tokens))
+        await self._until_idle(deadline)
+
+    def _cut_error(self, tokens: int) -> LlmeshError:
+        grace = self.settings.grace_period_s
+        if tokens:
+            return Unavailable(
+                f"the worker shut down: its grace period ({grace:g}s) ended after "
+                f"{tokens} tokens of this generation; retry on another worker "
+                "(the retry regenerates from the start)",
+                reason="STREAM_INTERRUPTED",
+                retry_after_s=0.1,
+                metadata={"tokens_delivered": str(tokens)},
+            )
+        return Unavailable(
+            f"the worker shut down before this request started (grace period {grace:g}s); "
+            "retry on another worker",
+            reason="WORKER_DRAINING",
+            retry_after_s=0.1,
+        )
+
     async def _warm_up(self) -> None:
         """Load the default model (readiness waits for it) and any preloads."""
         names = [n for n in [self.default_model, *self.settings.preload_models] if n]
@@ -214,6 +289,8 @@ class InferenceWorker:
         return self.store.load(name, protect=self.pinned())
 
     def is_ready(self) -> bool:
+        if self.draining:
+            return False
         if self.default_model:
             return self.store.get(self.default_model) is not None
         return bool(self.store.loaded_names()) or self._embedder is not None

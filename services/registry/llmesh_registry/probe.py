@@ -13,6 +13,8 @@ from llmesh.kernel.errors import LlmeshError
 from llmesh.kernel.upstream import unary
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
+DRAINING_REASON = "worker is draining (shutting down)"
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -21,6 +23,10 @@ class ProbeResult:
     healthy: bool
     reason: str = ""
     stats: inference_pb2.StatsResponse | None = None
+    draining: bool = False
+    """The worker is shutting down (``Stats.draining``): alive, not ready, finishing."""
+    gone: bool = False
+    """The worker does not answer at all (UNAVAILABLE: exited, port closed)."""
 
     @property
     def load(self) -> common_pb2.WorkerLoad | None:
@@ -68,8 +74,14 @@ class WorkerProbe:
                 if isinstance(reply, LlmeshError):
                     if service == "liveness" and reply.code == grpc.StatusCode.NOT_FOUND:
                         continue  # the worker does not report liveness
-                    return ProbeResult(False, f"{service} check failed: {_describe(reply)}")
+                    gone = reply.code == grpc.StatusCode.UNAVAILABLE
+                    reason = f"{service} check failed: {_describe(reply)}"
+                    return ProbeResult(False, reason, gone=gone)
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    if service == "readiness":  # alive but not ready: draining?
+                        draining = await self._draining_stats()
+                        if draining is not None:
+                            return ProbeResult(False, DRAINING_REASON, draining, draining=True)
                     name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                     return ProbeResult(False, f"worker {service} is {name}")
             try:
@@ -79,6 +91,14 @@ class WorkerProbe:
             except LlmeshError as exc:
                 return ProbeResult(False, f"Stats failed: {_describe(exc)}")
         return ProbeResult(True, "", stats)
+
+    async def _draining_stats(self) -> inference_pb2.StatsResponse | None:
+        """``Stats`` when the worker says it is draining (else None)."""
+        try:
+            stats = await unary(self._inference.Stats, inference_pb2.StatsRequest(), what="Stats")
+        except LlmeshError:
+            return None
+        return stats if stats.draining else None
 
     async def models(self) -> list[common_pb2.ModelInfo]:
         """The worker's models with their figures (``ListModels``); empty if it fails."""

@@ -1,8 +1,9 @@
 """The registrar: keeps one inference worker's registry entry true.
 
 Waits for the worker to be healthy, registers it, then on every tick (a third
-of the lease TTL) probes it and heartbeats the result: READY with its load, or
-UNHEALTHY with the failed probe as reason. A worker that hangs fails its probe
+of the lease TTL) probes it and heartbeats the result: READY with its load,
+DRAINING while the worker drains after SIGTERM (``Stats.draining``), or UNHEALTHY
+with the failed probe as reason. A worker that hangs fails its probe
 within the probe deadline, so it leaves READY well within one TTL. On shutdown
 it heartbeats DRAINING, waits for the worker's in-flight work (bounded), and
 deregisters.
@@ -174,23 +175,38 @@ class Registrar:
             next_tick = max(next_tick + self.interval_s, time.monotonic())
             result = await self._probe.probe()
             try:
-                await self.heartbeat(result)
+                # A worker that got SIGTERM says so (Stats.draining): DRAINING, not
+                # UNHEALTHY, while it finishes its in-flight work.
+                await self.heartbeat(result, state=DRAINING if result.draining else None)
             except LlmeshError as exc:
                 log.warning("heartbeat failed (%s); the lease runs on", exc.code.name)
 
     async def drain(self, *, timeout_s: float) -> None:
-        """DRAINING, wait (bounded) for in-flight work to finish, then deregister."""
+        """DRAINING, wait (bounded) for in-flight work to finish, then deregister.
+
+        Worker and registrar get SIGTERM together in a pod: the draining worker is
+        not ready but still answers, so the registration stays DRAINING (the lease
+        renewed every tick) until the worker is idle, or gone (it exits once drained),
+        or ``timeout_s`` passes. A worker that answers nothing useful (not ready, probe
+        timing out) is waited for too: only a closed port counts as finished.
+        """
         if not self.registered.is_set():
             return
         deadline = time.monotonic() + timeout_s
         result = await self._probe.probe()
-        try:
-            await self.heartbeat(result, state=DRAINING)
-        except LlmeshError as exc:
-            log.warning("could not mark DRAINING (%s)", exc.code.name)
-        while result.stats is not None and not result.idle and time.monotonic() < deadline:
+        await self._mark_draining(result)
+        next_beat = time.monotonic() + self.interval_s
+        while _busy(result) and time.monotonic() < deadline:
             await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             result = await self._probe.probe()
+            if time.monotonic() >= next_beat and _busy(result):
+                next_beat = time.monotonic() + self.interval_s
+                await self._mark_draining(result)
+        log.info(
+            "worker %s drained (%s)",
+            self._identity.worker_id,
+            "timed out" if _busy(result) else ("gone" if result.gone else "idle"),
+        )
         try:
             await unary(
                 self._registry.Deregister,
@@ -204,3 +220,16 @@ class Registrar:
         except LlmeshError as exc:
             # The lease will lapse on its own; nothing else to do.
             log.warning("deregister failed (%s); the lease will lapse", exc.code.name)
+
+    async def _mark_draining(self, result: ProbeResult) -> None:
+        try:
+            await self.heartbeat(result, state=DRAINING)
+        except LlmeshError as exc:
+            log.warning("could not mark DRAINING (%s)", exc.code.name)
+
+
+def _busy(result: ProbeResult) -> bool:
+    """Whether the worker may still have in-flight work (see :meth:`Registrar.drain`)."""
+    if result.stats is not None:
+        return not result.idle
+    return not result.gone

@@ -149,6 +149,14 @@ llama-server: $(STAMPS)/venv
 bench: setup
 	$(PY) -m bench.run_all
 
+# Soak (not in CI; ~13 minutes): 10 minutes of mixed load (bench/load.py) through a mesh
+# it starts, sampling each service's RSS, open fds and asyncio tasks; fails when RSS grows
+# >= 10% after warm-up or fds/tasks do not stay flat (docs/reliability.md). SOAK_ARGS
+# passes options on (e.g. SOAK_ARGS="--duration 120").
+.PHONY: soak
+soak: setup
+	nice -n 10 $(PY) -m bench.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) $(AUDIT_VENV) security/tools/node_modules sbom mutants \
 	  .coverage .coverage.* node_modules $(STAMPS) libs/llmesh/v1 clients/node/gen libs/buf/validate/validate_pb2.py*

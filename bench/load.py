@@ -472,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16, help="per generation (16)")
     p.add_argument("--mix", type=parse_mix, default=dict(DEFAULT_MIX),
                    help="method=weight,... of " + ",".join(METHODS))  # fmt: skip
+    p.add_argument("--home", type=Path, help="folder of the started mesh, kept (logs)")
     p.add_argument("--out", type=Path, default=RESULTS / "load.json",
                    help="JSON path; the markdown goes beside it (.md)")  # fmt: skip
     return p
@@ -511,11 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from bench.load_mesh import started_mesh
 
-        with (
-            tempfile.TemporaryDirectory(prefix="llmesh-load-") as tmp,
-            started_mesh(Path(tmp), workers=args.workers) as target,
-        ):
-            result = asyncio.run(run(args, target))
+        with tempfile.TemporaryDirectory(prefix="llmesh-load-") as tmp:
+            home = args.home or Path(tmp)
+            home.mkdir(parents=True, exist_ok=True)
+            with started_mesh(home, workers=args.workers) as target:
+                result = asyncio.run(run(args, target))
     json_path, md_path = write_report(result, args.out)
     print(markdown(result))
     print(f"wrote {json_path} and {md_path}")

@@ -107,11 +107,12 @@ class _Lane:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            conn = self._connection()
-            try:
+            conn: sqlite3.Connection | None = None
+            try:  # connecting (lazily, on a lane's first call) fails like a statement
+                conn = self._connection()
                 return fn(conn)
             except BaseException as exc:
-                if conn.in_transaction:
+                if conn is not None and conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.rollback()
                 mapped = sqlite_error(exc, store=STORE)

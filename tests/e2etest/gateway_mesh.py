@@ -63,6 +63,8 @@ class Mesh:
     metrics_port: int
     collector: Collector
     keys: dict[str, str] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # child name -> port
+    home: Path | None = None
 
     def metric(self, name: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read()
@@ -86,9 +88,16 @@ def _gateway_env(tmp: Path) -> dict[str, str]:
 
 
 @contextmanager
-def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
+def start_gateway_mesh(
+    tmp: Path,
+    models_dir: Path,
+    *,
+    metrics: tuple[str, ...] = ("gateway",),
+    gateway_env: dict[str, str] | None = None,
+) -> Iterator[Mesh]:
     """Start the mesh in ``tmp`` with keys for admin (tenant ops), alice and carol (acme),
-    bob (globex) and dave (initech); stop it on exit."""
+    bob (globex) and dave (initech); stop it on exit. ``metrics``: the children that
+    serve /metrics; ``gateway_env`` overrides the gateway's settings."""
     collector = Collector()
     otlp = collector.start()
     (tmp / "jwt.secret").write_bytes(JWT_SECRET)
@@ -102,7 +111,7 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
         default_model=MODEL,
         services=("registry", "inference", "memory", "gateway"),
         workers=2,
-        metrics=("gateway",),
+        metrics=metrics,
         args={
             "registry": LONG_LEASE,
             **{
@@ -110,7 +119,7 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
                 for wid, name in workers.items()
             },
         },
-        env={"gateway": _gateway_env(tmp)},
+        env={"gateway": _gateway_env(tmp) | (gateway_env or {})},
     )
     env = otlp_env(otlp, options.services)
     with LocalMesh(build_plan(options), home=tmp, env=env) as local:
@@ -125,8 +134,10 @@ def start_gateway_mesh(tmp: Path, models_dir: Path) -> Iterator[Mesh]:
             registry=local.address("registry"),
             workers={wid: Proc(local, name) for wid, name in workers.items()},
             procs=[Proc(local, name) for name in local.specs],
-            metrics_port=options.metrics_ports["gateway"] if options.metrics_ports else 0,
+            metrics_port=(options.metrics_ports or {}).get("gateway", 0),
             collector=collector,
+            metrics_ports=dict(options.metrics_ports or {}),
+            home=tmp,
         )
         # Bootstrap: the first admin key straight into the store, the rest over the API.
         mesh.keys = {"admin": local.create_key(role="admin", tenant="ops")}

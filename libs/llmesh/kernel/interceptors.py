@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from llmesh.kernel.context import RequestContext, reset_request, set_request
-from llmesh.kernel.errors import DeadlineExceeded, LlmeshError
+from llmesh.kernel.errors import DeadlineExceeded, LlmeshError, ResourceExhausted
 from llmesh.kernel.guards import Guard
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.telemetry import meter
@@ -160,9 +160,18 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     closes the handler's stream.
     """
 
-    def __init__(self, deadlines: DeadlinePolicy, guards: Sequence[Guard] = ()) -> None:
+    def __init__(
+        self,
+        deadlines: DeadlinePolicy,
+        guards: Sequence[Guard] = (),
+        *,
+        max_request_bytes: int | None = None,
+    ) -> None:
         self.deadlines = deadlines
         self.guards = tuple(guards)
+        # Larger requests are refused here, with a reason (the server lets gRPC take
+        # up to twice this, so that they reach the interceptor at all).
+        self.max_request_bytes = max_request_bytes
         self.metrics = _Metrics()
         self.spans = ServerSpans()
         self.validator = RequestValidator()
@@ -211,6 +220,14 @@ class KernelServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, call: _Method, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
         """The parsed, validated request that passed every guard (raw bytes in)."""
+        limit = self.max_request_bytes
+        if limit is not None and isinstance(request, bytes) and len(request) > limit:
+            raise ResourceExhausted(
+                f"the request is {len(request)} bytes, more than this server's limit of "
+                f"{limit} (max_message_bytes); send a smaller one",
+                reason="MESSAGE_TOO_LARGE",
+                metadata={"limit_bytes": str(limit), "size_bytes": str(len(request))},
+            )
         if call.decoder is not None and isinstance(request, bytes):
             request = decode(call.decoder, request, method=call.name)
         if not call.quiet:

@@ -31,9 +31,11 @@ Drain = Callable[[float], Awaitable[None]]
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
-    """Channel arguments: message size limits and keepalive."""
+    """Channel arguments: message size limits and keepalive. gRPC takes requests up to
+    twice ``max_message_bytes``, so that the kernel interceptor refuses those past the
+    limit with a reason (MESSAGE_TOO_LARGE); gRPC cuts larger ones without details."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", 2 * settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
@@ -80,7 +82,11 @@ class ServiceHost:
             per_method=settings.method_deadlines,
         )
         self.server = grpc.aio.server(
-            interceptors=[KernelServerInterceptor(deadlines, guards)],
+            interceptors=[
+                KernelServerInterceptor(
+                    deadlines, guards, max_request_bytes=settings.max_message_bytes
+                )
+            ],
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )

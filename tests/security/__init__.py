@@ -1,0 +1,1 @@
+"""Security suite (issue 19): authentication, roles, tokens, tenants, secrets, transport."""

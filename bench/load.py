@@ -77,6 +77,7 @@ class Sample:
     ttft_s: float | None = None
     tokens: int = 0
     retry_after_s: float = 0.0
+    degraded: bool = False  # Recall/Chat answered without semantic search
 
     @property
     def refused(self) -> bool:
@@ -129,6 +130,7 @@ class Caller:
         self.rng = random.Random(cfg.seed * 100_003 + client)
         self.turns = 0
         self.session = ""
+        self.degraded = False
 
     def _sampling(self) -> Any:
         from llmesh.v1 import common_pb2
@@ -139,6 +141,7 @@ class Caller:
         start = time.perf_counter()
         ttft: list[float] = []
         tokens = 0
+        self.degraded = False
         try:
             tokens = await getattr(self, method)(start, ttft)
         except grpc.aio.AioRpcError as exc:
@@ -168,6 +171,7 @@ class Caller:
             self.cfg.deadline_s,
             ttft[0] if ttft else None,
             tokens,
+            degraded=self.degraded,
         )
 
     async def generate_stream(self, start: float, ttft: list[float]) -> int:
@@ -206,7 +210,9 @@ class Caller:
         tokens = 0
         stream = self.stub.Chat(request, metadata=self.metadata, timeout=self.cfg.deadline_s)
         async for event in stream:
-            if event.HasField("delta") and not ttft:
+            if event.HasField("start"):
+                self.degraded = event.start.recall_degraded
+            elif event.HasField("delta") and not ttft:
                 ttft.append(time.perf_counter() - start)
             elif event.HasField("done"):
                 tokens = event.done.usage.completion_tokens
@@ -228,13 +234,14 @@ class Caller:
     async def recall(self, start: float, ttft: list[float]) -> int:
         from llmesh.v1 import common_pb2, gateway_pb2
 
-        await self.stub.Recall(
+        reply = await self.stub.Recall(
             gateway_pb2.RecallRequest(
                 query=self.rng.choice(FACTS), options=common_pb2.RecallOptions(k=5)
             ),
             metadata=self.metadata,
             timeout=self.cfg.deadline_s,
         )
+        self.degraded = reply.degraded
         return 0
 
 
@@ -341,6 +348,7 @@ def summarize(samples: Sequence[Sample], elapsed_s: float, cfg: LoadConfig) -> d
             "latency_ms": _pcts(s.latency_s for s in ok),
             "ttft_ms": _pcts(s.ttft_s for s in ok if s.ttft_s is not None),
             "tokens": sum(s.tokens for s in ok),
+            "degraded": sum(s.degraded for s in ok),
         }
     errors = [s for s in samples if s.error]
     refused = [s for s in samples if s.refused]
@@ -414,6 +422,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {m['ok_per_s']} | {_ms(lat, 'p50')} | {_ms(lat, 'p95')} | {_ms(lat, 'p99')} "
             f"| {_ms(ttft, 'p50')} | {_ms(ttft, 'p95')} | {_ms(ttft, 'p99')} |"
         )
+    degraded = [
+        f"{name} {m['degraded']} of {m['ok']}"
+        for name, m in s["methods"].items()
+        if name in ("chat", "recall") and m.get("degraded") is not None
+    ]
+    if degraded:
+        lines += ["", "Answered without semantic search (recall degraded): " + ", ".join(degraded)]
     for title, key in (("Errors", "errors_by_code"), ("Refusals", "refusals_by_reason")):
         if s[key]:
             lines += ["", f"{title}: " + ", ".join(f"{k} {v}" for k, v in s[key].items())]

@@ -269,6 +269,8 @@ def test_postgres_stopped_under_write_load_loses_and_duplicates_nothing(
     writers = [Writer(i) for i in range(6)]
     figures = asyncio.run(_write_through_outage(storage_mesh, writers))
     failures: Counter[str] = sum((w.failures for w in writers), Counter())
+    figures["acked_appends"] = sum(len(w.acked_appends) for w in writers)
+    figures["acked_memories"] = sum(len(w.acked_memories) for w in writers)
     print(f"postgres outage: {figures}, failures {dict(failures)}")  # for docs/reliability.md
     assert failures, "the outage produced no failed call: nothing was tested"
     for kind in failures:

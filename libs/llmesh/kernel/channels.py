@@ -56,10 +56,13 @@ def create_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     keepalive_time_s: float = 30.0,
     retries: bool = True,
+    max_reconnect_backoff_s: float | None = None,
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` (host:port); call it through :mod:`llmesh.kernel.upstream`.
 
-    ``retries=False`` for callers that fail over themselves.
+    ``retries=False`` for callers that fail over themselves. ``max_reconnect_backoff_s``
+    caps gRPC's reconnect backoff (default: up to 2 minutes) for callers that must find
+    a restarted peer within seconds (a registrar its registry).
     """
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -73,6 +76,10 @@ def create_channel(
         options.append(("grpc.enable_retries", 1))
     else:
         options.append(("grpc.enable_retries", 0))
+    if max_reconnect_backoff_s is not None:
+        backoff_ms = int(max_reconnect_backoff_s * 1000)
+        options.append(("grpc.max_reconnect_backoff_ms", backoff_ms))
+        options.append(("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)))
     if tls is not None and tls.server_name_override:
         options.append(("grpc.ssl_target_name_override", tls.server_name_override))
     if tls is not None and tls.enabled:

@@ -3,8 +3,10 @@
 Whoever finds workers through the registry (the gateway routing generations, memory
 choosing embedders) reads this cache only. When the registry stream breaks the last
 snapshot is kept (work goes on) and the watcher reconnects with backoff, resuming
-from the last revision. ``staleness_s`` is 0 while the stream is live, else the time
-since it broke (exported as a metric). The watch loop runs under the kernel
+from the last revision. A restarted registry that says it is *warming* does not blank
+the cache (see :class:`RegistryCache`). ``staleness_s`` is 0 while the stream is live,
+else the time since it broke or since a hung registry last spoke (its keepalives
+stopped); it is exported as a metric. The watch loop runs under the kernel
 Supervisor: a crash (e.g. in the change callback) is logged, the loop restarts with
 backoff, staleness counts from the crash, and liveness fails if it keeps crashing.
 """
@@ -29,7 +31,16 @@ ChangeCallback = Callable[["RegistryCache"], Awaitable[None]]
 
 
 class RegistryCache:
-    """Workers by id as of the registry's latest revision seen."""
+    """Workers by id as of the registry's latest revision seen.
+
+    Two guards keep routing going through registry faults:
+
+    - A snapshot marked ``warming`` (a registry that restarted without its state and
+      waits for the registrars to register again) does not drop the workers it lacks:
+      they stay *held* until an event changes them or a complete snapshot arrives.
+    - A registry that sends keepalives (every ``interval``) and then falls silent is
+      hung: ``staleness_s`` grows from its last message, though the stream is open.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -37,31 +48,83 @@ class RegistryCache:
         self.revision = 0
         self.has_snapshot = False
         self.connected = False
+        self.warming = False
+        self.held: set[str] = set()  # kept from before a warming snapshot
         self._last_live = clock()
+        self._last_message = self._last_live
+        self._keepalive_s = 0.0  # interval announced on this stream (0: none seen)
 
     def apply(self, message: registry_pb2.WatchWorkersResponse) -> None:
-        """Apply one WatchWorkers message (snapshot or event)."""
+        """Apply one WatchWorkers message (snapshot, event or keepalive)."""
         if message.HasField("snapshot"):
-            self.workers = {w.worker_id: w for w in message.snapshot.workers}
-            self.has_snapshot = True
+            self._apply_snapshot(message.snapshot)
         elif message.HasField("event"):
             event = message.event
+            self.held.discard(event.worker.worker_id)
             if event.type == registry_pb2.WORKER_EVENT_TYPE_REMOVED:
                 self.workers.pop(event.worker.worker_id, None)
             else:
                 self.workers[event.worker.worker_id] = event.worker
+        elif message.HasField("keepalive"):
+            self._keepalive_s = message.keepalive.interval.ToNanoseconds() / 1e9
         if message.revision:
             # A snapshot may come from a restarted registry with lower revisions: take it.
             self.revision = message.revision
-        self._last_live = self._clock()
+        self._last_live = self._last_message = self._clock()
+
+    def _apply_snapshot(self, snapshot: registry_pb2.WorkerSnapshot) -> None:
+        fresh = {w.worker_id: w for w in snapshot.workers}
+        if snapshot.warming:
+            kept = {k: w for k, w in self.workers.items() if k not in fresh}
+            if kept and not self.warming:
+                log.warning(
+                    "the registry restarted and is warming up: routing on with %d workers "
+                    "it does not list yet (%s)",
+                    len(kept),
+                    ", ".join(sorted(kept)),
+                )
+            self.held = set(kept)
+            fresh = {**kept, **fresh}
+        elif self.held:
+            gone = sorted(k for k in self.held if k not in fresh)
+            if gone:
+                log.warning("registry warmed up; dropping workers not seen again: %s", gone)
+            self.held = set()
+        self.warming = snapshot.warming
+        self.workers = fresh
+        self.has_snapshot = True
 
     def mark(self, *, connected: bool) -> None:
+        now = self._clock()
+        if not connected and self.connected and self.silent_s > 0:
+            # The stream was already silent (a hung registry): stale since its last word.
+            self._last_live = self._last_message
+        else:
+            self._last_live = now
         self.connected = connected
-        self._last_live = self._clock()
+        self._keepalive_s = 0.0  # each stream announces its own interval
+
+    @property
+    def resume_revision(self) -> int:
+        """Where a new watch resumes: 0 (a fresh snapshot) while warming, since a
+        watcher that missed the end of the warm-up would keep held workers for good."""
+        return 0 if self.warming else self.revision
+
+    @property
+    def silent_s(self) -> float:
+        """Seconds since the registry's last message when that exceeds three keepalive
+        intervals (it announced keepalives, then went quiet: hung); else 0."""
+        if not self._keepalive_s:
+            return 0.0
+        silence = self._clock() - self._last_message
+        return silence if silence > max(3 * self._keepalive_s, 0.5) else 0.0
 
     @property
     def staleness_s(self) -> float:
-        return 0.0 if self.connected else max(0.0, self._clock() - self._last_live)
+        """0 while the watch is live; else seconds since it last was (broken or hung)."""
+        if self.connected:
+            return self.silent_s
+        return max(0.0, self._clock() - self._last_live)
 
     def routable(self) -> bool:
         """Whether some READY worker exists in the snapshot."""
@@ -142,15 +205,20 @@ class RegistryWatcher:
         backoff = self._min_backoff_s
         while True:
             call = self._stub.WatchWorkers(
-                registry_pb2.WatchWorkersRequest(since_revision=self.cache.revision),
+                registry_pb2.WatchWorkersRequest(since_revision=self.cache.resume_revision),
                 wait_for_ready=False,
             )
             try:
                 async for message in call:
                     if not self.cache.connected:
                         self.cache.mark(connected=True)
+                    silent = self.cache.silent_s
+                    if silent:
+                        log.warning("the registry answers again after %.1f s of silence", silent)
                     self.cache.apply(message)
                     backoff = self._min_backoff_s
+                    if message.HasField("keepalive"):
+                        continue
                     if message.HasField("snapshot"):
                         self.first_snapshot.set()
                     await self._changed()

@@ -98,7 +98,10 @@ async def wire(
     audit = AuditLog(store, settings.audit)
     auth.bind(Authenticator(keys, jwt_verifier(settings)), audit, limiter)
     tls = settings.client_tls if settings.client_tls.enabled else None
-    registry_channel = create_channel(settings.registry_address, tls=tls)
+    # A restarted registry is found within seconds, not after gRPC's reconnect backoff.
+    registry_channel = create_channel(
+        settings.registry_address, tls=tls, max_reconnect_backoff_s=2.0
+    )
     memory_channel = create_channel(settings.memory_address, tls=tls)
     pool = ChannelPool(tls=tls)
     cache = RegistryCache()

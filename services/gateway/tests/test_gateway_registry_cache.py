@@ -17,11 +17,13 @@ from llmesh_gateway.registry_cache import RegistryCache, RegistryWatcher
 
 
 @contextlib.asynccontextmanager
-async def registry(port: int) -> AsyncIterator[str]:
+async def registry(port: int, warmup_ms: int = 0) -> AsyncIterator[str]:
     from llmesh_registry.settings import RegistrySettings
     from llmesh_registry.wiring import SERVICE_NAMES, wire
 
-    settings = RegistrySettings(port=port, lease_ttl_ms=600_000, evict_after_ms=600_000)
+    settings = RegistrySettings(
+        port=port, lease_ttl_ms=600_000, evict_after_ms=600_000, warmup_ms=warmup_ms
+    )
     async with serving(settings, SERVICE_NAMES, lambda host: wire(host, settings)) as served:
         yield served.address
 
@@ -65,13 +67,18 @@ async def test_watch_survives_a_registry_restart() -> None:
         # The registry is gone: the last snapshot stays, staleness grows.
         await await_until(lambda: _true(cache.staleness_s > 0), what="staleness")
         assert set(cache.workers) == {"a", "b"}
-        # A new registry (fresh state) on the same address: the watcher reconnects
-        # and the new snapshot replaces the old view.
-        async with registry(port) as address:
+        # A new registry (fresh state) on the same address: the watcher reconnects. While
+        # the registry warms up (its registrars registering again), the old workers it
+        # lacks are kept; once warm, its complete snapshot replaces the old view.
+        async with registry(port, warmup_ms=4000) as address:
             await register(address, "c")
+            await await_until(lambda: _true("c" in cache.workers), timeout_s=10, what="resnapshot")
+            assert cache.warming and set(cache.workers) == {"a", "b", "c"}
+            assert cache.held == {"a", "b"} and cache.routable()
             await await_until(
-                lambda: _true(set(cache.workers) == {"c"}), timeout_s=10, what="resnapshot"
+                lambda: _true(set(cache.workers) == {"c"}), timeout_s=20, what="warmed up"
             )
+            assert not cache.warming and not cache.held
             assert cache.connected and cache.staleness_s == 0
     finally:
         await watcher.stop()

@@ -27,11 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--evict-after-ms", type=int, help="eviction delay after a lease lapses (default 20000)"
     )
+    parser.add_argument(
+        "--warmup-ms",
+        type=int,
+        help="after a start, in-memory backend: watchers keep known workers this long "
+        "(default one lease TTL, at least 5000; 0 off)",
+    )
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("backend", "redis_url", "lease_ttl_ms", "evict_after_ms")
+    names = ("backend", "redis_url", "lease_ttl_ms", "evict_after_ms", "warmup_ms")
     return {name: getattr(args, name) for name in names}
 
 

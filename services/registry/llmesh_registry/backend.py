@@ -55,7 +55,9 @@ class RegistryBackend(abc.ABC):
     async def set_state(
         self, worker_id: str, state: int, reason: str
     ) -> tuple[common_pb2.WorkerInfo, int]:
-        """Set a worker's state by hand; non-READY states stick over heartbeats."""
+        """Set a worker's state by hand; non-READY states stick over heartbeats and
+        over a re-registration of the same worker id (until READY is set by hand or the
+        worker is removed)."""
 
     @abc.abstractmethod
     async def snapshot(self) -> Snapshot:
@@ -69,11 +71,13 @@ class RegistryBackend(abc.ABC):
     async def sweep(self) -> int:
         """Mark lapsed leases UNHEALTHY and evict long-lapsed ones; returns changes."""
 
-    def watch(self, since_revision: int = 0) -> AsyncIterator[Update]:
-        """Snapshot (or missed events), then every change, each with its revision."""
+    def watch(self, since_revision: int = 0, *, keepalive_s: float = 0.0) -> AsyncIterator[Update]:
+        """Snapshot (or missed events), then every change, each with its revision;
+        a keepalive after each ``keepalive_s`` without one (0: none)."""
         return watch_updates(
             self.hub,
             since_revision=since_revision,
             snapshot=self.snapshot,
             replay=self.replay,
+            keepalive_s=keepalive_s,
         )

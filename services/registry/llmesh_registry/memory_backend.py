@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmesh.kernel.errors import FailedPrecondition, NotFound
+from llmesh.kernel.logging import get_logger
 from llmesh.v1 import common_pb2
 from llmesh_registry.backend import RegistryBackend
 from llmesh_registry.model import (
@@ -27,6 +29,8 @@ from llmesh_registry.model import (
 from llmesh_registry.records import copy_worker, timestamp_ms
 from llmesh_registry.watch import WatchHub
 
+log = get_logger(__name__)
+
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -41,7 +45,13 @@ class _Entry:
 
 
 class MemoryBackend(RegistryBackend):
-    """Workers in a dict, history in a bounded deque; single event loop, no locks."""
+    """Workers in a dict, history in a bounded deque; single event loop, no locks.
+
+    The state dies with the process. A restarted registry therefore starts empty and
+    *warming* for ``warmup_ms`` (from :meth:`start`): its snapshots say so, and
+    watchers keep the workers they knew until the registrars have registered again;
+    when warm-up ends every watcher gets a complete snapshot.
+    """
 
     def __init__(
         self,
@@ -50,6 +60,7 @@ class MemoryBackend(RegistryBackend):
         hub: WatchHub | None = None,
         history: int = 10_000,
         clock_ms: Callable[[], int] = _wall_ms,
+        warmup_ms: int = 0,
     ) -> None:
         super().__init__(policy, hub)
         self._clock_ms = clock_ms
@@ -58,6 +69,26 @@ class MemoryBackend(RegistryBackend):
         # Start from a time-based revision so that a restarted registry never
         # reuses revisions a watcher saw from its previous life.
         self._revision = time.time_ns() // 1000
+        self._warmup_ms = warmup_ms
+        self._warming = False
+        self._warm_timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        if self._warmup_ms > 0:
+            self._warming = True
+            loop = asyncio.get_running_loop()
+            self._warm_timer = loop.call_later(self._warmup_ms / 1000, self._warmed)
+
+    async def close(self) -> None:
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+
+    def _warmed(self) -> None:
+        self._warming = False
+        self._warm_timer = None
+        log.info("registry warmed up: %d workers registered", len(self._workers))
+        self.hub.resync()  # every watcher: a complete snapshot now
 
     async def ping(self) -> bool:
         return True
@@ -83,10 +114,15 @@ class MemoryBackend(RegistryBackend):
             record.registered_at.CopyFrom(previous.worker.registered_at)
         else:
             record.registered_at.CopyFrom(timestamp_ms(now))
+        pinned = previous.pinned_state if previous is not None else UNSPECIFIED
+        if previous is not None and pinned != UNSPECIFIED:
+            # An admin's drain outlives a re-registration (e.g. a restarted registrar).
+            record.state = pinned  # type: ignore[assignment]
+            record.state_reason = previous.worker.state_reason
         expires = now + self.policy.ttl_ms
         record.last_heartbeat_at.CopyFrom(timestamp_ms(now))
         record.lease_expires_at.CopyFrom(timestamp_ms(expires))
-        self._workers[worker.worker_id] = _Entry(record, lease_id, expires)
+        self._workers[worker.worker_id] = _Entry(record, lease_id, expires, pinned)
         revision = self._emit(UPSERTED, record)
         return Lease(lease_id=lease_id, ttl_ms=self.policy.ttl_ms, revision=revision)
 
@@ -143,7 +179,7 @@ class MemoryBackend(RegistryBackend):
 
     async def snapshot(self) -> Snapshot:
         workers = [copy_worker(self._workers[k].worker) for k in sorted(self._workers)]
-        return Snapshot(revision=self._revision, workers=workers)
+        return Snapshot(revision=self._revision, workers=workers, warming=self._warming)
 
     async def replay(self, since_revision: int) -> list[Event] | None:
         if since_revision == self._revision:

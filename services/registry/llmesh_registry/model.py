@@ -67,10 +67,11 @@ class HeartbeatResult:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Every worker at one revision."""
+    """Every worker at one revision (``warming``: the view may still miss workers)."""
 
     revision: int
     workers: list[common_pb2.WorkerInfo] = field(default_factory=list)
+    warming: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,15 @@ class Event:
     worker: common_pb2.WorkerInfo
 
 
-Update = Snapshot | Event
+@dataclass(frozen=True)
+class Keepalive:
+    """Nothing changed for ``interval_s``: sent on a quiet watch so hangs show."""
+
+    revision: int
+    interval_s: float
+
+
+Update = Snapshot | Event | Keepalive
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ log = get_logger(__name__)
 READY = common_pb2.WORKER_STATE_READY
 UNHEALTHY = common_pb2.WORKER_STATE_UNHEALTHY
 DRAINING = common_pb2.WORKER_STATE_DRAINING
+KEEP = common_pb2.WORKER_STATE_UNSPECIFIED  # a heartbeat that leaves the state as it is
+ADMIN_DRAIN_REASON = "drained by an admin (kept over a registry restart)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Registrar:
         self._lease_id = ""
         self._ttl_ms = 0
         self._state: int = common_pb2.WORKER_STATE_UNSPECIFIED
+        # An admin drained the worker (heartbeat replies say DRAINING): carried over a
+        # registry restart, whose fresh state no longer knows it (issue 19).
+        self.admin_drained = False
         self.registered = asyncio.Event()
 
     @property
@@ -96,8 +101,8 @@ class Registrar:
             models_loaded=result.models_loaded,
             models_available=list(stats.models_available) if stats else [],
             capacity=stats.max_batch_size if stats else 0,
-            state=READY if result.healthy else UNHEALTHY,
-            state_reason=result.reason,
+            state=DRAINING if self.admin_drained else (READY if result.healthy else UNHEALTHY),
+            state_reason=ADMIN_DRAIN_REASON if self.admin_drained else result.reason,
             load=result.load,
             models=await self._probe.models(),
         )
@@ -124,12 +129,14 @@ class Registrar:
     async def heartbeat(self, result: ProbeResult, *, state: int | None = None) -> None:
         """Renew the lease with ``result``; re-register if the registry forgot us."""
         wanted = state if state is not None else (READY if result.healthy else UNHEALTHY)
+        if state is None and self.admin_drained:
+            wanted = KEEP  # the admin's DRAINING stands until an admin sets READY
         request = registry_pb2.HeartbeatRequest(
             worker_id=self._identity.worker_id,
             lease_id=self._lease_id,
             load=result.load,
             state=wanted,  # type: ignore[arg-type]
-            state_reason="" if wanted == READY else (result.reason or "shutting down"),
+            state_reason="" if wanted in (READY, KEEP) else (result.reason or "shutting down"),
             models_loaded=result.models_loaded,
         )
         try:
@@ -154,6 +161,8 @@ class Registrar:
                 f" ({request.state_reason})" if request.state_reason else "",
             )
         self._state = reply.state
+        if state is None:  # not our own shutdown drain: DRAINING is an admin's
+            self.admin_drained = reply.state == DRAINING
 
     async def run(self) -> None:
         """Wait for the worker, register, then heartbeat forever (cancel to stop).

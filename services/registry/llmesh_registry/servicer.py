@@ -17,6 +17,7 @@ from llmesh_registry.model import (
     UNSPECIFIED,
     Event,
     HeartbeatUpdate,
+    Keepalive,
     Snapshot,
     Update,
     WorkerFilter,
@@ -30,11 +31,16 @@ def _millis(ms: int) -> duration_pb2.Duration:
 
 
 def to_response(update: Update) -> registry_pb2.WatchWorkersResponse:
-    """One ``WatchWorkersResponse`` for a snapshot or an event."""
+    """One ``WatchWorkersResponse`` for a snapshot, an event or a keepalive."""
     if isinstance(update, Snapshot):
         return registry_pb2.WatchWorkersResponse(
             revision=update.revision,
-            snapshot=registry_pb2.WorkerSnapshot(workers=update.workers),
+            snapshot=registry_pb2.WorkerSnapshot(workers=update.workers, warming=update.warming),
+        )
+    if isinstance(update, Keepalive):
+        return registry_pb2.WatchWorkersResponse(
+            revision=update.revision,
+            keepalive=registry_pb2.WatchKeepalive(interval=duration(update.interval_s)),
         )
     event: Event = update
     return registry_pb2.WatchWorkersResponse(
@@ -57,8 +63,9 @@ def stored_worker(worker: common_pb2.WorkerInfo) -> common_pb2.WorkerInfo:
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Calls the backend and shapes responses (the kernel checks the contract's limits)."""
 
-    def __init__(self, backend: RegistryBackend) -> None:
+    def __init__(self, backend: RegistryBackend, *, keepalive_s: float = 0.0) -> None:
         self._backend = backend
+        self._keepalive_s = keepalive_s
         m = meter("llmesh.registry")
         self._heartbeats = m.create_counter(
             "llmesh_registry_heartbeats", description="Heartbeats received"
@@ -119,7 +126,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def WatchWorkers(
         self, request: registry_pb2.WatchWorkersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.WatchWorkersResponse]:
-        async for update in self._backend.watch(max(0, request.since_revision)):
+        since = max(0, request.since_revision)
+        async for update in self._backend.watch(since, keepalive_s=self._keepalive_s):
             yield to_response(update)
 
     async def SetWorkerState(

@@ -29,6 +29,31 @@ class RegistrySettings(ServiceSettings):
     history: int = Field(default=10_000, ge=10)
     watch_queue: int = Field(default=10_000, ge=10)
     readiness_interval_s: float = Field(default=1.0, gt=0)
+    # A registry that starts without its state (in-memory backend) says it is warming
+    # for this long, so watchers keep the workers they knew until the registrars have
+    # registered again. Unset: one lease TTL, at least 5 s; 0: never.
+    warmup_ms: int | None = Field(default=None, ge=0)
+    # A keepalive on every quiet WatchWorkers stream this often (0: none), so that
+    # watchers see a hung registry.
+    watch_keepalive_ms: int = Field(default=1000, ge=0)
+    # When the sweeper finds the registry itself stalled (frozen, starved), no lease
+    # lapses for this long. Unset: one lease TTL; 0: off.
+    stall_grace_ms: int | None = Field(default=None, ge=0)
+
+    @property
+    def effective_warmup_ms(self) -> int:
+        """The warm-up of the in-memory backend after a start (0 for Redis: state kept)."""
+        if self.backend == "redis":
+            return 0
+        if self.warmup_ms is not None:
+            return self.warmup_ms
+        return max(self.lease_ttl_ms, 5000)
+
+    @property
+    def effective_stall_grace_s(self) -> float:
+        """How long the sweeper holds back after a stall of the registry."""
+        grace_ms = self.lease_ttl_ms if self.stall_grace_ms is None else self.stall_grace_ms
+        return grace_ms / 1000
 
     @property
     def effective_sweep_interval_s(self) -> float:

@@ -12,10 +12,17 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
-from llmesh_registry.model import Event, Snapshot, Update
+from llmesh_registry.model import Event, Keepalive, Snapshot, Update
 
 # Sentinel queued when a watcher must start again from a snapshot.
 _RESYNC = None
+
+
+class _Quiet:
+    """What :meth:`Subscription.get` returns when nothing came in time."""
+
+
+QUIET = _Quiet()
 
 
 class Subscription:
@@ -33,8 +40,16 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(_RESYNC)
 
-    async def get(self) -> Event | None:
-        return await self._queue.get()
+    async def get(self, timeout_s: float | None = None) -> Event | _Quiet | None:
+        """The next item, or ``QUIET`` when none came within ``timeout_s``."""
+        if not timeout_s:
+            return await self._queue.get()
+        try:
+            # A cancelled Queue.get leaves its item queued: nothing is lost.
+            async with asyncio.timeout(timeout_s):
+                return await self._queue.get()
+        except TimeoutError:
+            return QUIET
 
 
 class WatchHub:
@@ -73,12 +88,16 @@ async def watch_updates(
     since_revision: int,
     snapshot: Callable[[], Awaitable[Snapshot]],
     replay: Callable[[int], Awaitable[list[Event] | None]],
+    keepalive_s: float = 0.0,
 ) -> AsyncIterator[Update]:
     """A snapshot (or the missed events after ``since_revision``), then every change.
 
     ``replay(since)`` returns the events after ``since`` in order, or ``None`` when
     the backend no longer holds all of them. Revisions are dense (every change
-    adds one), so a jump in the live sequence also triggers a new snapshot.
+    adds one), so a jump in the live sequence also triggers a new snapshot. With
+    ``keepalive_s``, a :class:`Keepalive` follows the snapshot (or replay) at once,
+    announcing the interval, then goes out whenever nothing else did for that long,
+    so a watcher can tell a hung registry from a quiet one.
     """
     with hub.subscribe() as sub:
         events = await replay(since_revision) if since_revision > 0 else None
@@ -92,8 +111,15 @@ async def watch_updates(
                 if event.revision > last:
                     last = event.revision
                     yield event
+        if keepalive_s:
+            # Announce the interval at once: on a busy stream (load changes) keepalives
+            # may never be due, and the watcher must still know what silence means.
+            yield Keepalive(revision=last, interval_s=keepalive_s)
         while True:
-            item = await sub.get()
+            item = await sub.get(keepalive_s)
+            if isinstance(item, _Quiet):
+                yield Keepalive(revision=last, interval_s=keepalive_s)
+                continue
             if item is not None and item.revision <= last:
                 continue
             if item is None or item.revision != last + 1:

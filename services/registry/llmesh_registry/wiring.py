@@ -48,7 +48,9 @@ def build_backend(
             op_timeout_s=settings.redis_timeout_s,
             supervisor=supervisor,
         )
-    return MemoryBackend(policy, hub=hub, history=settings.history)
+    return MemoryBackend(
+        policy, hub=hub, history=settings.history, warmup_ms=settings.effective_warmup_ms
+    )
 
 
 @contextlib.asynccontextmanager
@@ -63,10 +65,16 @@ async def wire(
     supervisor = supervisor or Supervisor(health=host.health)
     backend = backend or build_backend(settings, supervisor=supervisor)
     await backend.start()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(backend), host.server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+        RegistryServicer(backend, keepalive_s=settings.watch_keepalive_ms / 1000), host.server
+    )
     supervisor.spawn(
         "registry-sweeper",
-        lambda: sweep_forever(backend, interval_s=settings.effective_sweep_interval_s),
+        lambda: sweep_forever(
+            backend,
+            interval_s=settings.effective_sweep_interval_s,
+            grace_s=settings.effective_stall_grace_s,
+        ),
     )
     supervisor.spawn(
         "registry-readiness",
@@ -94,7 +102,11 @@ async def wire_registrar(host: ServiceHost, settings: RegistrarSettings) -> Asyn
     """Run the registrar beside ``host``; on exit mark DRAINING and deregister."""
     log = get_logger("llmesh_registry.registrar")
     worker_channel = create_channel(settings.worker, tls=settings.client_tls)
-    registry_channel = create_channel(settings.registry, tls=settings.client_tls)
+    # A restarted registry must hear from this registrar at its next heartbeat, not
+    # after gRPC's reconnect backoff (up to minutes): it is warming up meanwhile.
+    registry_channel = create_channel(
+        settings.registry, tls=settings.client_tls, max_reconnect_backoff_s=1.0
+    )
     identity = WorkerIdentity(
         worker_id=settings.worker_id or default_worker_id(settings.worker),
         address=settings.advertise_address or settings.worker,

@@ -272,6 +272,22 @@ async def test_admin_drain_sticks_over_heartbeats(factory: BackendFactory) -> No
         assert result.state == UNHEALTHY
 
 
+async def test_admin_drain_sticks_over_a_reregistration(factory: BackendFactory) -> None:
+    async with running(factory.make(SLOW)) as backend:
+        await backend.register(worker("w1"), "L1")
+        await backend.set_state("w1", DRAINING, "maintenance")
+        # The worker registers again (its registrar restarted, asking READY): still drained.
+        await backend.register(worker("w1"), "L2")
+        listed = (await backend.snapshot()).workers[0]
+        assert listed.state == DRAINING and listed.state_reason == "maintenance"
+        result = await backend.heartbeat(HeartbeatUpdate("w1", "L2", state=READY))
+        assert result.state == DRAINING
+        # Removed, the drain goes with it.
+        await backend.deregister("w1", "L2")
+        await backend.register(worker("w1"), "L3")
+        assert (await backend.snapshot()).workers[0].state == READY
+
+
 async def test_list_filters(factory: BackendFactory) -> None:
     async with running(factory.make(SLOW)) as backend:
         await backend.register(worker("w1", model="tiny", zone="a"), "L1")

@@ -62,17 +62,21 @@ def register_request(
 
 
 class StreamReader:
-    """Reads a WatchWorkers stream in the background into a list."""
+    """Reads a WatchWorkers stream in the background into a list (keepalives apart)."""
 
     def __init__(self, stub: registry_pb2_grpc.RegistryServiceAsyncStub, since: int = 0) -> None:
         self.messages: list[registry_pb2.WatchWorkersResponse] = []
+        self.keepalives: list[registry_pb2.WatchWorkersResponse] = []
         self.call = stub.WatchWorkers(registry_pb2.WatchWorkersRequest(since_revision=since))
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for message in self.call:
-                self.messages.append(message)
+                if message.HasField("keepalive"):
+                    self.keepalives.append(message)
+                else:
+                    self.messages.append(message)
 
     async def wait_for(self, count: int) -> list[registry_pb2.WatchWorkersResponse]:
         async def enough() -> bool:

@@ -3,17 +3,22 @@
 Measured in one run, per backend and size:
 
 * ``recall_rpc``: the ``MemoryService.Recall`` RPC end to end against a real
-  ``llmesh serve memory`` process (query embedding through a real ``llmesh serve
-  inference`` worker, keyword and vector search, fusion): p50/p95/p99 in ms;
+  ``llmesh serve memory`` process embedding the query in-process (``local_embedder``,
+  MiniLM in MLX with OpenBLAS), keyword work overlapped with the embedding, vector
+  search, fusion: p50/p95/p99 in ms;
+* ``recall_rpc_worker``: the same with the query embedded by a real ``llmesh serve
+  inference`` worker over gRPC (the configuration without ``local_embedder``);
 * ``search``: the same searches in-process with the query vectors precomputed
   (store search + scoring + fusion, no RPC, no embedding), to show where time goes;
-* ``embed_rpc``: the query-embedding RPC alone;
+* ``embed_rpc``: the query-embedding RPC alone; ``embed_local``: one query embedded
+  in this process (what ``local_embedder`` costs a Recall);
 * ``vector_recall_at_10``: overlap of the vector candidates' top 10 with exact
   brute-force top 10 (NumPy over the same vectors), averaged over the queries;
 * load and index build times.
 
 Memory texts come from :mod:`bench.memory_corpus` and are embedded once with the real
-MiniLM (cached on disk; ``python -m bench.memory_corpus 100000`` warms the cache).
+MiniLM (cached on disk; ``python -m bench.memory_corpus 100000`` warms the cache, with
+OpenBLAS preloaded for MLX in its own process).
 
     .venv/bin/python -m bench.bench_memory --sizes 10000 100000 --backends sqlite postgres
 """
@@ -25,6 +30,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,9 +81,10 @@ def corpus_vectors(n: int, *, pad: bool = False) -> tuple[np.ndarray, int]:
     if len(real) >= n:
         return real[:n], n
     if not pad or len(real) == 0:
-        if n > 100_000:
-            raise SystemExit("at most 100000 memories are generated")
-        return cached_vectors(memories(100_000)[:n], "memories-small"), n
+        raise SystemExit(
+            f"{len(real)} of {n} memory vectors are cached: run `python -m bench.memory_corpus"
+            " 100000` first (resumable; OpenBLAS preloaded in its process), or pass --pad"
+        )
     rng = np.random.default_rng(3)
     source = real[rng.integers(0, len(real), n - len(real))]
     noisy = source + rng.normal(0, 0.02, source.shape).astype(np.float32)
@@ -156,6 +163,24 @@ async def recall_rpc(
     return out
 
 
+def embed_local(nq: int) -> list[float]:
+    """One query at a time through the in-process embedder (ms each; nothing cached).
+
+    In a child process (``bench.memory_corpus --embed-latency``) with OpenBLAS
+    preloaded, as the memory service runs it; this process stays unpreloaded, since
+    its children (PostgreSQL's initdb) cannot load a preloaded OpenBLAS.
+    """
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.memory_corpus", "--embed-latency", str(nq)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    samples: list[float] = json.loads(out.strip().splitlines()[-1])
+    return samples
+
+
 async def embed_rpc(target: str, query_texts: Sequence[str]) -> list[float]:
     import grpc
 
@@ -229,6 +254,8 @@ async def run_one(
     workdir: Path,
     nq: int,
     ef_search: int,
+    hnsw_m: int = 16,
+    ef_construction: int = 64,
     pad: bool = False,
 ) -> dict[str, Any]:
     from llmesh_cli.supervisor.mesh import LocalMesh
@@ -263,11 +290,12 @@ async def run_one(
             await conn.execute("SET maintenance_work_mem = '512MB'")
             await conn.execute(
                 "CREATE INDEX memories_embedding ON memories USING hnsw "
-                "(embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+                f"(embedding vector_cosine_ops) WITH (m = {int(hnsw_m)}, "
+                f"ef_construction = {int(ef_construction)})"
             )
             await conn.execute("ANALYZE memories")
         out["hnsw_build_s"] = round(time.perf_counter() - started, 1)
-        out["hnsw"] = {"m": 16, "ef_construction": 64, "ef_search": ef_search}
+        out["hnsw"] = {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
     else:
         path = workdir / f"memory-{n}.db"
         path.unlink(missing_ok=True)
@@ -279,7 +307,7 @@ async def run_one(
     exact = exact_top10(vectors, qvecs)
     if backend == "postgres":
         sweep = []
-        for ef in sorted({40, 100, 200, ef_search, 2 * ef_search}):
+        for ef in sorted({40, 60, 100, 200, 400, ef_search}):
             recall, timing = await pg_vector_recall(dsn, qvecs, exact, rows, ef)
             sweep.append({"ef_search": ef, "recall_at_10": round(recall, 4), "top10_sql": timing})
         out["hnsw_sweep"] = sweep
@@ -291,7 +319,8 @@ async def run_one(
     await search_only(store, query_texts[:10], qvecs[:10])  # warm caches
     out["search"] = _percentiles(await search_only(store, query_texts, qvecs))
     await store.close()
-    # The real service, end to end: the memory child of the mesh plan, on this store.
+    # The real service, end to end: the memory child of the mesh plan, on this store,
+    # embedding in-process (local_embedder) and then through the inference worker.
     args = ["--store", backend]
     env = {"LLMESH_MEMORY_LOG_LEVEL": "WARNING"}
     if backend == "postgres":
@@ -301,13 +330,17 @@ async def run_one(
         env["LLMESH_MEMORY_HNSW_EF_SEARCH"] = str(ef_search)
     else:
         args += ["--sqlite-path", str(workdir / f"memory-{n}.db")]
-    plan = build_plan(replace(mesh, args={**mesh.args, "memory": args}, env={"memory": env}))
-    with LocalMesh([s for s in plan if s.name == "memory"], home=workdir) as server:
-        server.start()
-        out["recall_rpc"] = _percentiles(
-            await recall_rpc(server.address("memory"), query_texts, queries(nq + 20)[nq:])
+    for key, local in (("recall_rpc", True), ("recall_rpc_worker", False)):
+        service_env = {**env, "LLMESH_MEMORY_LOCAL_EMBEDDER": str(local).lower()}
+        plan = build_plan(
+            replace(mesh, args={**mesh.args, "memory": args}, env={"memory": service_env})
         )
-        out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        with LocalMesh([s for s in plan if s.name == "memory"], home=workdir) as server:
+            server.start()
+            out[key] = _percentiles(
+                await recall_rpc(server.address("memory"), query_texts, queries(nq + 20)[nq:])
+            )
+    out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -356,6 +389,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         target = inference.address("inference")
         await embed_rpc(target, queries(20))
         results["embed_rpc"] = _percentiles(await embed_rpc(target, queries(args.queries)))
+        results["embed_local"] = _percentiles(embed_local(args.queries))
         for n in args.sizes:
             for backend in args.backends:
                 print(f"memory bench: {backend} at {n} memories ...", flush=True)
@@ -367,6 +401,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     workdir=workdir,
                     nq=args.queries,
                     ef_search=args.ef_search,
+                    hnsw_m=args.hnsw_m,
+                    ef_construction=args.ef_construction,
                     pad=args.pad,
                 )
                 print(json.dumps(run), flush=True)
@@ -386,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", type=int, default=400)
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--pad",

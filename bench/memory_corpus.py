@@ -4,7 +4,9 @@ The texts read like what an assistant remembers about an engineering team: incid
 deploys, preferences, meetings, customers. They are generated from templates with a
 seeded RNG, so the same ``n`` always gives the same corpus. Vectors are computed once
 with the real MiniLM encoder and cached under ``bench/results/cache/`` (git-ignored
-size: 100k x 384 float32 = 154 MB; do not commit).
+size: 100k x 384 float32 = 154 MB; do not commit). Embedding runs with OpenBLAS preloaded
+(``main`` re-executes itself): about 40 texts/s on one free core here, so the 100k corpus
+takes ~40 min on an idle core and hours on a busy box; partial progress is kept.
 """
 
 from __future__ import annotations
@@ -273,35 +275,20 @@ def _question(rng: random.Random) -> str:
 Embed = Callable[[Sequence[str]], "npt.NDArray[np.float32]"]
 
 
-def minilm_embedder(*, batch_size: int = 64) -> Embed:
-    """Embed texts with the real MiniLM encoder in MLX (the inference service's model code)."""
-    import mlx.core as mx
-    from tokenizers import Tokenizer
+def minilm_embedder(*, max_batch_tokens: int = 4096) -> Embed:
+    """Embed texts with the real MiniLM in MLX: :mod:`llmesh.embeddings`, the code the
+    inference workers and the memory service's in-process embedder run.
 
-    from llmesh_inference.embeddings.bert import load_encoder
-    from llmesh_inference.embeddings.config import BertConfig
-    from llmesh_inference.embeddings.files import model_files
+    Fast only with OpenBLAS preloaded (:func:`with_openblas`); mlx-cpu's own reference
+    BLAS is ~10x slower.
+    """
+    from llmesh.embeddings import MiniLMEmbedder
 
-    files = model_files()
-    encoder = load_encoder(BertConfig.from_file(files.config), files.weights, dtype=mx.float32)
-    tokenizer = Tokenizer.from_file(str(files.tokenizer))
-    tokenizer.enable_truncation(256)
-    tokenizer.enable_padding()
+    model = MiniLMEmbedder.load(max_batch_tokens=max_batch_tokens)
 
     def embed(texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        out = np.zeros((len(texts), 384), np.float32)
-        # Similar lengths share a batch, so little is spent on padding.
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            batch = tokenizer.encode_batch([texts[i] for i in picked])
-            ids = mx.array(np.array([e.ids for e in batch], dtype=np.int32))
-            mask = mx.array(np.array([e.attention_mask for e in batch], dtype=np.int32))
-            vectors = encoder(ids, mask)
-            mx.eval(vectors)
-            out[picked] = np.array(vectors, dtype=np.float32)
-        return out
+        vectors: npt.NDArray[np.float32] = model.embed(list(texts)).vectors
+        return vectors
 
     return embed
 
@@ -336,10 +323,51 @@ def cached_vectors(
     return done
 
 
+def with_openblas(argv: Sequence[str], module: str) -> None:
+    """Re-execute ``python -m <module> <argv>`` once with OpenBLAS preloaded for MLX
+    (one thread: the box is shared); nothing when already done or not on Linux."""
+    from llmesh.blas import reexec_with_openblas
+
+    reexec_with_openblas(
+        argv, module=module, threads=int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    )
+
+
+def embed_latency(n: int) -> list[float]:
+    """ms to embed each of ``n`` distinct queries, one at a time, through the memory
+    service's in-process embedder (nothing cached; 20 other queries warm it up first)."""
+    import asyncio
+
+    from llmesh_memory.embedder import LocalEmbedder
+
+    async def run() -> list[float]:
+        embedder = LocalEmbedder(cache_size=0)
+        await embedder.start()
+        texts = queries(n + 20, seed=23)
+        out = []
+        try:
+            for i, text in enumerate(texts):
+                started = time.perf_counter()
+                await embedder.embed([text])
+                if i >= 20:
+                    out.append((time.perf_counter() - started) * 1000)
+        finally:
+            await embedder.close()
+        return out
+
+    return asyncio.run(run())
+
+
 def main() -> None:
-    """Warm the cache: ``python -m bench.memory_corpus [N]``."""
+    """Warm the cache: ``python -m bench.memory_corpus [N]``; or print the in-process
+    query-embedding latencies as JSON: ``python -m bench.memory_corpus --embed-latency N``."""
+    import json
     import sys
 
+    with_openblas(sys.argv[1:], "bench.memory_corpus")
+    if sys.argv[1:2] == ["--embed-latency"]:
+        print(json.dumps([round(x, 3) for x in embed_latency(int(sys.argv[2]))]))
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     embed = minilm_embedder()
     cached_vectors(queries(200), "queries", embed)

@@ -63,6 +63,7 @@ class Mesh:
     admin_key: str
     targets: list[Target]
     parts: dict[str, Any] = field(default_factory=dict)  # what each service's wire() yielded
+    hosts: dict[str, Any] = field(default_factory=dict)  # each service's ServiceHost
 
 
 def public_targets(
@@ -191,6 +192,12 @@ async def mesh(tmp_path: Path, models_dir: Path, **gateway: Any) -> AsyncIterato
                 "registry": registry.parts,
                 "inference": inference.parts,
                 "gateway_settings": gw_settings,
+            },
+            hosts={
+                "gateway": gateway_served.host,
+                "memory": memory.host,
+                "registry": registry.host,
+                "inference": inference.host,
             },
         )
 

@@ -27,7 +27,11 @@ class MemorySettings(ServiceSettings):
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=200)
     hnsw_ef_search: int = Field(default=400, ge=10, le=1000)
-    """HNSW search breadth for a namespace holding all rows (scaled up for smaller ones)."""
+    """HNSW search breadth for a namespace of 100k rows holding all rows of the table:
+    scaled by sqrt(rows / 100k) for other sizes and by 1/share for a namespace holding a
+    share of the table."""
+    hnsw_ef_search_min: int = Field(default=40, ge=10, le=1000)
+    """The smallest breadth the size scaling may give (never under the candidate pool)."""
     exact_search_max_rows: int = Field(default=2_000, ge=0)
     """Namespaces up to this size (or under 20% of all rows) are searched exactly."""
     statement_timeout_s: float = Field(default=10.0, gt=0)

@@ -41,6 +41,7 @@ def build_store(settings: MemorySettings) -> MemoryStore:
             min_size=settings.postgres_pool_min,
             max_size=settings.postgres_pool_max,
             ef_search=settings.hnsw_ef_search,
+            ef_search_min=settings.hnsw_ef_search_min,
             exact_search_max_rows=settings.exact_search_max_rows,
             statement_timeout_s=settings.statement_timeout_s,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +27,9 @@ from .sessions import LIVE
 MIN_HNSW_SHARE = 0.2
 # Keyword matches are ranked in SQL only when the picked terms match at most this many.
 KEYWORD_RANK_MAX = 500
+# ``ef_search`` is the breadth for a namespace of this many rows; see VectorPlan.hnsw_ef.
+EF_REFERENCE_ROWS = 100_000
+MAX_EF = 1000  # pgvector's limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +38,28 @@ class VectorPlan:
 
     ef_search: int = 400
     exact_search_max_rows: int = 2_000
+    ef_search_min: int = 40
 
-    def hnsw_ef(self, docs: int, table_rows: float, filtered: bool) -> int | None:
+    def hnsw_ef(self, docs: int, table_rows: float, filtered: bool, limit: int = 0) -> int | None:
         """``ef_search`` for an HNSW search of a namespace, or None to search it exactly.
 
         HNSW filters by namespace *after* the graph search, so it is used only when the
         namespace is large and holds a good share of all rows; ``ef_search`` grows as
         the share shrinks, so enough of the graph's candidates survive the filter.
+        The breadth also follows the namespace's size: ``ef_search`` holds at
+        ``EF_REFERENCE_ROWS`` and scales with the square root of the size around it
+        (at least ``ef_search_min``, and at least ``limit``: HNSW returns no more rows
+        than its breadth). Measured here, the breadth a given recall needs
+        grows a little faster than that (about ``rows^0.6``), so smaller namespaces keep
+        at least the recall of the reference size at a lower cost.
         """
         if filtered or docs <= self.exact_search_max_rows:
             return None
         share = docs / max(table_rows, float(docs))
         if share < MIN_HNSW_SHARE:
             return None
-        return min(1000, int(self.ef_search / share))
+        sized = max(self.ef_search_min, self.ef_search * math.sqrt(docs / EF_REFERENCE_ROWS))
+        return min(MAX_EF, max(limit, round(sized / share)))
 
 
 def tsquery(namespace: str, terms: Sequence[str]) -> str:
@@ -83,7 +95,7 @@ async def search(
     settings = ["SET LOCAL enable_seqscan = off"]  # GIN / HNSW, never a full scan
     ef: int | None = None
     if (vector is not None or query.vector is not None) and stats.docs:
-        ef = plan.hnsw_ef(stats.docs, table_rows, bool(query.metadata_filter))
+        ef = plan.hnsw_ef(stats.docs, table_rows, bool(query.metadata_filter), query.limit)
         if ef is not None:
             settings.append(f"SET LOCAL hnsw.ef_search = {ef}")
     picking = keyword_terms(query, stats, with_vector=True if vector is not None else None)

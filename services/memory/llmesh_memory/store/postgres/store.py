@@ -61,13 +61,16 @@ class PostgresStore(MemoryStore):
         min_size: int = 1,
         max_size: int = 10,
         ef_search: int = 400,
+        ef_search_min: int = 40,
         exact_search_max_rows: int = 2_000,
         statement_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
         self.dsn = dsn
         self.plan = search.VectorPlan(
-            ef_search=ef_search, exact_search_max_rows=exact_search_max_rows
+            ef_search=ef_search,
+            exact_search_max_rows=exact_search_max_rows,
+            ef_search_min=ef_search_min,
         )
         self.statement_timeout_s = statement_timeout_s
         self.connect_timeout_s = connect_timeout_s

@@ -76,7 +76,7 @@ class Admission(EngineCore):
             if req.deadline is not None:
                 wait = self._expected_wait_locked()
                 left = req.deadline - time.monotonic()
-                if wait > left:
+                if self._too_late(wait, left):
                     self.requests_shed_total += 1
                     self.metrics.finished("shed")
                     raise self._too_slow(wait, left)
@@ -102,6 +102,11 @@ class Admission(EngineCore):
         for queued in self._pending:
             take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))
         return first_token_s(take_slot(heap, 0), self.pace.step_s)
+
+    def _too_late(self, wait_s: float, left_s: float) -> bool:
+        """Whether a first token forecast ``wait_s`` from now misses a deadline ``left_s``
+        away, with a margin for the forecast's error (10% and two steps)."""
+        return wait_s * 1.1 + 2 * self.pace.step_s > left_s
 
     def _too_slow(self, wait_s: float, left_s: float) -> ResourceExhausted:
         left_s = max(0.0, left_s)
@@ -185,7 +190,11 @@ class Admission(EngineCore):
             for queued in self._pending:
                 deadline = queued.req.deadline
                 wait = first_token_s(heap[0], step_s)
-                if deadline is not None and not queued.cancelled and now + wait > deadline:
+                if (
+                    deadline is not None
+                    and not queued.cancelled
+                    and self._too_late(wait, deadline - now)
+                ):
                     shed.append((queued, wait, deadline - now))
                     continue
                 take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))

@@ -62,6 +62,7 @@ class WorkerProbe:
     """
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self._channel = channel
         self._health = health_pb2_grpc.HealthStub(channel)
         self._inference = inference_pb2_grpc.InferenceServiceStub(channel)
         self.timeout_s = timeout_s
@@ -74,7 +75,7 @@ class WorkerProbe:
                 if isinstance(reply, LlmeshError):
                     if service == "liveness" and reply.code == grpc.StatusCode.NOT_FOUND:
                         continue  # the worker does not report liveness
-                    gone = reply.code == grpc.StatusCode.UNAVAILABLE
+                    gone = reply.code == grpc.StatusCode.UNAVAILABLE or self._unreachable()
                     reason = f"{service} check failed: {_describe(reply)}"
                     return ProbeResult(False, reason, gone=gone)
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -91,6 +92,12 @@ class WorkerProbe:
             except LlmeshError as exc:
                 return ProbeResult(False, f"Stats failed: {_describe(exc)}")
         return ProbeResult(True, "", stats)
+
+    def _unreachable(self) -> bool:
+        """The channel cannot connect (the port is closed: the worker exited). The
+        channel retries UNAVAILABLE, so a refused connection shows as a timeout."""
+        state = self._channel.get_state(try_to_connect=False)
+        return bool(state == grpc.ChannelConnectivity.TRANSIENT_FAILURE)
 
     async def _draining_stats(self) -> inference_pb2.StatsResponse | None:
         """``Stats`` when the worker says it is draining (else None)."""

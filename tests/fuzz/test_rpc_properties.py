@@ -17,13 +17,15 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from e2etest.fuzz_payloads import seed_requests
+from google.protobuf import duration_pb2
 from hypothesis import given
 
 from fuzz.conftest import fuzz_settings
 from fuzz.harness import BAD_CODES, Mesh, health_sync, normal_calls_work, send_sync
 from fuzz.report import record
 from fuzz.strategies import requests
-from llmesh.v1 import gateway_pb2, inference_pb2, memory_pb2, registry_pb2
+from llmesh.testing.rpc import error_details
+from llmesh.v1 import common_pb2, gateway_pb2, inference_pb2, memory_pb2, registry_pb2
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -81,3 +83,38 @@ def test_hostile_requests_never_unknown_or_internal(fuzz_mesh: Mesh, path: str) 
             name
         )
     normal_calls_work(fuzz_mesh)
+
+
+# What the fuzzing found, kept as fixed cases: the request and the field it must name.
+FOUND = [
+    # make fuzz, 2026-11-29: a Timestamp with nanos past 999999999 (here 2^31-1) passed
+    # validation (protovalidate accepts it) and ToNanoseconds() raised: INTERNAL.
+    (
+        "/llmesh.v1.MemoryService/Forget",
+        SEEDS["llmesh.v1.MemoryServiceForgetRequest"] + b'"\x06\x10\xff\xff\xff\xff\x07',
+        "created_before",
+        "timestamp.valid",
+    ),
+    # The same kind of value in a Duration (negative nanos with positive seconds).
+    (
+        "/llmesh.v1.GatewayService/Remember",
+        gateway_pb2.RememberRequest(
+            memory=common_pb2.MemoryDraft(text="x", ttl=duration_pb2.Duration(seconds=5, nanos=-5))
+        ).SerializeToString(),
+        "memory.ttl",
+        "duration.valid",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "payload", "field", "rule"), FOUND)
+def test_found_cases_are_invalid_argument_naming_the_field(
+    fuzz_mesh: Mesh, path: str, payload: bytes, field: str, rule: str
+) -> None:
+    target = next(t for t in fuzz_mesh.targets if t.path == path)
+    with grpc.insecure_channel(target.address) as channel:
+        error = send_sync(channel, target, payload, timeout_s=10)
+    assert error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    violations = error_details(error)["bad_request"].field_violations
+    assert [(v.field, v.reason) for v in violations] == [(field, rule)]

@@ -71,6 +71,33 @@ def _nanos(value: Any) -> int:
     return int(value.seconds) * 1_000_000_000 + int(value.nanos)
 
 
+# What google.protobuf's Timestamp and Duration allow (years 1..9999; +-10000 years; nanos
+# with the seconds' sign). protovalidate lets other values through to the service,
+# whose ToNanoseconds()/ToDatetime() then raise ValueError: a deliberate difference.
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+_DURATION_SECONDS = 315_576_000_000
+
+
+_VALID_TIME = {
+    "timestamp": "must be a valid timestamp (nanos 0..999999999, years 1..9999)",
+    "duration": "must be a valid duration (nanos -999999999..999999999 with the seconds' "
+    "sign, at most 10000 years)",
+}
+
+
+def _malformed_time(kind: str, value: Any) -> bool:
+    seconds, nanos = int(value.seconds), int(value.nanos)
+    if kind == "timestamp":
+        low, high = _TIMESTAMP_SECONDS
+        return not (low <= seconds <= high and 0 <= nanos <= 999_999_999)
+    return (
+        abs(seconds) > _DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    )
+
+
 def _bound_rules(kind: str, present: dict[str, Any]) -> list[Rule]:
     """One rule for the lower/upper bound pair, with protovalidate's combined rule id."""
     lower = next((k for k in ("gt", "gte") if k in present), None)
@@ -82,6 +109,8 @@ def _bound_rules(kind: str, present: dict[str, Any]) -> list[Rule]:
     hi = as_number(present[upper]) if upper else None
 
     def ok(v: Any) -> bool:
+        if kind in _TIMES and _malformed_time(kind, v):
+            return True  # reported once, as {kind}.valid
         n = as_number(v)
         if lower == "gt" and not n > lo:
             return False
@@ -160,6 +189,14 @@ def scalar_rules(kind: str, rules: Any, field: _FD) -> list[Rule]:
             )
         )
     elif kind in _NUMERIC or kind in _TIMES:
+        if kind in _TIMES:
+            out.append(
+                (
+                    lambda v: _malformed_time(kind, v),
+                    f"{kind}.valid",
+                    _VALID_TIME[kind],
+                )
+            )
         out.extend(_bound_rules(kind, present))
         if present.get("finite"):
             out.append((lambda v: not math.isfinite(v), f"{kind}.finite", "must be finite"))

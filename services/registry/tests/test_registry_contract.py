@@ -23,6 +23,7 @@ from llmesh_registry.model import (
     UPSERTED,
     Event,
     HeartbeatUpdate,
+    Keepalive,
     LeasePolicy,
     Snapshot,
     Update,
@@ -103,6 +104,8 @@ class Watcher:
             self.revision = update.revision
             if isinstance(update, Snapshot):
                 self.view = {w.worker_id: w for w in update.workers}
+            elif isinstance(update, Keepalive):
+                continue
             elif update.type == REMOVED:
                 self.view.pop(update.worker.worker_id, None)
             else:

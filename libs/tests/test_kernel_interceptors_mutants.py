@@ -5,15 +5,22 @@ over a real server is in test_kernel_server.py and test_kernel_guards.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from llmesh.kernel import interceptors
 from llmesh.kernel.context import current_request
@@ -151,7 +158,11 @@ def histogram(monkeypatch: pytest.MonkeyPatch) -> Histogram:
             }
             return hist
 
-    monkeypatch.setattr(interceptors, "meter", lambda name: Meter())
+    def fake_meter(name: str) -> Meter:
+        assert name == "llmesh.rpc"
+        return Meter()
+
+    monkeypatch.setattr(interceptors, "meter", fake_meter)
     return hist
 
 
@@ -334,7 +345,7 @@ async def test_a_unary_call_runs_under_its_context(histogram: Histogram) -> None
     async def behavior(request: Any, context: Any) -> Any:
         ctx = current_request()
         assert ctx is not None
-        seen.update(request=request, ctx=ctx, left=ctx.remaining_s())
+        seen.update(request=request, ctx=ctx, left=ctx.remaining_s(), context=context)
         return gateway_pb2.EmbedResponse(model="m")
 
     handler = await _wrapped(interceptor, _unary(behavior), EMBED)
@@ -342,6 +353,7 @@ async def test_a_unary_call_runs_under_its_context(histogram: Histogram) -> None
     reply = await handler.unary_unary(GOOD.SerializeToString(), context)
     assert reply == gateway_pb2.EmbedResponse(model="m")
     assert seen["request"] == GOOD
+    assert seen["context"] is context
     assert seen["ctx"].request_id == "req-1"
     assert seen["ctx"].method == EMBED
     assert 15.0 < seen["left"] <= 20.0
@@ -358,6 +370,7 @@ async def test_a_unary_call_runs_under_its_context(histogram: Histogram) -> None
     ("metadata", "kept"),
     [
         (((REQUEST_ID_KEY, "x" * 128),), True),
+        (((REQUEST_ID_KEY, "x"),), True),
         (((REQUEST_ID_KEY, "x" * 129),), False),
         (((REQUEST_ID_KEY, ""),), False),
         (((REQUEST_ID_KEY, b"bin"),), False),
@@ -715,3 +728,176 @@ async def test_a_cancelled_stream_is_closed_in_its_own_task() -> None:
         await task
     assert closed == [True]
     assert context.aborted is None
+
+
+# --- spans, durations, stream edges ------------------------------------------------------
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter.tracer = provider.get_tracer("test")  # type: ignore[attr-defined]
+    return exporter
+
+
+def _traced(spans: InMemorySpanExporter, **policy: Any) -> KernelServerInterceptor:
+    interceptor = KernelServerInterceptor(_policy(**policy))
+    interceptor.spans._tracer = spans.tracer  # type: ignore[attr-defined]
+    return interceptor
+
+
+async def _unary_span(spans: InMemorySpanExporter, exc: BaseException | None) -> Any:
+    interceptor = _traced(spans)
+
+    async def behavior(request: Any, context: Any) -> Any:
+        if exc is not None:
+            raise exc
+        return gateway_pb2.EmbedResponse()
+
+    handler = await _wrapped(interceptor, _unary(behavior), EMBED)
+    with contextlib.suppress(BaseException):
+        await handler.unary_unary(GOOD, Context(metadata=((REQUEST_ID_KEY, "rq"),)))
+    assert trace.get_current_span() is trace.INVALID_SPAN  # the span was detached
+    (span,) = spans.get_finished_spans()
+    return span
+
+
+async def test_the_server_span_of_a_call(spans: InMemorySpanExporter) -> None:
+    span = await _unary_span(spans, None)
+    assert span.name == EMBED
+    assert span.kind is SpanKind.SERVER
+    assert span.attributes["net.peer.ip"] == "127.0.0.1"
+    assert span.attributes["rpc.grpc.status_code"] == 0
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_a_server_error_span_has_the_status_message_and_exception(
+    spans: InMemorySpanExporter,
+) -> None:
+    span = await _unary_span(spans, RuntimeError("boom"))
+    assert span.attributes["rpc.grpc.status_code"] == 13
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == (
+        "INTERNAL: internal error; quote request id rq when reporting it"
+    )
+    assert [e.name for e in span.events] == ["exception"]
+
+
+async def test_a_client_error_span_records_the_code_only(spans: InMemorySpanExporter) -> None:
+    span = await _unary_span(spans, NotFound("gone"))
+    assert span.attributes["rpc.grpc.status_code"] == 5
+    assert span.status.status_code is StatusCode.UNSET
+    assert list(span.events) == []
+
+
+async def test_a_self_aborted_call_span_has_no_message(spans: InMemorySpanExporter) -> None:
+    span = await _unary_span(spans, grpc.aio.AbortError())
+    assert span.status.description == "UNKNOWN: "
+
+
+async def _stream_span(spans: InMemorySpanExporter, items: list[Any]) -> Any:
+    interceptor = _traced(spans)
+
+    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    handler = await _wrapped(interceptor, _stream_handler(behavior), STREAM)
+    with contextlib.suppress(BaseException):
+        await handler.unary_stream(GOOD, Context(metadata=((REQUEST_ID_KEY, "rq"),)))
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    (span,) = spans.get_finished_spans()
+    return span
+
+
+async def test_stream_spans(spans: InMemorySpanExporter) -> None:
+    ok = await _stream_span(spans, [_delta(1)])
+    assert ok.name == STREAM and ok.status.status_code is StatusCode.UNSET
+    spans.clear()
+    failed = await _stream_span(spans, [_delta(1), RuntimeError("x")])
+    assert failed.attributes["rpc.grpc.status_code"] == 13
+    assert failed.status.description == (
+        "INTERNAL: internal error; quote request id rq when reporting it"
+    )
+    assert [e.name for e in failed.events] == ["exception"]
+    spans.clear()
+    aborted = await _stream_span(spans, [grpc.aio.AbortError()])
+    assert aborted.status.description == "UNKNOWN: "
+
+
+async def test_durations_are_milliseconds(
+    histogram: Histogram, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([1.0, 1.000123456])
+    monkeypatch.setattr(
+        interceptors,
+        "time",
+        SimpleNamespace(perf_counter=lambda: next(clock), monotonic=time.monotonic),
+    )
+    interceptor = KernelServerInterceptor(_policy())
+
+    async def behavior(request: Any, context: Any) -> Any:
+        return gateway_pb2.EmbedResponse()
+
+    handler = await _wrapped(interceptor, _unary(behavior), EMBED)
+    with caplog.at_level(logging.INFO, logger="llmesh.access"):
+        await handler.unary_unary(GOOD, Context())
+    assert histogram.records[0][0] == pytest.approx(0.123456, abs=1e-9)
+    (record,) = [r for r in caplog.records if r.name == "llmesh.access"]
+    assert record.duration_ms == 0.123  # type: ignore[attr-defined]
+    assert record.getMessage() == f"{EMBED} OK 0.1ms"
+
+
+async def test_a_stream_has_the_call_deadline() -> None:
+    interceptor = KernelServerInterceptor(_policy(default_s=0.05))
+
+    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()
+        yield _delta(1)  # pragma: no cover
+
+    handler = await _wrapped(interceptor, _stream_handler(behavior), STREAM)
+    context = Context()
+    with pytest.raises(AbortedCall):
+        await asyncio.wait_for(handler.unary_stream(GOOD, context), 60)
+    assert context.aborted is not None
+    assert context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_stream_guard_sees_the_call_context() -> None:
+    guard = Guard()
+    interceptor = KernelServerInterceptor(_policy(), [guard])
+
+    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        yield _delta(1)
+
+    handler = await _wrapped(interceptor, _stream_handler(behavior), STREAM)
+    context = Context()
+    await handler.unary_stream(GOOD, context)
+    assert guard.seen == [(STREAM, GOOD, context)]
+
+
+async def test_a_stream_whose_client_is_gone_is_closed_at_once() -> None:
+    """A write that fails leaves the handler's generator at ``yield``: the interceptor
+    closes it in the call's own task (its ``finally`` runs now, with the request context)."""
+    interceptor = KernelServerInterceptor(_policy())
+    closed: list[bool] = []
+
+    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            yield _delta(1)
+            yield _delta(2)
+        finally:
+            closed.append(current_request() is not None)
+
+    class Gone(Context):
+        async def write(self, item: Any) -> None:
+            raise ConnectionResetError("client gone")
+
+    handler = await _wrapped(interceptor, _stream_handler(behavior), STREAM)
+    with pytest.raises(AbortedCall):
+        await handler.unary_stream(GOOD, Gone())
+    assert closed == [True]

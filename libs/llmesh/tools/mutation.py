@@ -78,7 +78,20 @@ _UTF8 = (
 _LOOPBACK_FAST_PATH = (
     "a fast path: ipaddress answers the same for this literal when the set misses it"
 )
+_I = "llmesh.kernel.interceptors.xǁKernelServerInterceptorǁ"
+_METHOD_NAME = "a gRPC method name is /package.Service/Method: any right split of it ends in Method"
 EQUIVALENT: dict[str, str] = {
+    **{
+        f"llmesh.kernel.interceptors.xǁDeadlinePolicyǁeffective__mutmut_{n}": _METHOD_NAME
+        for n in (6, 9, 10)
+    },
+    **{
+        f"{_I}_stream__mutmut_{n}": "sent is only tested for non-zero (after the first write)"
+        for n in (27, 28, 29)
+    },
+    f"{_I}_stream__mutmut_9": "getattr('', 'aclose', None) is None, as for None",
+    f"{_I}_stream__mutmut_65": "_finish does not read its ctx argument",
+    f"{_I}_unary__mutmut_36": "_finish does not read its ctx argument",
     **{f"llmesh.kernel.config.x__format_errors__mutmut_{n}": _PREFIX_DEFAULT for n in (4, 6, 9)},
     **{f"llmesh.kernel.config.x_load_settings__mutmut_{n}": _PREFIX_DEFAULT for n in (5, 7, 10)},
     **{f"llmesh.kernel.config.x__read_config_file__mutmut_{n}": _UTF8 for n in (2, 4)},

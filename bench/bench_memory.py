@@ -255,7 +255,7 @@ async def run_one(
     nq: int,
     ef_search: int,
     hnsw_m: int = 16,
-    ef_construction: int = 64,
+    ef_construction: int = 200,
     pad: bool = False,
 ) -> dict[str, Any]:
     from llmesh_cli.supervisor.mesh import LocalMesh
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", type=int, default=400)
     parser.add_argument("--hnsw-m", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=64)
+    parser.add_argument("--ef-construction", type=int, default=200)  # as migration 0003
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--pad",

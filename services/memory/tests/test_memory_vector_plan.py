@@ -1,9 +1,14 @@
-"""PostgreSQL's HNSW breadth per namespace: size, share of the table, limit, exact search."""
+"""PostgreSQL's HNSW: the breadth per namespace (size, share of the table, limit, exact
+search) and the graph's build parameters."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import psycopg
 import pytest
 
+from llmesh_memory.store.postgres import PostgresStore
 from llmesh_memory.store.postgres.search import VectorPlan
 
 
@@ -35,3 +40,21 @@ def test_small_filtered_or_minor_namespaces_are_searched_exactly() -> None:
     assert plan.hnsw_ef(2_000, 2_000, False) is None  # small
     assert plan.hnsw_ef(100_000, 100_000, True) is None  # metadata filter
     assert plan.hnsw_ef(10_000, 100_000, False) is None  # under 20% of the table
+
+
+async def test_the_hnsw_graph_is_built_with_ef_construction_200(
+    postgres_dsn_factory: Callable[[], str],
+) -> None:
+    dsn = postgres_dsn_factory()
+    store = PostgresStore(dsn)
+    await store.start()
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute(
+                "SELECT reloptions FROM pg_class WHERE relname = 'memories_embedding'"
+            )
+            row = await cur.fetchone()
+    finally:
+        await store.close()
+    assert row is not None
+    assert sorted(row[0]) == ["ef_construction=200", "m=16"]

@@ -49,9 +49,10 @@ class VectorPlan:
         The breadth also follows the namespace's size: ``ef_search`` holds at
         ``EF_REFERENCE_ROWS`` and scales with the square root of the size around it
         (at least ``ef_search_min``, and at least ``limit``: HNSW returns no more rows
-        than its breadth). Measured here, the breadth a given recall needs
-        grows a little faster than that (about ``rows^0.6``), so smaller namespaces keep
-        at least the recall of the reference size at a lower cost.
+        than its breadth). Measured here, the breadth a given recall needs grows faster
+        than that (between ``rows^0.6`` and ``rows^0.9``), so smaller namespaces keep at
+        least the recall of the reference size at a lower cost; namespaces far larger
+        than the reference need ``hnsw_ef_search`` raised.
         """
         if filtered or docs <= self.exact_search_max_rows:
             return None

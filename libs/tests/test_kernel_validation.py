@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from llmesh.kernel.config import load_settings
 from llmesh.kernel.server import ServiceHost
 from llmesh.kernel.validation import MALFORMED_REQUEST, field_path
+from llmesh.testing.polling import wait_until
 from llmesh.testing.servers import free_port
 
 ECHO_SERVER = Path(__file__).parent / "kerneltest" / "echo_server.py"
@@ -159,18 +160,23 @@ async def test_malformed_request_is_logged_and_counted(echo_pb_dir: Path) -> Non
                 await call(bytes.fromhex("0a01ff"), timeout=15, wait_for_ready=True)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        text = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+
+        def counted() -> list[str]:
+            # The server records the call after the client already has its status.
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            counts = [
+                line
+                for line in text.splitlines()
+                if line.startswith("rpc_server_duration_milliseconds_count") and ECHO in line
+            ]
+            return [line for line in counts if 'status_code="INVALID_ARGUMENT"' in line]
+
+        assert await asyncio.to_thread(
+            wait_until, counted, timeout_s=30, what="the INVALID_ARGUMENT call in /metrics"
         )
     finally:
         proc.terminate()
         proc.wait(15)
-    counts = [
-        line
-        for line in text.splitlines()
-        if line.startswith("rpc_server_duration_milliseconds_count") and ECHO in line
-    ]
-    assert any('status_code="INVALID_ARGUMENT"' in line for line in counts), counts
     assert proc.stderr is not None
     records = [
         json.loads(line) for line in proc.stderr.read().decode().splitlines() if line.strip()

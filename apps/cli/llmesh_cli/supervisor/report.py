@@ -34,6 +34,10 @@ from llmesh_cli.supervisor.table import services_table, workers_table
 # One source's workers, or why it could not say.
 View = list[common_pb2.WorkerInfo] | str
 
+# How long `llmesh status` waits for a registry's or a gateway's worker list: long
+# enough for a mesh on a busy machine, short enough to report a hung one.
+VIEW_TIMEOUT_S = 10.0
+
 
 def _kind(name: str) -> str:
     return name.split("-", 1)[0]
@@ -48,7 +52,7 @@ async def registry_view(address: str) -> View:
     async with open_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         try:
-            with deadline_scope(2.0, name="llmesh status"):
+            with deadline_scope(VIEW_TIMEOUT_S, name="llmesh status"):
                 reply = await unary(
                     stub.ListWorkers, registry_pb2.RegistryServiceListWorkersRequest()
                 )
@@ -66,7 +70,7 @@ async def gateway_view(address: str, api_key: str) -> View:
     async with open_channel(address) as channel:
         stub = gateway_pb2_grpc.AdminServiceStub(channel)
         try:
-            with deadline_scope(2.0, name="llmesh status"):
+            with deadline_scope(VIEW_TIMEOUT_S, name="llmesh status"):
                 reply = await unary(
                     stub.ListWorkers, gateway_pb2.ListWorkersRequest(), metadata=bearer(api_key)
                 )

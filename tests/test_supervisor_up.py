@@ -105,7 +105,7 @@ def test_up_starts_mesh_restarts_a_killed_child_and_stops_cleanly(
         return report if healthy == dict.fromkeys(names, "SERVING") and ready else None
 
     wait_until(
-        serving_with_a_ready_worker, timeout_s=90, interval_s=0.5, what="all SERVING, worker READY"
+        serving_with_a_ready_worker, timeout_s=180, interval_s=0.5, what="all SERVING, worker READY"
     )
 
     # Kill the registry: the supervisor restarts it, the registrar re-registers.

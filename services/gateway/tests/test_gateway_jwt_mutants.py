@@ -5,7 +5,6 @@ message and reason of each refusal."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -39,10 +38,13 @@ def _refusal(verifier: JwtVerifier, token: str) -> tuple[str, str]:
     return info.value.reason, info.value.message
 
 
-@functools.cache
+# Made at import: mutation runs fork each test process from one that collected this
+# module, so the (slow) 2048-bit generation happens once, not once per mutant.
+_KEYS = tuple(rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab")
+
+
 def _keys() -> tuple[Any, Any]:
-    """Two RSA keys, made once per test session (2048-bit generation is slow)."""
-    return tuple(rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab")  # type: ignore[return-value]
+    return _KEYS
 
 
 def _jwk(key: Any, kid: str | None) -> dict[str, Any]:

@@ -114,7 +114,9 @@ class EngineCore:
             self.metrics.finished("cancelled")
             return
         self.requests_completed_total += 1
-        self.pace.observe_finished(active.completion_tokens)
+        self.pace.observe_finished(
+            active.completion_tokens, active.max_tokens or active.req.options.max_tokens
+        )
         self.metrics.finished(reason)
         first = active.first_token_at or now
         inserted = active.inserted_at or now

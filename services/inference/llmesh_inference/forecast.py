@@ -5,10 +5,10 @@ that cannot start in time is refused at once (``QUEUE_WAIT_TOO_LONG``) instead o
 waiting out its deadline in the queue. The figures come from the MLX thread: a
 moving average of the time one loop turn with decoding takes (a decode step for the
 whole batch, plus any prefill chunk and the configured ``decode_delay_ms``), and of
-the tokens a finished request generated.
+the share of its ``max_tokens`` a finished request generated.
 
 The forecast replays the queue in FIFO order against the batch slots: a slot frees
-when its request has generated its expected tokens (``min(max_tokens, average)``),
+when its request has generated its expected tokens (``max_tokens`` x that share),
 and the next queued request takes it.
 """
 
@@ -26,26 +26,26 @@ class ServiceRate:
     alpha: float = 0.2
     step_s: float = 0.0
     """Seconds per loop turn that decoded (0: not measured yet: admit everything)."""
-    tokens_per_request: float = 0.0
-    """Tokens a finished request generated (0: not measured yet: assume max_tokens)."""
+    share_used: float = 1.0
+    """Share of ``max_tokens`` a finished request generated (1 until measured)."""
+    measured: bool = False
 
     def observe_step(self, seconds: float) -> None:
         self.step_s = seconds if self.step_s <= 0 else self._blend(self.step_s, seconds)
 
-    def observe_finished(self, tokens: int) -> None:
-        if tokens <= 0:
+    def observe_finished(self, tokens: int, max_tokens: int) -> None:
+        if max_tokens <= 0:
             return
-        old = self.tokens_per_request
-        self.tokens_per_request = float(tokens) if old <= 0 else self._blend(old, tokens)
+        share = min(1.0, tokens / max_tokens)
+        self.share_used = share if not self.measured else self._blend(self.share_used, share)
+        self.measured = True
 
     def _blend(self, old: float, new: float) -> float:
         return (1 - self.alpha) * old + self.alpha * new
 
     def expected_tokens(self, max_tokens: int) -> float:
         """Tokens a request allowed ``max_tokens`` is expected to generate."""
-        if self.tokens_per_request <= 0:
-            return float(max_tokens)
-        return min(float(max_tokens), self.tokens_per_request)
+        return max(1.0, max_tokens * self.share_used)
 
     def steps_left(self, max_tokens: int, generated: int) -> float:
         """Decode steps until a running request is expected to finish (at least 1)."""

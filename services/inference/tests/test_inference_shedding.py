@@ -50,11 +50,13 @@ async def first_tokens(call: Any) -> None:
 def test_forecast_replays_the_queue_against_the_slots() -> None:
     rate = ServiceRate()
     assert rate.expected_tokens(100) == 100  # nothing measured: assume max_tokens
-    rate.observe_finished(10)
+    rate.observe_finished(10, 100)  # stopped (EOS) at a tenth of what it was allowed
     assert rate.expected_tokens(100) == 10
-    assert rate.expected_tokens(4) == 4
+    assert rate.expected_tokens(40) == 4
     assert rate.steps_left(100, 3) == 7
-    assert rate.steps_left(100, 60) == 20  # past the average: half of what may remain
+    assert rate.steps_left(100, 60) == 20  # past the expected: half of what may remain
+    rate.observe_finished(40, 40)  # ran to its limit: the share moves up
+    assert 10 < rate.expected_tokens(100) < 100
     heap = slot_heap(2, [5.0])  # one slot busy for 5 steps, one free
     assert take_slot(heap, 10) == 0  # the free slot
     assert take_slot(heap, 10) == 5  # then the busy one frees

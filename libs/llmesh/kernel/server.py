@@ -76,6 +76,9 @@ class ServiceHost:
         self.settings = settings
         self.service_names = tuple(service_names)
         self.health = HealthReporter(self.service_names)
+        # Set when the server starts to stop: endless streams (watches) end on it
+        # (streams.until_closing), so that the drain waits only for finite calls.
+        self.closing = asyncio.Event()
         deadlines = DeadlinePolicy(
             default_s=settings.default_deadline_s,
             max_s=settings.max_deadline_s,
@@ -156,6 +159,7 @@ class ServiceHost:
             await self.health.set_ready(False)
             await self.drain(deadline)
         await self.health.shutdown()
+        self.closing.set()
         self.health.close_watches()
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         if self.health_server is not None:

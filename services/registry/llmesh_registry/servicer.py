@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -9,6 +10,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from llmesh.kernel.durations import duration
+from llmesh.kernel.streams import until_closing
 from llmesh.kernel.telemetry import meter
 from llmesh.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from llmesh_registry.backend import RegistryBackend
@@ -63,9 +65,17 @@ def stored_worker(worker: common_pb2.WorkerInfo) -> common_pb2.WorkerInfo:
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Calls the backend and shapes responses (the kernel checks the contract's limits)."""
 
-    def __init__(self, backend: RegistryBackend, *, keepalive_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        backend: RegistryBackend,
+        *,
+        keepalive_s: float = 0.0,
+        closing: asyncio.Event | None = None,
+    ) -> None:
         self._backend = backend
         self._keepalive_s = keepalive_s
+        # Set when the server stops: watches then end (OK) and watchers reconnect.
+        self._closing = closing or asyncio.Event()
         m = meter("llmesh.registry")
         self._heartbeats = m.create_counter(
             "llmesh_registry_heartbeats", description="Heartbeats received"
@@ -127,7 +137,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.WatchWorkersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.WatchWorkersResponse]:
         since = max(0, request.since_revision)
-        async for update in self._backend.watch(since, keepalive_s=self._keepalive_s):
+        updates = self._backend.watch(since, keepalive_s=self._keepalive_s)
+        async for update in until_closing(self._closing, updates):
             yield to_response(update)
 
     async def SetWorkerState(

@@ -66,7 +66,10 @@ async def wire(
     backend = backend or build_backend(settings, supervisor=supervisor)
     await backend.start()
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(backend, keepalive_s=settings.watch_keepalive_ms / 1000), host.server
+        RegistryServicer(
+            backend, keepalive_s=settings.watch_keepalive_ms / 1000, closing=host.closing
+        ),
+        host.server,
     )
     supervisor.spawn(
         "registry-sweeper",

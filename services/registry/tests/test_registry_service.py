@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmesh.kernel.server import ServiceHost
 from llmesh.testing.inprocess import serving
 from llmesh.testing.polling import await_until
 from llmesh.testing.servers import RedisServer, start_redis
@@ -284,3 +285,23 @@ async def test_watch_outlives_the_unary_default_deadline() -> None:
         await stub.Register(register_request("w1"), timeout=5)
         assert (await watcher.wait_for(2))[1].event.worker.worker_id == "w1"
         await watcher.close()
+
+
+async def test_stopping_ends_watches_instead_of_waiting_out_the_grace_period() -> None:
+    """An open WatchWorkers stream ends (OK) when the registry stops, so the drain does
+    not wait for it (it never finishes by itself) and nothing has to be cancelled."""
+    settings = RegistrySettings(port=0, readiness_interval_s=0.05)
+    host = ServiceHost(settings, service_names=SERVICE_NAMES)
+    async with wire(host, settings):
+        await host.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            stub: Any = registry_pb2_grpc.RegistryServiceStub(channel)
+            watcher = StreamReader(stub)
+            await watcher.wait_for(1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await host.stop(60.0)
+            # Far below the grace period (the old code waited all 60 s, then cancelled).
+            assert loop.time() - started < 30
+            assert await watcher.call.code() == grpc.StatusCode.OK
+            await watcher.close()

@@ -92,6 +92,22 @@ EQUIVALENT: dict[str, str] = {
     f"{_I}_stream__mutmut_9": "getattr('', 'aclose', None) is None, as for None",
     f"{_I}_stream__mutmut_65": "_finish does not read its ctx argument",
     f"{_I}_unary__mutmut_36": "_finish does not read its ctx argument",
+    "llmesh_gateway.jwt_auth.xǁJwtVerifierǁ__init____mutmut_4": (
+        "None and {} are both falsy: the only use is `if self._jwks`"
+    ),
+    **{
+        f"llmesh_gateway.jwt_auth.xǁJwtVerifierǁverify__mutmut_{n}": (
+            "PyJWT checks iss only when an issuer is passed; verify_iss defaults to true"
+        )
+        for n in (28, 29)
+    },
+    **{
+        f"llmesh_gateway.jwt_auth.xǁJwtVerifierǁverify__mutmut_{n}": (
+            "a missing tenant claim read as 'None' or 'XXXX' fails the lower-case tenant "
+            "pattern as '' does"
+        )
+        for n in (72, 74, 75)
+    },
     **{f"llmesh.kernel.config.x__format_errors__mutmut_{n}": _PREFIX_DEFAULT for n in (4, 6, 9)},
     **{f"llmesh.kernel.config.x_load_settings__mutmut_{n}": _PREFIX_DEFAULT for n in (5, 7, 10)},
     **{f"llmesh.kernel.config.x__read_config_file__mutmut_{n}": _UTF8 for n in (2, 4)},

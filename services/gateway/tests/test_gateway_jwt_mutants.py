@@ -118,6 +118,12 @@ def test_jwks_key_choice(tmp_path: Path) -> None:
     no_kid = jwt.encode(_claims(), one, algorithm="RS256")
     assert _refusal(both, no_kid)[1] == "token signed with an unaccepted key"
 
+    # A key without a kid answers tokens without one, among other keys.
+    (tmp_path / "mixed.json").write_text(json.dumps({"keys": [_jwk(one, None), _jwk(two, "k2")]}))
+    mixed = JwtVerifier(JwtConfig(jwks_file=tmp_path / "mixed.json"))
+    assert mixed.verify(no_kid).subject == "alice"
+    assert mixed.verify(by_kid).subject == "alice"
+
     # Without a matching JWKS key, the PEM key (when configured) is tried.
     (tmp_path / "pub.pem").write_bytes(_pem(one))
     with_pem = JwtVerifier(

@@ -47,7 +47,12 @@ def mesh(smollm2_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         default_model=MODEL,
         services=("registry", "inference", "registrar", "memory", "gateway"),
         # The engine of a fresh clone (llama.cpp only runs where `make llama-server` built it).
-        env={"inference": {"LLMESH_INFERENCE_ENGINE": "mlx"}},
+        env={
+            "inference": {"LLMESH_INFERENCE_ENGINE": "mlx"},
+            # These tests are about using memories, not the recall budget: on a loaded
+            # machine the default 1.5 s cap leaves recall out (degraded) of some turns.
+            "gateway": {"LLMESH_GATEWAY_CHAT__CONTEXT_CAP_S": "30"},
+        },
     )
     with LocalMesh(build_plan(options), home=home) as running:
         running.start()
@@ -73,6 +78,7 @@ def chat(gateway: Any, session: str, message: str, **fields: Any) -> tuple[str, 
     texts, memory_ids = [], []
     for chunk in stub.Chat(request, metadata=meta, timeout=120):
         if chunk.WhichOneof("event") == "start":
+            assert not chunk.start.recall_degraded, chunk.start.degraded_reason
             memory_ids = list(chunk.start.memory_ids)
         elif chunk.WhichOneof("event") == "delta":
             texts.append(chunk.delta.text)
@@ -82,11 +88,12 @@ def chat(gateway: Any, session: str, message: str, **fields: Any) -> tuple[str, 
 def test_a_remembered_fact_is_used(gateway: Any) -> None:
     stub, meta = gateway
     for text in FACTS:
-        stub.Remember(
+        stored = stub.Remember(
             gateway_pb2.RememberRequest(memory=common_pb2.MemoryDraft(text=text)),
             metadata=meta,
-            timeout=30,
+            timeout=60,
         )
+        assert stored.embedded, text
     for session, (question, answer) in enumerate(
         [("What is my dog's name?", "Rex"), ("What is my favourite colour?", "green")]
     ):

@@ -132,6 +132,10 @@ class Caller:
         self.session = ""
         self.degraded = False
 
+    def _vary(self, texts: Sequence[str]) -> str:
+        """One of ``texts`` made unique, as real traffic is (no cache answers it)."""
+        return f"{self.rng.choice(texts)} (case {self.rng.randrange(10**9)})"
+
     def _sampling(self) -> Any:
         from llmesh.v1 import common_pb2
 
@@ -202,7 +206,7 @@ class Caller:
         self.turns += 1
         request = gateway_pb2.ChatRequest(
             session_id=self.session,
-            message=self.rng.choice(PROMPTS),
+            message=self._vary(PROMPTS),
             sampling=self._sampling(),
             idempotency_key=uuid.uuid4().hex,
             history_limit=8,
@@ -221,7 +225,7 @@ class Caller:
     async def embed(self, start: float, ttft: list[float]) -> int:
         from llmesh.v1 import gateway_pb2
 
-        texts = self.rng.sample(FACTS, 2)
+        texts = [self._vary(FACTS), self._vary(FACTS)]
         reply = await self.stub.Embed(
             gateway_pb2.EmbedRequest(texts=texts),
             metadata=self.metadata,
@@ -236,7 +240,7 @@ class Caller:
 
         reply = await self.stub.Recall(
             gateway_pb2.RecallRequest(
-                query=self.rng.choice(FACTS), options=common_pb2.RecallOptions(k=5)
+                query=self._vary(FACTS), options=common_pb2.RecallOptions(k=5)
             ),
             metadata=self.metadata,
             timeout=self.cfg.deadline_s,
@@ -487,6 +491,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16, help="per generation (16)")
     p.add_argument("--mix", type=parse_mix, default=dict(DEFAULT_MIX),
                    help="method=weight,... of " + ",".join(METHODS))  # fmt: skip
+    p.add_argument("--blas-threads", type=int,
+                   help="OpenBLAS threads of each started worker (one per core)")  # fmt: skip
     p.add_argument("--home", type=Path, help="folder of the started mesh, kept (logs)")
     p.add_argument("--out", type=Path, default=RESULTS / "load.json",
                    help="JSON path; the markdown goes beside it (.md)")  # fmt: skip
@@ -503,6 +509,7 @@ async def run(args: argparse.Namespace, target: Any) -> dict[str, Any]:
     )
     where = "started mesh" if args.address is None else args.address
     cond = conditions(cfg, target=where, workers=target.workers)
+    cond["blas_threads"] = getattr(args, "blas_threads", None) or "one per core"
     await seed_memories(target.address, target.keys)
     samples, elapsed = await run_load(target.address, target.keys, cfg)
     cond["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -530,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="llmesh-load-") as tmp:
             home = args.home or Path(tmp)
             home.mkdir(parents=True, exist_ok=True)
-            with started_mesh(home, workers=args.workers) as target:
+            extra = [] if args.blas_threads is None else ["--blas-threads", str(args.blas_threads)]
+            with started_mesh(home, workers=args.workers, worker_args=extra) as target:
                 result = asyncio.run(run(args, target))
     json_path, md_path = write_report(result, args.out)
     print(markdown(result))

@@ -10,7 +10,7 @@ mesh's own admission (queues, deadlines), not a tenant's quota.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +62,14 @@ def started_mesh(
     tenants: int = 4,
     log_level: str = "WARNING",
     start_timeout_s: float = 600.0,
+    worker_args: Sequence[str] = (),
 ) -> Iterator[Target]:
-    """Start the mesh in ``home`` (the tiny model is written there); stop it on exit."""
+    """Start the mesh in ``home`` (the tiny model is written there); stop it on exit.
+
+    ``worker_args`` are extra flags of every inference worker (e.g. ``--blas-threads 1``).
+    """
     from llmesh_cli.supervisor.mesh import LocalMesh, mesh_options
-    from llmesh_cli.supervisor.plan import build_plan, child_names
+    from llmesh_cli.supervisor.plan import build_plan, child_names, worker_name
     from llmesh_inference.tiny import init_tiny
 
     models = home / "models"
@@ -80,6 +84,7 @@ def started_mesh(
         workers=workers,
         metrics=child_names(services, workers),
         log_level=log_level,
+        args={worker_name(i): list(worker_args) for i in range(workers)},
         env={"gateway": HIGH_LIMITS},
     )
     with LocalMesh(build_plan(options), home=home) as mesh:

@@ -68,11 +68,14 @@ def test_no_memory_or_session_crosses_tenants(security_mesh: Mesh) -> None:
     with grpc.insecure_channel(security_mesh.gateway) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         query = gateway_pb2.RecallRequest(
-            query=f"zebra{run} quasar{run}", options=common_pb2.RecallOptions(k=10)
+            query=f"zebra{run} quasar{run}", options=common_pb2.RecallOptions(k=50)
         )
 
-        def recall(meta: Any) -> list[str]:
-            return [h.memory.id for h in stub.Recall(query, metadata=meta, timeout=30).hits]
+        def recall(meta: Any) -> set[str]:
+            """Of the two memories of this test, those ``meta``'s tenant recalls (other
+            memories of its own tenant may come too: semantic search ranks them all)."""
+            hits = stub.Recall(query, metadata=meta, timeout=30).hits
+            return {h.memory.id for h in hits} & {a.id, b.id}
 
         # Two tenants store the same text under the same idempotency key and metadata.
         draft = common_pb2.MemoryDraft(
@@ -89,20 +92,20 @@ def test_no_memory_or_session_crosses_tenants(security_mesh: Mesh) -> None:
         checks += 3
 
         # Recall: each tenant finds its own and only its own; a third finds nothing.
-        assert recall(acme) == [a.id]
-        assert recall(globex) == [b.id]
-        assert recall(initech) == []
-        assert recall(bearer(token(tenant="acme"))) == [a.id]  # a JWT's tenant claim
-        assert recall(bearer(token(tenant="globex"))) == [b.id]
+        assert recall(acme) == {a.id}
+        assert recall(globex) == {b.id}
+        assert recall(initech) == set()
+        assert recall(bearer(token(tenant="acme"))) == {a.id}  # a JWT's tenant claim
+        assert recall(bearer(token(tenant="globex"))) == {b.id}
         checks += 5
 
         # Chat: the same session id and idempotency key in two tenants are two sessions.
         start_a, done_a, _ = _chat(stub, acme, session, fact, idempotency_key=key)
         assert done_a.session_version == 1 and not done_a.replayed
-        assert set(start_a.memory_ids) <= {a.id} and start_a.history_messages == 0
+        assert b.id not in start_a.memory_ids and start_a.history_messages == 0
         start_b, done_b, _ = _chat(stub, globex, session, fact, idempotency_key=key)
         assert not done_b.replayed and done_b.session_version == 1  # not acme's turn
-        assert set(start_b.memory_ids) <= {b.id} and start_b.history_messages == 0
+        assert a.id not in start_b.memory_ids and start_b.history_messages == 0
         start_d, _, _ = _chat(stub, initech, f"other-{run}", fact)
         assert not set(start_d.memory_ids) & {a.id, b.id}
         checks += 7
@@ -137,8 +140,8 @@ def test_no_memory_or_session_crosses_tenants(security_mesh: Mesh) -> None:
         assert stub.Forget(by_id, metadata=initech).deleted == 0
         assert stub.Forget(by_filter, metadata=initech).deleted == 0
         assert stub.Forget(by_id, metadata=globex).deleted == 0
-        assert recall(acme) == [a.id]
+        assert recall(acme) == {a.id}
         assert stub.Forget(by_filter, metadata=globex).deleted == 1  # its own only
-        assert recall(acme) == [a.id] and recall(globex) == []
+        assert recall(acme) == {a.id} and recall(globex) == set()
         checks += 6
     record("tenant_isolation", {"checks": checks, "tenants": 3})

@@ -222,6 +222,22 @@ class Writer:
             i += 1
 
 
+async def _remember_through_gateway(mesh: StorageMesh) -> tuple[str, str, str] | None:
+    """One Remember through the gateway: None if it succeeded, else (code, reason, message)."""
+    async with grpc.aio.insecure_channel(mesh.gateway()) as channel:
+        try:
+            await gateway_pb2_grpc.GatewayServiceStub(channel).Remember(
+                gateway_pb2.RememberRequest(
+                    memory=common_pb2.MemoryDraft(text="stored while the database is down")
+                ),
+                metadata=bearer(mesh.keys["sessions"]),
+                timeout=3,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name, _reason(exc), exc.details() or ""
+    return None
+
+
 async def _write_through_outage(mesh: StorageMesh, writers: list[Writer]) -> dict[str, float]:
     async with grpc.aio.insecure_channel(mesh.memory) as channel:
         stub = memory_pb2_grpc.MemoryServiceStub(channel)
@@ -244,7 +260,9 @@ async def _write_through_outage(mesh: StorageMesh, writers: list[Writer]) -> dic
         before = await acked()
         stopped_at = time.monotonic()
         await asyncio.to_thread(mesh.mesh.stop, "postgres", sig=signal.SIGQUIT)  # immediate
-        await asyncio.sleep(3.0)  # an outage of a few seconds, under load
+        await asyncio.sleep(1.0)
+        outage_error = await _remember_through_gateway(mesh)
+        await asyncio.sleep(1.0)  # an outage of a few seconds, under load
         during = await acked()
         # Spawned from this (the main) thread: the child dies with the thread that
         # started it (PR_SET_PDEATHSIG), and a worker thread of to_thread() ends early.
@@ -256,6 +274,13 @@ async def _write_through_outage(mesh: StorageMesh, writers: list[Writer]) -> dic
         recovered_s = min(w.last_ack for w in writers) - restarted_at
         stop.set()
         await asyncio.gather(*tasks)
+        assert outage_error is not None, "a Remember succeeded with PostgreSQL stopped"
+        code, reason, message = outage_error
+        # What a client of the gateway sees: retryable, with a reason, no topology.
+        assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), outage_error
+        if code == "UNAVAILABLE":
+            assert reason in ("STORE_UNAVAILABLE", "MEMORY_UNAVAILABLE"), outage_error
+        assert "127.0.0.1" not in message and "ipv4" not in message, message
         return {
             "acked_before": before,
             "acked_during": during - before,

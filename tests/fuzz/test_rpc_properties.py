@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from e2etest.fuzz_payloads import seed_requests
 from google.protobuf import duration_pb2
 from hypothesis import given
+from hypothesis import strategies as st
 
 from fuzz.conftest import fuzz_settings
 from fuzz.harness import BAD_CODES, Mesh, health_sync, normal_calls_work, send_sync
@@ -118,3 +120,52 @@ def test_found_cases_are_invalid_argument_naming_the_field(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     violations = error_details(error)["bad_request"].field_violations
     assert [(v.field, v.reason) for v in violations] == [(field, rule)]
+
+
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=4000)
+METADATA = st.lists(
+    st.one_of(
+        st.tuples(st.just("authorization"), HEADER_TEXT),
+        st.tuples(st.just("authorization"), HEADER_TEXT.map(lambda s: "Bearer " + s)),
+        st.tuples(st.just("authorization"), HEADER_TEXT.map(lambda s: "Bearer lmk_" + s)),
+        st.tuples(st.just("x-request-id"), HEADER_TEXT),
+        st.tuples(st.just("traceparent"), HEADER_TEXT),
+        st.tuples(st.just("tracestate"), HEADER_TEXT),
+        st.tuples(st.just("grpc-timeout-ish"), HEADER_TEXT),
+        st.tuples(st.sampled_from(["x-fuzz-bin", "authorization-bin"]), st.binary(max_size=512)),
+    ),
+    max_size=6,
+)
+HEADER_TARGETS = [
+    "/llmesh.v1.GatewayService/ListModels",
+    "/llmesh.v1.GatewayService/GenerateStream",
+    "/llmesh.v1.AdminService/ListWorkers",
+    "/llmesh.v1.MemoryService/Recall",
+    "/llmesh.v1.RegistryService/ListWorkers",
+    "/llmesh.v1.InferenceService/Stats",
+]
+
+
+@pytest.mark.parametrize("path", HEADER_TARGETS, ids=[p.split(".")[-1] for p in HEADER_TARGETS])
+def test_hostile_metadata_never_unknown_or_internal(fuzz_mesh: Mesh, path: str) -> None:
+    """Credentials, request ids and trace headers of any shape (the kernel and the
+    gateway's auth parse them): never UNKNOWN or INTERNAL, the service goes on."""
+    target = next(t for t in fuzz_mesh.targets if t.path == path)
+    seed = SEEDS.get(target.method.input_type.full_name, b"")
+    codes = _CODES.setdefault(f"{path} (metadata)", Counter())
+    with grpc.insecure_channel(target.address) as channel:
+
+        @fuzz_settings()
+        @given(metadata=METADATA)
+        def check(metadata: list[tuple[str, Any]]) -> None:
+            error = send_sync(
+                channel, target, seed, timeout_s=CALL_TIMEOUT_S, metadata=tuple(metadata)
+            )
+            code = grpc.StatusCode.OK if error is None else error.code()  # type: ignore[attr-defined]
+            codes[code.name] += 1
+            assert code not in BAD_CODES, (
+                f"{path} answered {code.name}: {error.details()}"  # type: ignore[union-attr]
+            )
+
+        check()
+    normal_calls_work(fuzz_mesh)

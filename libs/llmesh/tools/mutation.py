@@ -92,6 +92,22 @@ EQUIVALENT: dict[str, str] = {
     f"{_I}_stream__mutmut_9": "getattr('', 'aclose', None) is None, as for None",
     f"{_I}_stream__mutmut_65": "_finish does not read its ctx argument",
     f"{_I}_unary__mutmut_36": "_finish does not read its ctx argument",
+    **{
+        f"llmesh_gateway.apikeys.x_check_key_fields__mutmut_{n}": (
+            "role=None leaves the enum field unset, which reads ROLE_UNSPECIFIED"
+        )
+        for n in (16, 18)
+    },
+    "llmesh_gateway.apikeys.xǁApiKeyManagerǁcreate__mutmut_32": (
+        "secrets.token_urlsafe() defaults to 32 bytes"
+    ),
+    **{
+        f"llmesh_gateway.apikeys.xǁApiKeyManagerǁverify__mutmut_{n}": (
+            "the stand-in digest for an unknown id only evens out timing: any value "
+            "compares unequal to a real HMAC"
+        )
+        for n in (37, 38)
+    },
     "llmesh_gateway.jwt_auth.xǁJwtVerifierǁ__init____mutmut_4": (
         "None and {} are both falsy: the only use is `if self._jwks`"
     ),

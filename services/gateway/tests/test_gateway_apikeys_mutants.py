@@ -185,7 +185,9 @@ def test_check_key_fields_sends_the_ttl_with_nanos() -> None:
         request_id="rid",
     )
     check_key_fields(Contract(), name="n", role="nobody", tenant="t", ttl_seconds=0)  # type: ignore[arg-type]
-    first, second = seen
+    check_key_fields(Contract(), name="n", role="user", tenant="t", ttl_seconds=1.9999999995)  # type: ignore[arg-type]
+    first, second, fine = seen
+    assert (fine.ttl.seconds, fine.ttl.nanos) == (1, 999_999_999)
     assert (first.name, first.tenant, first.request_id) == ("n", "t", "rid")
     assert first.role == apikeys.gateway_pb2.ROLE_ADMIN
     assert (first.ttl.seconds, first.ttl.nanos) == (1, 500_000_000)

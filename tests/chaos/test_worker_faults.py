@@ -183,6 +183,7 @@ class Outcome:
     tokens: int  # tokens received before the end
     seconds: float
     deadline_s: float
+    retry_info: bool = False  # the error carried a RetryInfo
 
 
 @dataclass
@@ -227,13 +228,15 @@ async def call(
         async for response in stream:
             tokens += len(response.delta.token_ids)
     except grpc.aio.AioRpcError as exc:
-        info = error_details(exc).get("error_info")
+        details = error_details(exc)
+        info = details.get("error_info")
         return Outcome(
             exc.code().name,
             info.reason if info is not None else "",
             tokens,
             time.monotonic() - started,
             deadline_s,
+            "retry_info" in details,
         )
     return Outcome("OK", "", tokens, time.monotonic() - started, deadline_s)
 
@@ -314,7 +317,7 @@ async def test_worker_overload_refuses_early_instead_of_queueing_past_deadlines(
     assert not waited_out, tally.summary()
     assert {o.reason for o in refused} <= {"QUEUE_WAIT_TOO_LONG", "QUEUE_FULL"}, tally.summary()
     assert all(o.code in ("OK", "RESOURCE_EXHAUSTED") for o in tally.outcomes), tally.summary()
-    assert all(o.seconds < o.deadline_s for o in refused)
+    assert all(o.seconds < o.deadline_s and o.retry_info for o in refused)
 
 
 # ----- finding 4: SIGTERM drains ----------------------------------------------------------

@@ -74,12 +74,12 @@ class Admission(EngineCore):
                     metadata={"queue_capacity": str(self.queue_capacity)},
                 )
             if req.deadline is not None:
-                wait = self._expected_wait_locked()
                 left = req.deadline - time.monotonic()
-                if self._too_late(wait, left):
+                late = self._late(self._start_step_locked(), req.options.max_tokens, left)
+                if late is not None:
                     self.requests_shed_total += 1
                     self.metrics.finished("shed")
-                    raise self._too_slow(wait, left)
+                    raise self._too_slow(*late, left)
             self._pending.append(active)
             self.metrics.queue_depth(len(self._pending))
             self._cond.notify_all()
@@ -95,29 +95,49 @@ class Admission(EngineCore):
             ],
         )
 
-    def _expected_wait_locked(self) -> float:
-        """Seconds until a request joining the back of the queue has its first token
-        (0 while the pace is not measured yet)."""
+    def _start_step_locked(self) -> float:
+        """The decode step (from now) at which a request joining the back of the queue
+        is expected to take a batch slot."""
         heap = self._slot_heap_locked()
         for queued in self._pending:
             take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))
-        return first_token_s(take_slot(heap, 0), self.pace.step_s)
+        return heap[0]
 
-    def _too_late(self, wait_s: float, left_s: float) -> bool:
-        """Whether a first token forecast ``wait_s`` from now misses a deadline ``left_s``
-        away, with a margin for the forecast's error (10% and two steps)."""
-        return wait_s * 1.1 + 2 * self.pace.step_s > left_s
+    def _late(
+        self, start_step: float, max_tokens: int, left_s: float
+    ) -> tuple[float, float] | None:
+        """(first token, end) forecast in seconds when the request cannot afford them,
+        else None (also while the pace is not measured yet).
 
-    def _too_slow(self, wait_s: float, left_s: float) -> ResourceExhausted:
+        Its first token must come before its deadline; and a request that has to wait
+        for a slot must also be expected to finish by then, or it would hold a slot
+        only to be cut by its deadline mid-stream (one that can start now is admitted:
+        the caller may want what comes before its deadline). Each forecast gets a
+        margin for its error: 10% and two steps.
+        """
+        step = self.pace.step_s
+        first = first_token_s(start_step, step)
+        end = (start_step + self.pace.expected_tokens(max_tokens)) * step
+
+        def misses(at: float) -> bool:
+            return at * 1.1 + 2 * step > left_s
+
+        if step > 0 and (misses(first) or (start_step > 0 and misses(end))):
+            return first, end
+        return None
+
+    def _too_slow(self, first_s: float, end_s: float, left_s: float) -> ResourceExhausted:
         left_s = max(0.0, left_s)
         return ResourceExhausted(
-            f"the worker's queue would hold this request ~{wait_s:.2f}s before its first "
-            f"token, past its deadline ({left_s:.2f}s left); retry on another worker, "
-            "after the delay, or with a longer deadline",
+            f"this worker cannot serve the request before its deadline ({left_s:.2f}s "
+            f"left): its queue forecast is the first token in ~{first_s:.2f}s, the end "
+            f"in ~{end_s:.2f}s; retry on another worker, after the delay, or with a "
+            "longer deadline",
             reason="QUEUE_WAIT_TOO_LONG",
-            retry_after_s=round(max(0.1, min(30.0, wait_s - left_s)), 2),
+            retry_after_s=round(max(0.1, min(30.0, end_s - left_s)), 2),
             metadata={
-                "expected_wait_ms": str(int(wait_s * 1000)),
+                "expected_wait_ms": str(int(first_s * 1000)),
+                "expected_end_ms": str(int(end_s * 1000)),
                 "remaining_ms": str(int(left_s * 1000)),
                 "queued_requests": str(len(self._pending)),
             },
@@ -186,17 +206,15 @@ class Admission(EngineCore):
             now = time.monotonic()
             heap = self._slot_heap_locked()
             keep: list[ActiveRequest] = []
-            shed: list[tuple[ActiveRequest, float, float]] = []
+            shed: list[tuple[ActiveRequest, tuple[float, float], float]] = []
             for queued in self._pending:
                 deadline = queued.req.deadline
-                wait = first_token_s(heap[0], step_s)
-                if (
-                    deadline is not None
-                    and not queued.cancelled
-                    and self._too_late(wait, deadline - now)
-                ):
-                    shed.append((queued, wait, deadline - now))
-                    continue
+                if deadline is not None and not queued.cancelled:
+                    left = deadline - now
+                    late = self._late(heap[0], queued.req.options.max_tokens, left)
+                    if late is not None:
+                        shed.append((queued, late, left))
+                        continue
                 take_slot(heap, self.pace.expected_tokens(queued.req.options.max_tokens))
                 keep.append(queued)
             if not shed:
@@ -208,8 +226,8 @@ class Admission(EngineCore):
                 self.requests_shed_total += 1
                 self.metrics.finished("shed")
             self.metrics.queue_depth(len(self._pending))
-        for queued, wait, left in shed:
-            queued.emit(Failed(self._too_slow(wait, left)))
+        for queued, late, left in shed:
+            queued.emit(Failed(self._too_slow(*late, left)))
         log.info("shed %d queued requests that could not start before their deadline", len(shed))
 
     def _admit(self) -> None:

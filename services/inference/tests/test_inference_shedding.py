@@ -92,6 +92,23 @@ async def test_a_request_that_cannot_start_before_its_deadline_is_refused_at_onc
         assert await collect(w.stub.Generate(request(4, "third"), timeout=120)) == 4
 
 
+async def test_a_request_that_would_wait_and_then_be_cut_by_its_deadline_is_refused(
+    start_worker: Any, rpc_details: Details
+) -> None:
+    async with start_worker(max_batch_size=1, queue_capacity=64, decode_delay_ms=20) as w:
+        assert await collect(w.stub.Generate(request(50), timeout=60)) == 50  # pace measured
+        running = w.stub.Generate(request(60), timeout=120)
+        await first_tokens(running)  # the slot frees in ~60 steps (1.2 s+)
+        # It could start before its deadline, but not finish 400 tokens (8 s+) by then:
+        # waiting for the slot would only end in DEADLINE_EXCEEDED mid-stream.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(w.stub.Generate(request(400, "second"), timeout=4))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        metadata = rpc_details(err.value)["ErrorInfo"].metadata
+        assert int(metadata["expected_end_ms"]) > int(metadata["remaining_ms"])
+        assert await collect(running) > 0
+
+
 async def test_a_queued_request_whose_forecast_slips_past_its_deadline_leaves_the_queue(
     start_worker: Any, rpc_details: Details
 ) -> None:

@@ -80,7 +80,10 @@ def _build() -> dict[str, Any]:
         pool.Add(_file())
     return {
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PKG}.{name}"))
-        for name in ("Scalars", "Numbers", "Lists", "Inner", "Choice", "Custom", "Times")
+        for name in (
+            *("Scalars", "Numbers", "Lists", "Inner", "Choice", "Custom", "Times"),
+            *("MsgCel", "MsgOneof", "MsgEmpty", "ItemCel"),
+        )
     }
 
 
@@ -264,14 +267,60 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     lists.nested_type[-1].field[1].type_name = f".{PKG}.Inner"
     _add(lists, "by_key", FDP.TYPE_MESSAGE, repeated=True, type_name=by_key)
     _add(lists, "required_tags", FDP.TYPE_STRING, _rules(required=True), repeated=True)
+    keyed = _map_entry(lists, "KeyedEntry", FDP.TYPE_STRING, FDP.TYPE_INT32)
+    _add(
+        lists,
+        "keyed",
+        FDP.TYPE_MESSAGE,
+        _rules(map=M(keys=_rules(string=S(min_len=2)))),
+        repeated=True,
+        type_name=keyed,
+    )
+    _add(lists, "choice", FDP.TYPE_MESSAGE, type_name=f".{PKG}.Choice")
 
     choice = f.message_type.add(name="Choice")
     choice.oneof_decl.add(name="pick")
     choice.oneof_decl[0].options.Extensions[validate_pb2.oneof].required = True
     choice.oneof_decl.add(name="free")
+    # The oneof rule is present but not required: no violation when nothing is set.
+    choice.oneof_decl[1].options.Extensions[validate_pb2.oneof].SetInParent()
     _add(choice, "a", FDP.TYPE_STRING, _rules(string=S(min_len=2)), oneof=0)
     _add(choice, "b", FDP.TYPE_INT32, oneof=0)
     _add(choice, "c", FDP.TYPE_STRING, oneof=1)
+    _add(choice, "must", FDP.TYPE_MESSAGE, _rules(required=True), type_name=f".{PKG}.Inner")
+
+    # Message-level rules: CEL or a message oneof rule go to protovalidate; an empty
+    # message rule does not stop the native checks.
+    msg_cel = f.message_type.add(name="MsgCel")
+    msg_cel.options.Extensions[validate_pb2.message].cel.add(
+        id="msg.short", message="a too long", expression="this.a.size() < 3"
+    )
+    _add(msg_cel, "a", FDP.TYPE_STRING)
+    msg_oneof = f.message_type.add(name="MsgOneof")
+    msg_oneof.options.Extensions[validate_pb2.message].oneof.add(fields=["a", "b"], required=True)
+    _add(msg_oneof, "a", FDP.TYPE_STRING)
+    _add(msg_oneof, "b", FDP.TYPE_STRING)
+    msg_empty = f.message_type.add(name="MsgEmpty")
+    msg_empty.options.Extensions[validate_pb2.message].SetInParent()
+    _add(msg_empty, "a", FDP.TYPE_STRING, _rules(string=S(min_len=2)))
+    item_cel = f.message_type.add(name="ItemCel")
+    _add(
+        item_cel,
+        "words",
+        FDP.TYPE_STRING,
+        _rules(
+            repeated=R(
+                items=_rules(
+                    cel=[
+                        validate_pb2.Rule(
+                            id="word.short", message="short", expression="this.size() < 3"
+                        )
+                    ]
+                )
+            )
+        ),
+        repeated=True,
+    )
 
     custom = f.message_type.add(name="Custom")
     _add(
@@ -375,6 +424,15 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("Choice", {"a": "xy"}),
     ("Choice", {"b": 0}),
     ("Choice", {"c": "only the free oneof"}),
+    ("Choice", {"b": 3, "must": {"name": "x"}}),
+    ("Lists", {"keyed": {"a": 1, "bb": 2}, "tags": ["a"], "choice": TYPES["Choice"]()}),
+    ("Lists", {"choice": TYPES["Choice"](a="x"), "tags": ["a"]}),
+    ("MsgCel", {"a": "abcd"}),
+    ("MsgCel", {"a": "ab"}),
+    ("MsgOneof", {}),
+    ("MsgOneof", {"a": "x"}),
+    ("MsgEmpty", {"a": "x"}),
+    ("ItemCel", {"words": ["ab", "abcd"]}),
     ("Custom", {"word": "ab"}),
     ("Custom", {"word": "abcd"}),
 ]
@@ -404,7 +462,7 @@ def _message(type_name: str, values: dict[str, Any]) -> Any:
                 getattr(message, name).extend(_inner(v) for v in value)
             else:
                 getattr(message, name).extend(value)
-        elif isinstance(value, (D, T)):
+        elif isinstance(value, (D, T)) or hasattr(value, "DESCRIPTOR"):
             getattr(message, name).CopyFrom(value)
         else:
             setattr(message, name, value)
@@ -551,6 +609,20 @@ def test_the_violation_count_is_bounded() -> None:
     many.labels["ab"] = 1
     many.skip_zero.extend([1] * 150)
     assert len(_native(many)) == 100
+    keyed = _message(
+        "Lists",
+        {
+            "tags": ["a"],
+            "required_inner": {"name": "n"},
+            "required_tags": ["x"],
+            "labels": {"ab": 1},
+        },
+    )
+    for i in range(150):  # one-character keys: each breaks keys.min_len
+        keyed.keyed[chr(0x4E00 + i)] = i
+    found_keys = _native(keyed)
+    assert len(found_keys) == 100
+    assert {v.rule_id for v in found_keys} == {"string.min_len"}
 
 
 def test_unsupported_rules() -> None:

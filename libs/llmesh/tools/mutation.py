@@ -103,6 +103,45 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (37, 38)
     },
+    **{
+        f"llmesh.kernel.rulecheck.{name}__mutmut_{n}": (
+            "Unsupported's text is never shown: _plan catches it and hands the type to "
+            "protovalidate"
+        )
+        for name, numbers in (
+            ("x__field_rules", (6, 7, 8, 9)),
+            ("xǁRuleCheckerǁ_compile", (6, 7, 8)),
+            ("xǁRuleCheckerǁ_element", (4, 5, 6, 7)),
+            ("xǁRuleCheckerǁ_list", (11, 21, 22, 23)),
+            ("xǁRuleCheckerǁ_map", (11, 28, 29, 30)),
+        )
+        for n in numbers
+    },
+    **{
+        f"llmesh.kernel.rulecheck.xǁRuleCheckerǁ{name}__mutmut_{n}": (
+            "unset item/key/value rules read as an empty FieldRules, which adds no check"
+        )
+        for name, n in (("_list", 44), ("_map", 51), ("_map", 57))
+    },
+    **{
+        f"llmesh.kernel.rulecheck.xǁRuleCheckerǁ{name}__mutmut_{n}": (
+            "sized() with no size rules runs the item check as is (one call more)"
+        )
+        for name, n in (("_list", 64), ("_map", 94))
+    },
+    **{
+        f"llmesh.kernel.rulecheck.xǁRuleCheckerǁ_value__mutmut_{n}": (
+            "google.protobuf types carry no buf.validate rules: planning them adds no check"
+        )
+        for n in (40, 41)
+    },
+    **{
+        f"llmesh.kernel.rulecheck.x__element_zero__mutmut_{n}": (
+            "bool and bytes items never reach it (their rules are unsupported: the type "
+            "goes to protovalidate), and False == 0 for numbers"
+        )
+        for n in (4, 7, 8, 9, 10)
+    },
     "llmesh_gateway.jwt_auth.xǁJwtVerifierǁ__init____mutmut_4": (
         "None and {} are both falsy: the only use is `if self._jwks`"
     ),

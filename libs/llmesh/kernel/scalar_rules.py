@@ -109,8 +109,6 @@ def _bound_rules(kind: str, present: dict[str, Any]) -> list[Rule]:
     hi = as_number(present[upper]) if upper else None
 
     def ok(v: Any) -> bool:
-        if kind in _TIMES and _malformed_time(kind, v):
-            return True  # reported once, as {kind}.valid
         n = as_number(v)
         if lower == "gt" and not n > lo:
             return False
@@ -189,15 +187,18 @@ def scalar_rules(kind: str, rules: Any, field: _FD) -> list[Rule]:
             )
         )
     elif kind in _NUMERIC or kind in _TIMES:
+        bounds = _bound_rules(kind, present)
         if kind in _TIMES:
+            # Out of its declared bounds, a malformed value reports what protovalidate
+            # reports (the bound); only one within them is reported as {kind}.valid.
             out.append(
                 (
-                    lambda v: _malformed_time(kind, v),
+                    lambda v: _malformed_time(kind, v) and not any(bad(v) for bad, _, _ in bounds),
                     f"{kind}.valid",
                     _VALID_TIME[kind],
                 )
             )
-        out.extend(_bound_rules(kind, present))
+        out.extend(bounds)
         if present.get("finite"):
             out.append((lambda v: not math.isfinite(v), f"{kind}.finite", "must be finite"))
     if "const" in present:

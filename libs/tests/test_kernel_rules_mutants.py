@@ -21,6 +21,7 @@ from google.protobuf import (
     timestamp_pb2,
 )
 
+from llmesh.kernel import scalar_rules as scalar_rules_module
 from llmesh.kernel.rulecheck import RuleChecker
 from llmesh.kernel.scalar_rules import format_value, scalar_rules
 from llmesh.kernel.validation import RequestValidator
@@ -376,6 +377,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("Scalars", {"bytes": "ab\u00e9\u00e9\u00e9", "ignored": "x", "plain": "q", "maybe": 5}),
     ("Scalars", {"maybe": 6, "color": 0}),
     ("Scalars", {"maybe": 0}),
+    ("Scalars", {"color_in": 7, "color": 1}),
     ("Numbers", {}),
     ("Numbers", {"i32": 1, "i64": 1, "u32": 4, "s32": -2, "s64": -2, "dbl": 2.5, "flt": 0.0}),
     ("Numbers", {"i32": 9, "i64": 5, "u32": 3, "u64": 7, "s32": -3, "s64": -1, "dbl": 0.5}),
@@ -672,3 +674,119 @@ def test_max_bytes_counts_bytes_not_characters() -> None:
     assert fails("ééé")
     assert not fails("éé")
     assert not fails("a")
+
+
+# --- time values, bounds, formats -------------------------------------------------------
+
+_TS_LOW, _TS_HIGH = -62_135_596_800, 253_402_300_799
+_DUR_MAX = 315_576_000_000
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "malformed"),
+    [
+        (_TS_LOW, 0, False),
+        (_TS_HIGH, 999_999_999, False),
+        (_TS_LOW - 1, 0, True),
+        (_TS_HIGH + 1, 0, True),
+        (0, 1_000_000_000, True),
+        (0, -1, True),
+        (-1, 500, False),  # a timestamp before 1970 has positive nanos
+    ],
+)
+def test_malformed_timestamps(seconds: int, nanos: int, malformed: bool) -> None:
+    assert scalar_rules_module._malformed_time("timestamp", T(seconds=seconds, nanos=nanos)) is (
+        malformed
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "malformed"),
+    [
+        (_DUR_MAX, 0, False),
+        (-_DUR_MAX, 0, False),
+        (_DUR_MAX + 1, 0, True),
+        (-_DUR_MAX - 1, 0, True),
+        (0, 999_999_999, False),
+        (0, -999_999_999, False),
+        (0, 1_000_000_000, True),
+        (0, -1_000_000_000, True),
+        (1, -1, True),
+        (2, -1, True),
+        (-1, 1, True),
+        (-1, 2, True),
+        (0, -5, False),
+        (0, 5, False),
+        (3, 5, False),
+        (-3, -5, False),
+    ],
+)
+def test_malformed_durations(seconds: int, nanos: int, malformed: bool) -> None:
+    assert scalar_rules_module._malformed_time("duration", D(seconds=seconds, nanos=nanos)) is (
+        malformed
+    )
+
+
+def _fails(rules: list[Any], value: Any) -> list[str]:
+    return [rule_id for fails, rule_id, _ in rules if fails(value)]
+
+
+def test_a_malformed_time_reports_the_bound_or_else_valid() -> None:
+    field = TYPES["Times"].DESCRIPTOR.fields_by_name["ttl"]
+    rules = scalar_rules("duration", validate_pb2.DurationRules(lte=D(seconds=1)), field)
+    # Past the bound (by its nanos): the bound, as protovalidate reports it.
+    assert _fails(rules, D(seconds=0, nanos=1_000_000_001)) == ["duration.lte"]
+    # Within it: only "valid".
+    assert _fails(rules, D(seconds=0, nanos=-1_000_000_000)) == ["duration.valid"]
+    assert _fails(rules, D(seconds=1, nanos=-1)) == ["duration.valid"]
+    assert _fails(rules, D(seconds=1)) == []
+    ((_, _, valid_message), _) = rules
+    assert valid_message == (
+        "must be a valid duration (nanos -999999999..999999999 with the seconds' sign, at "
+        "most 10000 years)"
+    )
+    stamp = TYPES["Times"].DESCRIPTOR.fields_by_name["after"]
+    stamps = scalar_rules("timestamp", validate_pb2.TimestampRules(gte=T(seconds=0)), stamp)
+    assert _fails(stamps, T(seconds=5, nanos=-1)) == ["timestamp.valid"]
+    assert _fails(stamps, T(seconds=-5, nanos=-1)) == ["timestamp.gte"]
+    assert stamps[0][2] == "must be a valid timestamp (nanos 0..999999999, years 1..9999)"
+
+
+def test_ranges_are_run_natively_including_a_single_point() -> None:
+    field = TYPES["Numbers"].DESCRIPTOR.fields_by_name["i32"]
+    ((fails, rule_id, message),) = scalar_rules(
+        "int32", validate_pb2.Int32Rules(gte=5, lte=5), field
+    )
+    assert (rule_id, message) == (
+        "int32.gte_lte",
+        "must be greater than or equal to 5 and less than or equal to 5",
+    )
+    assert not fails(5) and fails(4) and fails(6)
+    ((_, rule_id, _),) = scalar_rules("int32", validate_pb2.Int32Rules(gt=0, lt=10), field)
+    assert rule_id == "int32.gt_lt"
+
+
+def test_enum_in_without_defined_only() -> None:
+    field = TYPES["Scalars"].DESCRIPTOR.fields_by_name["color_in"]
+    rules = scalar_rules("enum", validate_pb2.EnumRules(**{"in": [1]}), field)
+    assert _fails(rules, 7) == ["enum.in"]
+
+
+def test_format_value_of_other_iterables_and_time_edges() -> None:
+    assert format_value(frozenset({"a"})) == "[a]"
+    assert format_value(x for x in (1, True)) == "[1, true]"
+    assert format_value(T(seconds=1, nanos=1_000_000)) == "1970-01-01T00:00:01.001Z"
+    assert format_value(T(seconds=1, nanos=999_999)) == "1970-01-01T00:00:01Z"
+    assert format_value(D(nanos=1_500)) == "0.000001s"
+
+
+def test_format_value_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as time_module
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time_module.tzset()
+    try:
+        assert format_value(T(seconds=0)) == "1970-01-01T00:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()

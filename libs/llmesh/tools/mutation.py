@@ -142,6 +142,25 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (4, 7, 8, 9, 10)
     },
+    **{
+        f"llmesh.kernel.scalar_rules.{name}__mutmut_{n}": (
+            "Unsupported's text is never shown: _plan catches it and hands the type to "
+            "protovalidate"
+        )
+        for name, n in (("x_scalar_rules", 6), ("x__bound_rules", 79))
+    },
+    **{
+        f"llmesh.kernel.scalar_rules.x_scalar_rules__mutmut_{n}": (
+            "a fast path: a string of at most max_bytes/4 characters cannot pass max_bytes "
+            "bytes; the byte count decides either way"
+        )
+        for n in (53, 54, 55)
+    },
+    "llmesh.kernel.scalar_rules.x__nanos__mutmut_4": (
+        "valid Durations/Timestamps (nanos within a second, the seconds' sign) order the "
+        "same by seconds*1e9+nanos and seconds*(1e9+1)+nanos; malformed ones are "
+        "pinned by the valid-rule tests"
+    ),
     "llmesh_gateway.jwt_auth.xǁJwtVerifierǁ__init____mutmut_4": (
         "None and {} are both falsy: the only use is `if self._jwks`"
     ),

@@ -86,7 +86,7 @@ async def test_migrations_are_versioned_and_idempotent(
     await asyncio.gather(first.start(), second.start())  # two replicas starting at once
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r[0] for r in await cur.fetchall()] == [1, 2]
+        assert [r[0] for r in await cur.fetchall()] == [1, 2, 3]
         cur = await conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'memories_embedding'"
         )

@@ -901,3 +901,40 @@ async def test_a_stream_whose_client_is_gone_is_closed_at_once() -> None:
     with pytest.raises(AbortedCall):
         await handler.unary_stream(GOOD, Gone())
     assert closed == [True]
+
+
+async def test_an_oversized_request_is_refused_with_its_size() -> None:
+    interceptor = KernelServerInterceptor(_policy(), max_request_bytes=10)
+    assert KernelServerInterceptor(_policy()).max_request_bytes is None
+    seen: list[Any] = []
+
+    async def behavior(request: Any, context: Any) -> Any:
+        seen.append(request)
+        return gateway_pb2.EmbedResponse()
+
+    handler = await _wrapped(interceptor, _unary(behavior), EMBED)
+    fits = gateway_pb2.EmbedRequest(texts=["abcdef"]).SerializeToString()
+    assert len(fits) == 8
+    await handler.unary_unary(fits, Context())
+    exact = gateway_pb2.EmbedRequest(texts=["abcdefgh"]).SerializeToString()
+    assert len(exact) == 10
+    await handler.unary_unary(exact, Context())
+    assert len(seen) == 2
+    big = gateway_pb2.EmbedRequest(texts=["abcdefghi"]).SerializeToString()
+    context = Context()
+    with pytest.raises(AbortedCall):
+        await handler.unary_unary(big, context)
+    assert context.aborted is not None
+    code, message, _ = context.aborted
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message == (
+        "the request is 11 bytes, more than this server's limit of 10 (max_message_bytes); "
+        "send a smaller one"
+    )
+    info = error_details_pb2.ErrorInfo()
+    assert context.status().details[0].Unpack(info)
+    assert info.reason == "MESSAGE_TOO_LARGE"
+    assert dict(info.metadata) == {"limit_bytes": "10", "size_bytes": "11"}
+    # An already parsed request (no raw bytes) is not measured here.
+    await handler.unary_unary(gateway_pb2.EmbedRequest(texts=["x" * 50]), Context())
+    assert len(seen) == 3

@@ -156,11 +156,6 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (53, 54, 55)
     },
-    "llmesh.kernel.scalar_rules.x__nanos__mutmut_4": (
-        "valid Durations/Timestamps (nanos within a second, the seconds' sign) order the "
-        "same by seconds*1e9+nanos and seconds*(1e9+1)+nanos; malformed ones are "
-        "pinned by the valid-rule tests"
-    ),
     "llmesh_gateway.jwt_auth.xǁJwtVerifierǁ__init____mutmut_4": (
         "None and {} are both falsy: the only use is `if self._jwks`"
     ),

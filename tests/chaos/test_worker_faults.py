@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,10 +275,10 @@ async def steady_load(
             await asyncio.gather(*tasks)
 
 
-async def poll(predicate: object, *, timeout_s: float, what: str) -> None:
+async def poll(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
     """Poll a blocking ``predicate`` (run in a thread) until true."""
     deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(predicate):  # type: ignore[arg-type]
+    while not await asyncio.to_thread(predicate):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)

@@ -135,6 +135,10 @@ EQUIVALENT: dict[str, str] = {
         )
         for n in (40, 41)
     },
+    "llmesh.kernel.rulecheck.xǁRuleCheckerǁviolations__mutmut_6": (
+        "the top-level path is only read through join_path or a truth test, where None "
+        "and '' are the same"
+    ),
     **{
         f"llmesh.kernel.rulecheck.x__element_zero__mutmut_{n}": (
             "bool and bytes items never reach it (their rules are unsupported: the type "

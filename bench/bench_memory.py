@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef-search", type=int, default=400)
+    parser.add_argument("--ef-search", type=int, default=200)
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=200)  # as migration 0003
     parser.add_argument("--out", type=Path, default=RESULTS)

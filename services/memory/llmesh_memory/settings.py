@@ -26,7 +26,7 @@ class MemorySettings(ServiceSettings):
     """File holding the DSN (a mounted Secret)."""
     postgres_pool_min: int = Field(default=1, ge=0, le=100)
     postgres_pool_max: int = Field(default=10, ge=1, le=200)
-    hnsw_ef_search: int = Field(default=400, ge=10, le=1000)
+    hnsw_ef_search: int = Field(default=200, ge=10, le=1000)
     """HNSW search breadth for a namespace of 100k rows holding all rows of the table:
     scaled by sqrt(rows / 100k) for other sizes and by 1/share for a namespace holding a
     share of the table."""

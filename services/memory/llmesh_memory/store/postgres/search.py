@@ -36,7 +36,7 @@ MAX_EF = 1000  # pgvector's limit
 class VectorPlan:
     """How vector candidates are searched: ``ef_search`` and when to search exactly."""
 
-    ef_search: int = 400
+    ef_search: int = 200
     exact_search_max_rows: int = 2_000
     ef_search_min: int = 40
 

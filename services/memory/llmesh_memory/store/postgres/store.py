@@ -48,6 +48,11 @@ from . import schema, search, sessions
 
 log = get_logger(__name__)
 
+# While the last ping found the database unreachable, a call waits at most this long for a
+# pooled connection, then fails UNAVAILABLE (retry hint) at once instead of holding on for
+# connect_timeout_s or until its deadline (a refusal, not a wait: issue 19).
+UNREACHABLE_WAIT_S = 0.5
+
 
 class PostgresStore(MemoryStore):
     """The production store."""
@@ -60,7 +65,7 @@ class PostgresStore(MemoryStore):
         *,
         min_size: int = 1,
         max_size: int = 10,
-        ef_search: int = 400,
+        ef_search: int = 200,
         ef_search_min: int = 40,
         exact_search_max_rows: int = 2_000,
         statement_timeout_s: float = 10.0,
@@ -85,6 +90,7 @@ class PostgresStore(MemoryStore):
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout_s))},
         )
         self._opened = False
+        self.unreachable = False
 
     async def _configure(self, conn: AsyncConnection[Any]) -> None:
         if self._vector_dumper is None:
@@ -110,12 +116,15 @@ class PostgresStore(MemoryStore):
     async def _transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
         async with self._errors():
             wait_s = statement_timeout(self.connect_timeout_s)  # DEADLINE_EXCEEDED if spent
+            if self.unreachable:
+                wait_s = min(wait_s, UNREACHABLE_WAIT_S)
             if not self._opened:
                 await self.start()
             async with (
                 self._pool.connection(timeout=wait_s) as conn,
                 conn.transaction(),
             ):
+                self.unreachable = False
                 # The caller's time left (the kernel keeps a margin back, so the cut-off
                 # is reported by us before the RPC itself times out).
                 limit_ms = max(1, round(statement_timeout(self.statement_timeout_s) * 1000))
@@ -141,8 +150,12 @@ class PostgresStore(MemoryStore):
             self._opened = False
 
     async def ping(self) -> None:
-        async with self._transaction() as conn:
-            await conn.execute("SELECT 1")
+        try:
+            async with self._transaction() as conn:
+                await conn.execute("SELECT 1")
+        except Unavailable:
+            self.unreachable = True  # calls fail fast until a connection works again
+            raise
 
     # -- sessions ---------------------------------------------------------------------
 

@@ -307,12 +307,17 @@ async def run_one(
     exact = exact_top10(vectors, qvecs)
     if backend == "postgres":
         sweep = []
-        for ef in sorted({40, 60, 100, 200, 400, ef_search}):
+        # The breadth the service uses for this namespace (scaled by its size).
+        from llmesh_memory.store.postgres.search import VectorPlan
+
+        service_ef = VectorPlan(ef_search=ef_search).hnsw_ef(n, n, False, 50) or ef_search
+        out["hnsw"]["service_ef_search"] = service_ef
+        for ef in sorted({40, 60, 100, 200, 400, ef_search, service_ef}):
             recall, timing = await pg_vector_recall(dsn, qvecs, exact, rows, ef)
             sweep.append({"ef_search": ef, "recall_at_10": round(recall, 4), "top10_sql": timing})
         out["hnsw_sweep"] = sweep
         out["vector_recall_at_10"] = next(
-            e["recall_at_10"] for e in sweep if e["ef_search"] == ef_search
+            e["recall_at_10"] for e in sweep if e["ef_search"] == service_ef
         )
     else:
         out["vector_recall_at_10"] = round(await sqlite_vector_recall(store, qvecs, exact, rows), 4)

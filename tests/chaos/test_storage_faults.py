@@ -14,7 +14,10 @@ What must hold (issue 19, docs/reliability.md "Storage faults"):
   ``AppendMessages`` and ``Remember`` load, then restarted: every acknowledged write is
   there afterwards, in order, exactly once (clients retry a failed call with the same
   idempotency key until it is acknowledged); the failures meanwhile are ``UNAVAILABLE``
-  (``STORE_UNAVAILABLE``) or ``DEADLINE_EXCEEDED``, never ``INTERNAL``/``UNKNOWN``.
+  (``STORE_UNAVAILABLE``) or ``DEADLINE_EXCEEDED``, never ``INTERNAL``/``UNKNOWN``; once
+  the memory service's readiness has noticed, a call is refused ``UNAVAILABLE`` at once
+  instead of waiting out its deadline (also through the gateway, with no address in the
+  message).
 - Redis stopped: the fail-open gateway admits calls past the limit (and counts the
   failures in ``gateway_ratelimit_backend_failures_total{mode="open"}``), the
   fail-closed one refuses with ``UNAVAILABLE``/``RATE_LIMITER_UNAVAILABLE`` and a retry
@@ -223,7 +226,8 @@ class Writer:
 
 
 async def _remember_through_gateway(mesh: StorageMesh) -> tuple[str, str, str] | None:
-    """One Remember through the gateway: None if it succeeded, else (code, reason, message)."""
+    """One Remember through the gateway (3 s deadline): None if it succeeded, else
+    (code, reason, message)."""
     async with grpc.aio.insecure_channel(mesh.gateway()) as channel:
         try:
             await gateway_pb2_grpc.GatewayServiceStub(channel).Remember(
@@ -260,7 +264,12 @@ async def _write_through_outage(mesh: StorageMesh, writers: list[Writer]) -> dic
         before = await acked()
         stopped_at = time.monotonic()
         await asyncio.to_thread(mesh.mesh.stop, "postgres", sig=signal.SIGQUIT)  # immediate
-        await asyncio.sleep(1.0)
+        # Once the memory service has seen it (readiness NOT_SERVING), calls are refused
+        # at once: UNAVAILABLE, not a wait until the deadline.
+        deadline = time.monotonic() + 60
+        while await asyncio.to_thread(readiness, mesh.memory) == 1:  # SERVING
+            assert time.monotonic() < deadline, "memory still ready with PostgreSQL stopped"
+            await asyncio.sleep(0.2)
         outage_error = await _remember_through_gateway(mesh)
         await asyncio.sleep(1.0)  # an outage of a few seconds, under load
         during = await acked()
@@ -277,9 +286,8 @@ async def _write_through_outage(mesh: StorageMesh, writers: list[Writer]) -> dic
         assert outage_error is not None, "a Remember succeeded with PostgreSQL stopped"
         code, reason, message = outage_error
         # What a client of the gateway sees: retryable, with a reason, no topology.
-        assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), outage_error
-        if code == "UNAVAILABLE":
-            assert reason in ("STORE_UNAVAILABLE", "MEMORY_UNAVAILABLE"), outage_error
+        assert code == "UNAVAILABLE", outage_error
+        assert reason in ("STORE_UNAVAILABLE", "MEMORY_UNAVAILABLE"), outage_error
         assert "127.0.0.1" not in message and "ipv4" not in message, message
         return {
             "acked_before": before,

@@ -221,6 +221,7 @@ class MemoryEngine:
         if params.mode is Fusion.KEYWORD:
             with self._tracer.start_as_current_span("memory.store.search") as span:
                 result = await self.store.search(namespace, query, now=self.clock())
+                span.set_attribute("memory.candidates", len(result.candidates))
         else:
             # The store does its keyword work while the query is being embedded.
             embedding = asyncio.ensure_future(self._query_vector(params.query))
@@ -229,11 +230,11 @@ class MemoryEngine:
                     result = await self.store.search_while(
                         namespace, query, _vector_of(embedding), now=self.clock()
                     )
+                    span.set_attribute("memory.candidates", len(result.candidates))
             except BaseException:
                 embedding.cancel()
                 raise
             vector, reason = await embedding
-        span.set_attribute("memory.candidates", len(result.candidates))
         mode = params.mode if vector is not None else Fusion.KEYWORD
         by_id = {c.memory.id: c for c in result.candidates}
         scored = [

@@ -83,7 +83,7 @@ def _build() -> dict[str, Any]:
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PKG}.{name}"))
         for name in (
             *("Scalars", "Numbers", "Lists", "Inner", "Choice", "Custom", "Times"),
-            *("MsgCel", "MsgOneof", "MsgEmpty", "ItemCel"),
+            *("MsgCel", "MsgOneof", "MsgEmpty", "ItemCel", "ListUnique"),
         )
     }
 
@@ -278,6 +278,38 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         type_name=keyed,
     )
     _add(lists, "choice", FDP.TYPE_MESSAGE, type_name=f".{PKG}.Choice")
+    zmap = _map_entry(lists, "ZmapEntry", FDP.TYPE_STRING, FDP.TYPE_INT32)
+    _add(
+        lists,
+        "zmap",
+        FDP.TYPE_MESSAGE,
+        _rules(
+            map=M(
+                values=_rules(
+                    int32=validate_pb2.Int32Rules(gt=5), ignore=validate_pb2.IGNORE_IF_ZERO_VALUE
+                )
+            )
+        ),
+        repeated=True,
+        type_name=zmap,
+    )
+    _add(
+        lists,
+        "zinners",
+        FDP.TYPE_MESSAGE,
+        _rules(repeated=R(items=_rules(ignore=validate_pb2.IGNORE_IF_ZERO_VALUE))),
+        repeated=True,
+        type_name=f".{PKG}.Inner",
+    )
+    _add(
+        lists,
+        "ignored_items",
+        FDP.TYPE_STRING,
+        _rules(repeated=R(items=_rules(string=S(min_len=3), ignore=validate_pb2.IGNORE_ALWAYS))),
+        repeated=True,
+    )
+    unique = f.message_type.add(name="ListUnique")
+    _add(unique, "ids", FDP.TYPE_STRING, _rules(repeated=R(unique=True)), repeated=True)
 
     choice = f.message_type.add(name="Choice")
     choice.oneof_decl.add(name="pick")
@@ -429,6 +461,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("Choice", {"b": 3, "must": {"name": "x"}}),
     ("Lists", {"keyed": {"a": 1, "bb": 2}, "tags": ["a"], "choice": TYPES["Choice"]()}),
     ("Lists", {"choice": TYPES["Choice"](a="x"), "tags": ["a"]}),
+    ("Lists", {"tags": ["a"], "zmap": {"a": 0, "b": 3, "c": 6}, "ignored_items": ["x"]}),
+    ("Lists", {"tags": ["a"], "zinners": [{"name": "ok"}, {}]}),
+    ("ListUnique", {"ids": ["a", "b", "a"]}),
+    ("ListUnique", {"ids": ["a", "b"]}),
     ("MsgCel", {"a": "abcd"}),
     ("MsgCel", {"a": "ab"}),
     ("MsgOneof", {}),

@@ -785,6 +785,11 @@ def test_a_malformed_time_reports_the_bound_or_else_valid() -> None:
     stamps = scalar_rules("timestamp", validate_pb2.TimestampRules(gte=T(seconds=0)), stamp)
     assert _fails(stamps, T(seconds=5, nanos=-1)) == ["timestamp.valid"]
     assert _fails(stamps, T(seconds=-5, nanos=-1)) == ["timestamp.gte"]
+    # Timestamp limits, not a duration's: past year 9999 is malformed, a time before
+    # 1970 with positive nanos is not.
+    assert _fails(stamps, T(seconds=_TS_HIGH + 1)) == ["timestamp.valid"]
+    before = scalar_rules("timestamp", validate_pb2.TimestampRules(lt=T(seconds=10)), stamp)
+    assert _fails(before, T(seconds=-5, nanos=5)) == []
     assert stamps[0][2] == "must be a valid timestamp (nanos 0..999999999, years 1..9999)"
 
 

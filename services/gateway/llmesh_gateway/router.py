@@ -24,7 +24,7 @@ from llmesh.kernel.telemetry import meter
 from llmesh.kernel.upstream import OutboundCall, from_broken_stream, from_peer
 from llmesh.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from llmesh_gateway.balancer import Balancer, RetryBudget
-from llmesh_gateway.upstream import RETRYABLE, WORKER_FAULTS, ChannelPool
+from llmesh_gateway.upstream import RETRYABLE, ChannelPool, breaker_verdict
 
 log = get_logger(__name__)
 
@@ -164,7 +164,7 @@ class Router:
                 return
             except grpc.aio.AioRpcError as exc:
                 code = status = exc.code()
-                verdict = False if code in WORKER_FAULTS else None
+                verdict = breaker_verdict(exc)
                 if sent:
                     if code != grpc.StatusCode.DEADLINE_EXCEEDED:
                         self._interrupted.add(1)
@@ -223,7 +223,7 @@ class Router:
                 return result
             except grpc.aio.AioRpcError as exc:
                 code = status = exc.code()
-                verdict = False if code in WORKER_FAULTS else None
+                verdict = breaker_verdict(exc)
                 last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None
@@ -259,7 +259,7 @@ class Router:
                 return worker.worker_id, response
             except grpc.aio.AioRpcError as exc:
                 code = status = exc.code()
-                verdict = False if code in WORKER_FAULTS else None
+                verdict = breaker_verdict(exc)
                 last = self._failed(exc, worker)
                 if not self._may_retry(attempt, code):
                     raise last from None

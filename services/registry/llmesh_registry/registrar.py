@@ -92,8 +92,16 @@ class Registrar:
                 last_reason = result.reason
             await asyncio.sleep(self._wait_interval_s)
 
-    async def register(self, result: ProbeResult) -> None:
+    async def register(self, result: ProbeResult, *, state: int | None = None) -> None:
+        """Register the worker: ``state`` if given (DRAINING while it drains), else the
+        admin's DRAINING if one stands, else READY or UNHEALTHY from ``result``."""
         stats = result.stats
+        if state is not None:
+            chosen, reason = state, result.reason or "shutting down"
+        elif self.admin_drained:
+            chosen, reason = DRAINING, ADMIN_DRAIN_REASON
+        else:
+            chosen, reason = (READY if result.healthy else UNHEALTHY), result.reason
         worker = common_pb2.WorkerInfo(
             worker_id=self._identity.worker_id,
             address=self._identity.address,
@@ -101,8 +109,8 @@ class Registrar:
             models_loaded=result.models_loaded,
             models_available=list(stats.models_available) if stats else [],
             capacity=stats.max_batch_size if stats else 0,
-            state=DRAINING if self.admin_drained else (READY if result.healthy else UNHEALTHY),
-            state_reason=ADMIN_DRAIN_REASON if self.admin_drained else result.reason,
+            state=chosen,  # type: ignore[arg-type]
+            state_reason=reason if chosen != READY else "",
             load=result.load,
             models=await self._probe.models(),
         )
@@ -149,7 +157,8 @@ class Registrar:
         except LlmeshError as exc:
             if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 log.warning("registry lost our lease (%s): registering again", exc.code.name)
-                await self.register(result)
+                # A drain of our own (SIGTERM) re-registers DRAINING, never READY.
+                await self.register(result, state=state)
                 return
             raise
         self._ttl_ms = reply.ttl.ToMilliseconds()

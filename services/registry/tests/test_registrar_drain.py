@@ -154,3 +154,20 @@ async def test_a_stopped_registrar_deregisters_an_idle_draining_worker_at_once()
 
 async def _is(stub: Any, wanted: int) -> bool:
     return await state(stub) == wanted
+
+
+async def test_a_drain_heartbeat_to_a_registry_that_forgot_the_worker_registers_draining() -> None:
+    """After a registry restart the worker is unknown: the drain re-registers it
+    DRAINING, never READY or UNHEALTHY (a stopping worker must not get traffic)."""
+    async with fake_worker() as worker, registrar_on(worker) as (registrar, stub):
+        result = await registrar.wait_for_worker()
+        await registrar.register(result)
+        assert await state(stub) == READY
+        await stub.Deregister(
+            registry_pb2.DeregisterRequest(worker_id="w1", lease_id=registrar._lease_id),
+            timeout=5,
+        )
+        assert await state(stub) == GONE
+        await worker.start_draining(active=1)
+        await registrar.heartbeat(await registrar._probe.probe(), state=DRAINING)
+        assert await state(stub) == DRAINING

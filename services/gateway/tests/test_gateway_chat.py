@@ -93,17 +93,23 @@ async def test_a_hung_recall_answers_without_memories_marked_degraded(mesh_facto
 async def test_a_deadline_passing_mid_stream_is_deadline_exceeded(mesh: Any) -> None:
     for worker in mesh.workers.values():
         worker.mode = "hang"  # one token, then nothing
-    received = 0
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for event in mesh.stub().GenerateStream(
-            gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
-            metadata=mesh.auth(mesh.user_key),
-            timeout=0.5,
-        ):
-            received += len(event.delta.token_ids)
-    assert received == 1
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    details = mesh.details(err.value)
+    # The gateway ends the stream 20 ms before the client's own deadline, with details;
+    # on a loaded machine the client's timer can still win that race (a bare
+    # DEADLINE_EXCEEDED): the gateway's answer must arrive in one of three tries.
+    for _ in range(3):
+        received = 0
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for event in mesh.stub().GenerateStream(
+                gateway_pb2.GenerateStreamRequest(input=common_pb2.GenerationInput(prompt="p")),
+                metadata=mesh.auth(mesh.user_key),
+                timeout=0.5,
+            ):
+                received += len(event.delta.token_ids)
+        assert received == 1
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        details = mesh.details(err.value)
+        if "error_info" in details:
+            break
     assert details["error_info"].metadata["tokens_delivered"] == "1"
     assert "retry_info" not in details
 

@@ -340,7 +340,9 @@ class LocalEmbedder:
         return model
 
     async def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        """Drop queued work and wait for the running piece: MLX's thread must end before
+        the interpreter does (a live one aborts the process at exit)."""
+        await asyncio.to_thread(self._thread.shutdown, wait=True, cancel_futures=True)
 
 
 def _load_minilm(model_dir: Path | None) -> MiniLMEmbedder:

@@ -4,18 +4,25 @@ degrading to keyword-only, and a memory service embedding in-process end to end.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from llmesh.blas import find_openblas_preload
 from llmesh.embeddings import MiniLMEmbedder
 from llmesh.kernel.config import ConfigError
 from llmesh.kernel.errors import FailedPrecondition
 from llmesh.testing.inprocess import serving
+from llmesh.testing.polling import wait_until
+from llmesh.testing.servers import free_port
 from llmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from llmesh_memory.embedder import (
     EmbedderUnavailable,
@@ -170,3 +177,61 @@ async def test_memory_service_embeds_in_process(tmp_path: Path) -> None:
     assert not found.degraded
     assert [h.memory.text for h in found.hits] == [TEXTS[1]]
     assert found.hits[0].semantic_score > 0.3
+
+
+def _serve(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmesh_cli.main", "serve", "memory", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={"PATH": "/usr/bin:/bin", "LLMESH_HOME": str(home), **(env or {})},
+    )
+
+
+def test_serve_memory_with_local_embedder_embeds_with_openblas(tmp_path: Path) -> None:
+    port = free_port()
+    process = _serve(
+        "--port", str(port), "--data-dir", str(tmp_path), "--local-embedder", home=tmp_path
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = memory_pb2_grpc.MemoryServiceStub(channel)
+
+        def remembered() -> Any:
+            try:
+                return stub.Remember(
+                    memory_pb2.MemoryServiceRememberRequest(
+                        namespace="n", memory=common_pb2.MemoryDraft(text="kept with a vector")
+                    ),
+                    timeout=10,
+                )
+            except grpc.RpcError:
+                return None
+
+        reply = wait_until(remembered, timeout_s=90, interval_s=0.2, what="memory to serve")
+        assert reply.embedded
+        if sys.platform.startswith("linux") and find_openblas_preload() is not None:
+            # Re-executed once with OpenBLAS preloaded for MLX (same pid after execve).
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+            assert b"LLMESH_BLAS_PRELOADED=1" in environ
+        channel.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_serve_memory_refuses_a_local_embedder_without_a_model(tmp_path: Path) -> None:
+    process = _serve(
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path),
+        home=tmp_path,
+        env={
+            "LLMESH_MEMORY_LOCAL_EMBEDDER": "true",
+            "LLMESH_MEMORY_LOCAL_EMBEDDER_DIR": str(tmp_path / "no-model"),
+        },
+    )
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode == 2
+    assert b"local_embedder" in output and b"config.json" in output

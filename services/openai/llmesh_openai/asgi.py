@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmesh.kernel.context import RequestContext, reset_request, set_request
+from llmesh.kernel.context import RequestContext, current_request, reset_request, set_request
 from llmesh.kernel.logging import get_logger
 from llmesh.kernel.metrics_http import REFUSALS, MetricsAccess
 from llmesh.kernel.telemetry import meter
@@ -146,12 +146,7 @@ class RequestMiddleware:
         except Exception:
             log.error("unhandled error in %s %s", scope["method"], path, exc_info=True)
             if not response_started:
-                body = OpenAIError(
-                    500,
-                    f"internal error; quote request id {request_id} when reporting it",
-                    type="server_error",
-                )
-                await error_response(body)(scope, receive, send_wrapper)
+                await error_response(internal_error(request_id))(scope, receive, send_wrapper)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             span.set_attribute("http.response.status_code", status)
@@ -192,6 +187,13 @@ async def _too_large_headers(limit: int, send: Send) -> None:
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
+
+
+def internal_error(request_id: str) -> OpenAIError:
+    """The answer to a bug: OpenAI's error shape, naming the request id to report."""
+    return OpenAIError(
+        500, f"internal error; quote request id {request_id} when reporting it", type="server_error"
+    )
 
 
 def error_response(exc: OpenAIError) -> Response:
@@ -275,9 +277,20 @@ def build_app(
         assert isinstance(exc, OpenAIError)
         return error_response(exc)
 
+    async def server_error(_request: Request, _exc: Exception) -> Response:
+        # Starlette's outermost middleware answers a bug before RequestMiddleware sees it
+        # (then re-raises it, for the log): without this handler as text/plain.
+        ctx = current_request()
+        return error_response(internal_error(ctx.request_id if ctx else ""))
+
     app = Starlette(
         routes=table,
-        exception_handlers={404: not_found, 405: not_allowed, OpenAIError: openai_error},
+        exception_handlers={
+            404: not_found,
+            405: not_allowed,
+            OpenAIError: openai_error,
+            Exception: server_error,
+        },
     )
     return RequestMiddleware(app, settings)
 

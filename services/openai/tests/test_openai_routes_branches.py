@@ -8,6 +8,7 @@ the stream shapes and the error mapping run here rather than only in the e2e chi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -38,6 +39,7 @@ class Script:
     events: list[Any] = field(default_factory=list)
     error: errors.LlmeshError | None = None  # raised after the events
     unary: Any = None
+    hang: bool = False  # wait until the call is cancelled
     calls: list[tuple[str, Any, dict[str, str]]] = field(default_factory=list)
 
 
@@ -55,6 +57,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def _stream(self, name: str, request: Any, context: Any) -> AsyncIterator[Any]:
         self._record(name, request, context)
+        if self.s.hang:
+            await asyncio.Event().wait()
         for event in self.s.events:
             yield event
         if self.s.error is not None:
@@ -97,6 +101,7 @@ class Door:
     script: Script
     http: httpx.AsyncClient
     health: health.aio.HealthServicer
+    app: Any
 
 
 @pytest.fixture
@@ -115,7 +120,7 @@ async def door() -> AsyncIterator[Door]:
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://door") as http:
-            yield Door(script, http, checker)
+            yield Door(script, http, checker, app)
     finally:
         await channel.close()
         await server.stop(None)
@@ -455,3 +460,106 @@ def test_bad_deadline_headers_are_refused(headers: dict[bytes, bytes]) -> None:
         deadline_of(headers, _settings())
     name = next(iter(headers)).decode()
     assert info.value.status == 400 and info.value.param == name
+
+
+async def _call(app: Any, path: str, body: bytes, *, disconnect: bool) -> list[dict[str, Any]]:
+    """One raw ASGI call: the body, then (``disconnect``) the client going away at once."""
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = asyncio.Event()
+    if disconnect:
+        gone.set()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    await asyncio.wait_for(app(scope, receive, send), 60)
+    return sent
+
+
+def _status_and_body(sent: list[dict[str, Any]]) -> tuple[int, Any]:
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": HELLO}),
+        ("/v1/chat/completions", {"messages": HELLO, "stream": True}),
+        ("/v1/embeddings", {"input": "a"}),
+    ],
+)
+async def test_a_client_that_goes_away_cancels_the_gateway_call(
+    door: Door, path: str, body: dict[str, Any]
+) -> None:
+    door.script.hang = True  # the gateway never answers: only the disconnect ends the call
+    sent = await _call(door.app, path, json.dumps(body).encode(), disconnect=True)
+    status, answer = _status_and_body(sent)
+    assert status == 499
+    assert answer["error"]["code"] == "client_closed_request"
+    assert answer["error"]["type"] == "cancelled"
+
+
+async def test_a_bug_in_a_route_is_a_500_that_quotes_the_request_id(
+    door: Door, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmesh_openai import routes
+
+    def broken(_raw: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(routes, "parse_completion", broken)
+    reply = await door.http.post(
+        "/v1/completions", json={"prompt": "p"}, headers={"x-request-id": "r-77"}
+    )
+    assert reply.status_code == 500
+    assert reply.headers["content-type"] == "application/json"  # not Starlette's text/plain
+    error = reply.json()["error"]
+    assert error["type"] == "server_error"
+    assert error["message"] == "internal error; quote request id r-77 when reporting it"
+    assert "a bug" not in reply.text
+    assert reply.headers["x-request-id"] == "r-77"
+
+
+async def test_a_request_id_too_long_is_replaced(door: Door) -> None:
+    reply = await door.http.get("/health/live", headers={"x-request-id": "x" * 129})
+    assert reply.status_code == 200
+    rid = reply.headers["x-request-id"]
+    assert rid != "x" * 129 and 0 < len(rid) <= 128
+
+
+async def test_non_http_scopes_pass_through(door: Door) -> None:
+    seen: list[str] = []
+
+    async def inner(scope: Any, _receive: Any, _send: Any) -> None:
+        seen.append(scope["type"])
+
+    from llmesh_openai.asgi import RequestMiddleware
+
+    middleware = RequestMiddleware(inner, OpenAISettings(port=0))
+    await middleware({"type": "lifespan"}, None, None)
+    assert seen == ["lifespan"]

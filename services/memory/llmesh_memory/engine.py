@@ -225,13 +225,17 @@ class MemoryEngine:
         else:
             # The store does its keyword work while the query is being embedded.
             embedding = asyncio.ensure_future(self._query_vector(params.query))
+            # A task, not a bare coroutine: a store that fails before awaiting it leaves
+            # nothing un-awaited behind.
+            wanted = asyncio.ensure_future(_vector_of(embedding))
             try:
                 with self._tracer.start_as_current_span("memory.store.search") as span:
                     result = await self.store.search_while(
-                        namespace, query, _vector_of(embedding), now=self.clock()
+                        namespace, query, wanted, now=self.clock()
                     )
                     span.set_attribute("memory.candidates", len(result.candidates))
             except BaseException:
+                wanted.cancel()
                 embedding.cancel()
                 raise
             vector, reason = await embedding

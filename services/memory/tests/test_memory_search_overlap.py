@@ -186,3 +186,47 @@ def test_picking_follows_the_expected_vector() -> None:
     query = SearchQuery(None, ["gateway", "e4417"], 10)
     assert store_base.keyword_terms(query, stats) == ["e4417", "gateway"]
     assert store_base.keyword_terms(query, stats, with_vector=True) == ["e4417"]
+
+
+class _FailingStore(SqliteStore):
+    """Fails once the query is being embedded (a store outage mid-search)."""
+
+    embedding: asyncio.Event
+
+    async def search_while(self, *args: Any, **kwargs: Any) -> SearchResult:
+        await asyncio.wait_for(self.embedding.wait(), 30)
+        raise RuntimeError("store down")
+
+
+class _SlowEmbedder:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def embed(self, texts: Any) -> Any:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()  # never answers
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failed_search_cancels_the_query_embedding(tmp_path: Path) -> None:
+    from llmesh_memory.engine import MemoryEngine, RecallParams
+
+    store = _FailingStore(tmp_path / "m.db")
+    await store.start()
+    embedder = _SlowEmbedder()
+    store.embedding = embedder.started
+    try:
+        engine = MemoryEngine(store, embedder)
+        with pytest.raises(RuntimeError, match="store down"):
+            await engine.recall(NS, RecallParams(query="gateway outage"))
+        await asyncio.sleep(0)  # let the cancellation reach the embedder
+        assert embedder.cancelled
+    finally:
+        await store.close()

@@ -58,8 +58,10 @@ def build_store(settings: MemorySettings) -> MemoryStore:
 
 def check_local_model(model_dir: Path | None) -> None:
     """``ConfigError`` naming what to install when the in-process embedder has no model."""
-    from llmesh.embeddings import model_files
-
+    try:
+        from llmesh.embeddings import model_files
+    except ImportError as exc:  # no MLX in this image
+        raise ConfigError(f"local_embedder needs MLX (install mlx[cpu]): {exc}") from None
     try:
         model_files(model_dir)
     except LlmeshError as exc:

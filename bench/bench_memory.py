@@ -68,10 +68,10 @@ def _percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
 def corpus_vectors(n: int, *, pad: bool = False) -> tuple[np.ndarray, int]:
     """The first ``n`` memory vectors and how many of them are real MiniLM vectors.
 
-    Reads the 100k cache (complete or partial). With ``pad``, rows beyond the real ones
-    are real vectors of earlier rows plus small seeded noise (renormalised): the size is
-    right for timing, the distribution stays MiniLM-like; the run records how many rows
-    are real.
+    Reads the 100k cache (complete or partial); what is missing is embedded first
+    (``bench.memory_corpus``), unless ``pad``: then rows beyond the real ones are real
+    vectors of earlier rows plus small seeded noise (renormalised): the size is right for
+    timing, the distribution stays MiniLM-like; the run records how many rows are real.
     """
     real = np.zeros((0, 384), np.float32)
     for path in sorted(CACHE_DIR.glob("memories-100000-*.npy")):
@@ -81,10 +81,18 @@ def corpus_vectors(n: int, *, pad: bool = False) -> tuple[np.ndarray, int]:
     if len(real) >= n:
         return real[:n], n
     if not pad or len(real) == 0:
-        raise SystemExit(
-            f"{len(real)} of {n} memory vectors are cached: run `python -m bench.memory_corpus"
-            " 100000` first (resumable; OpenBLAS preloaded in its process), or pass --pad"
+        if n > 100_000:
+            raise SystemExit("at most 100000 memories are generated")
+        # The first run on a machine embeds the corpus (resumable, progress per chunk),
+        # in a child with OpenBLAS preloaded: this process must not preload it (its
+        # children, PostgreSQL's initdb among them, cannot load it).
+        print(f"{len(real)} of {n} memory vectors cached; embedding the corpus", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "bench.memory_corpus", "100000"],
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
         )
+        return corpus_vectors(n, pad=pad)
     rng = np.random.default_rng(3)
     source = real[rng.integers(0, len(real), n - len(real))]
     noisy = source + rng.normal(0, 0.02, source.shape).astype(np.float32)
